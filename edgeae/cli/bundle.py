@@ -1,0 +1,1 @@
+"""CLI: bundle commands."""

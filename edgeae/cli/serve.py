@@ -1,0 +1,1 @@
+"""CLI: serve commands."""

@@ -1,0 +1,69 @@
+"""Typed errors shared by every part of edgeae; each message is one line that says what to do."""
+
+from __future__ import annotations
+
+
+class EdgeaeError(Exception):
+    """Base of every error edgeae raises on purpose. The CLI prints its message, no traceback."""
+
+
+class InputError(EdgeaeError, ValueError):
+    """An image, array or path given by the user cannot be used (wrong shape, dtype, unreadable file)."""
+
+
+class DataError(EdgeaeError):
+    """A dataset path is missing or malformed."""
+
+
+class RunDirError(EdgeaeError):
+    """A training run directory is missing, incomplete, or its weights do not match its config."""
+
+
+class BundleError(EdgeaeError):
+    """A bundle is missing a file, has a tampered file, or its manifest does not validate."""
+
+
+class ExportError(EdgeaeError):
+    """An export failed verification. `failures` lists every check that failed."""
+
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        self.failures = list(failures or [])
+        if self.failures:
+            message = f"{message}: " + "; ".join(self.failures)
+        super().__init__(message)
+
+
+class DeviceProfileError(EdgeaeError):
+    """A device profile (TOML) is missing or invalid; the message names the field."""
+
+
+class PayloadError(EdgeaeError):
+    """A payload cannot be decoded. Subclasses say why; `code` is a stable machine-readable name."""
+
+    code = "payload_error"
+
+
+class BadMagic(PayloadError):
+    code = "bad_magic"
+
+
+class UnsupportedVersion(PayloadError):
+    code = "unsupported_version"
+
+
+class Truncated(PayloadError):
+    code = "truncated"
+
+
+class ChecksumMismatch(PayloadError):
+    code = "checksum_mismatch"
+
+
+class FingerprintMismatch(PayloadError):
+    code = "fingerprint_mismatch"
+
+
+class CorruptStream(PayloadError):
+    """The header was valid but the entropy-coded body, or a header field, is inconsistent."""
+
+    code = "corrupt_stream"
