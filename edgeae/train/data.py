@@ -1,0 +1,289 @@
+"""Datasets by name, all offline: digits, photos, mnist, images, npy -> float32 NCHW arrays in [0, 1]."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeae.errors import DataError
+
+# Real files are small (MNIST train images are 47 MB raw); anything far larger is not a dataset we read.
+MAX_FILE_BYTES = 2 << 30
+MAX_IDX_ITEMS = 10_000_000
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to rebuild a dataset: stored in a run's config.json so export can recalibrate on it."""
+
+    name: str = "digits"
+    data: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    patch: int = 32
+    color: str = "gray"  # photos/images: "gray" or "rgb"
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Dataset:
+    """Train and validation images, float32 (N, C, H, W) in [0, 1]."""
+
+    spec: DataSpec
+    train: np.ndarray
+    val: np.ndarray
+    labels_train: np.ndarray | None = None
+    labels_val: np.ndarray | None = None
+    channel_order: str = "L"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])  # type: ignore[return-value]
+
+
+# A loader returns (images, labels, channel order, split): split False = shuffled by seed, True = ordered
+# (first part trains), an int = ordered with exactly that many validation images.
+_LOADERS: dict[str, Callable[[DataSpec], tuple[np.ndarray, np.ndarray | None, str, bool | int]]] = {}
+
+
+def _loader(name: str):
+    def deco(fn):
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def dataset_names() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_dataset(spec: DataSpec | str = "digits", **overrides: Any) -> Dataset:
+    """Load a dataset by name and split it deterministically by `spec.seed`."""
+    if isinstance(spec, str):
+        spec = DataSpec(name=spec, **overrides)
+    elif overrides:
+        spec = DataSpec.from_dict({**spec.to_dict(), **overrides})
+    if spec.name not in _LOADERS:
+        raise DataError(f"unknown dataset {spec.name!r}; choose one of {', '.join(dataset_names())}")
+    if not 0.0 < spec.val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    images, labels, order, ordered_split = _LOADERS[spec.name](spec)
+    if spec.limit is not None:
+        images = images[: spec.limit]
+        labels = None if labels is None else labels[: spec.limit]
+    n = len(images)
+    # A loader may fix the validation count (photos: exactly the held-out photographs).
+    fixed_val = ordered_split if type(ordered_split) is int else None
+    n_val = fixed_val or max(1, int(round(n * spec.val_fraction)))
+    if n - n_val < 1:
+        raise DataError(f"dataset {spec.name!r} has only {n} images; need at least 2")
+    # Ordered splits keep the source's convention (MNIST: first 8,000 train, last 2,000 evaluate;
+    # photos: held-out photographs); the rest are shuffled by seed.
+    idx = np.arange(n) if ordered_split else np.random.default_rng(spec.seed).permutation(n)
+    tr, va = idx[: n - n_val], idx[n - n_val :]
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    return Dataset(
+        spec=spec,
+        train=images[tr],
+        val=images[va],
+        labels_train=None if labels is None else labels[tr],
+        labels_val=None if labels is None else labels[va],
+        channel_order=order,
+        info={"n_train": len(tr), "n_val": len(va)},
+    )
+
+
+def _require_path(spec: DataSpec, what: str) -> Path:
+    if not spec.data:
+        raise DataError(f"dataset {spec.name!r} needs --data PATH ({what})")
+    path = Path(spec.data).expanduser()
+    if not path.exists():
+        raise DataError(f"--data path {str(path)!r} does not exist; pass {what}")
+    return path
+
+
+@_loader("digits")
+def _digits(spec: DataSpec):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images.astype(np.float32) / 16.0)[:, None]
+    return images, d.target.astype(np.int64), "L", False
+
+
+# scikit-image's bundled photographs. `cat` is the same picture as `chelsea`, so it is left out.
+_PHOTOS_TRAIN = ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera",
+                 "coins", "moon", "clock", "brick", "grass", "gravel")
+_PHOTOS_VAL = ("coffee", "chelsea")
+
+
+def photo_names(split: str) -> tuple[str, ...]:
+    return _PHOTOS_TRAIN if split == "train" else _PHOTOS_VAL
+
+
+def load_photo(name: str, color: str) -> np.ndarray:
+    """One bundled photograph as uint8 (H, W, C) with C = 1 (gray) or 3 (rgb)."""
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3].astype(np.float32)
+    if color == "gray":
+        img = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _patches(img: np.ndarray, size: int) -> np.ndarray:
+    h, w, c = img.shape
+    rows, cols = h // size, w // size
+    cut = img[: rows * size, : cols * size]
+    p = cut.reshape(rows, size, cols, size, c).transpose(0, 2, 4, 1, 3)
+    return p.reshape(rows * cols, c, size, size)
+
+
+@_loader("photos")
+def _photos(spec: DataSpec):
+    if spec.color not in ("gray", "rgb"):
+        raise DataError(f"photos color must be 'gray' or 'rgb', got {spec.color!r}")
+    if not 8 <= spec.patch <= 512:
+        raise DataError(f"photos patch size must be in [8, 512], got {spec.patch}")
+    parts = {s: [_patches(load_photo(n, spec.color), spec.patch) for n in photo_names(s)] for s in ("train", "val")}
+    train, val = np.concatenate(parts["train"]), np.concatenate(parts["val"])
+    # Held-out photos come last and form the whole validation split.
+    images = np.concatenate([train, val]).astype(np.float32) / 255.0
+    return images, None, "L" if spec.color == "gray" else "RGB", len(val)
+
+
+def _read_bounded(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path} is {size} bytes; larger than the {MAX_FILE_BYTES} byte limit")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(f"{path} decompresses to more than {MAX_FILE_BYTES} bytes")
+    return data
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Parse an IDX file (MNIST's format), gzip or raw, with every size checked before allocating."""
+    path = Path(path)
+    data = _read_bounded(path)
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic); is it an MNIST file?")
+    ndim = data[3]
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header is truncated or has {ndim} dimensions")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    count = int(np.prod(dims, dtype=np.int64))
+    if dims[0] > MAX_IDX_ITEMS or len(data) != 4 + 4 * ndim + count:
+        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(data) - 4 - 4 * ndim} bytes")
+    return np.frombuffer(data, np.uint8, count, 4 + 4 * ndim).reshape(dims)
+
+
+def _find(path: Path, stem: str) -> Path | None:
+    for suffix in (".gz", ""):
+        p = path / f"{stem}{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+@_loader("mnist")
+def _mnist(spec: DataSpec):
+    path = _require_path(spec, "an MNIST folder of IDX files (gz or raw) or an .npz")
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            key = "images" if "images" in z else ("x" if "x" in z else z.files[0])
+            images = np.asarray(z[key])
+            labels = np.asarray(z["labels"]) if "labels" in z else None
+    elif path.is_dir():
+        img = _find(path, "t10k-images-idx3-ubyte") or _find(path, "train-images-idx3-ubyte")
+        if img is None:
+            raise DataError(f"no *-images-idx3-ubyte[.gz] file in {path}; point --data at the MNIST folder")
+        images = read_idx(img)
+        lab = _find(path, img.name.split("-images")[0] + "-labels-idx1-ubyte")
+        labels = read_idx(lab).astype(np.int64) if lab else None
+    else:
+        images, labels = read_idx(path), None
+    images = _to_nchw(images, str(path))
+    if images.max() > 1.0:
+        images = images / 255.0
+    return images, labels, "L", True
+
+
+def _to_nchw(a: np.ndarray, where: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "uif":
+        raise DataError(f"{where}: expected a numeric array, got dtype {a.dtype}")
+    if a.ndim == 2:  # (N, F): flat vectors, square if possible
+        side = int(round(np.sqrt(a.shape[1])))
+        a = a.reshape(len(a), 1, side, side) if side * side == a.shape[1] else a[:, None, None, :]
+    elif a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim != 4:
+        raise DataError(f"{where}: expected (N, C, H, W), (N, H, W) or (N, F); got shape {a.shape}")
+    a = a.astype(np.float32)
+    if a.dtype.kind == "f" and a.min() < 0:
+        raise DataError(f"{where}: values must be in [0, 1] (floats) or [0, 255] (integers)")
+    return a
+
+
+@_loader("npy")
+def _npy(spec: DataSpec):
+    path = _require_path(spec, "a .npy array of shape (N, C, H, W), (N, H, W) or (N, F)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npy array ({exc})") from None
+    a = _to_nchw(a, str(path))
+    if a.max() > 1.0:
+        a = a / 255.0
+    order = "RGB" if a.shape[1] == 3 else "L"
+    return a, None, order, False
+
+
+@_loader("images")
+def _images(spec: DataSpec):
+    from PIL import Image, UnidentifiedImageError
+
+    path = _require_path(spec, "a folder of PNG/JPEG images")
+    if not path.is_dir():
+        raise DataError(f"--data {path} must be a folder of PNG/JPEG images")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+    if not files:
+        raise DataError(f"no PNG/JPEG images in {path}")
+    mode = "L" if spec.color == "gray" else "RGB"
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                # Small images are resized to the patch size; large ones are cut into patches.
+                if min(im.size) < 2 * spec.patch:
+                    im = im.resize((spec.patch, spec.patch), Image.Resampling.BICUBIC)
+                arr = np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {f}: {exc}") from None
+        out.append(_patches(arr, spec.patch))
+    images = np.concatenate(out).astype(np.float32) / 255.0
+    return images, None, mode, False

@@ -1,0 +1,127 @@
+"""Run directories: config.json + weights.safetensors + metrics.json + reconstructions.png; never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeae.errors import RunDirError
+
+CONFIG, WEIGHTS, METRICS, GRID = "config.json", "weights.safetensors", "metrics.json", "reconstructions.png"
+MAX_JSON_BYTES = 16 << 20
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: dict[str, Any]
+    model: Any  # AutoEncoder, in eval mode
+    metrics: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def family(self) -> str:
+        return self.config["model"]["family"]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise RunDirError(f"{path} is larger than {MAX_JSON_BYTES} bytes; is it really an edgeae file?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}); re-run `edgeae train`") from None
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
+    """Rebuild a trained model from its run directory, with a one-line error for anything missing."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from edgeae.train.models import build_model, make_config
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(f"run directory {str(path)!r} does not exist; train one with `edgeae train --out DIR`")
+    missing = [f for f in (CONFIG, WEIGHTS) if not (path / f).is_file()]
+    if missing:
+        raise RunDirError(f"run directory {path} is incomplete: missing {', '.join(missing)}; re-run `edgeae train`")
+    config = read_json(path / CONFIG)
+    try:
+        family, values = config["model"]["family"], config["model"]["config"]
+        model = build_model(family, make_config(family, **values))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path / CONFIG} does not describe a model ({exc}); re-run `edgeae train`") from None
+    try:
+        state = load_file(str(path / WEIGHTS))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise RunDirError(f"weights in {path / WEIGHTS} do not match config.json ({first})") from None
+    model.eval()
+    metrics = read_json(path / METRICS) if (path / METRICS).is_file() else {}
+    return LoadedRun(path=path, config=config, model=model, metrics=metrics)
+
+
+class AtomicDir:
+    """Build a directory under a temporary name beside its target, rename it into place on success.
+
+    A failure (an exception inside the `with`) removes the temporary directory: no half-written output.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], overwrite: bool = False) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+        if self.target.exists() and not overwrite and any(self.target.iterdir()):
+            raise RunDirError(f"{self.target} already exists and is not empty; choose another --out or pass --force")
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_grid(path: Path, originals: np.ndarray, recons: np.ndarray, scale: int = 0) -> None:
+    """Originals on the top row, reconstructions below (like the seeds' figures), as a PNG."""
+    from PIL import Image
+
+    n, c, h, w = originals.shape
+    scale = scale or max(1, 64 // max(h, w))
+    pad = 2
+    rows = [originals, recons]
+    canvas = np.full((2 * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
+    for r, imgs in enumerate(rows):
+        for i in range(n):
+            y, x = pad + r * (h + pad), pad + i * (w + pad)
+            canvas[y : y + h, x : x + w] = np.clip(np.round(imgs[i].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    img.save(path)
