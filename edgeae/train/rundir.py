@@ -88,6 +88,7 @@ class AtomicDir:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -104,9 +105,20 @@ class AtomicDir:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Indented JSON, but lists of numbers on one line (entropy tables stay readable and small); atomic."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(dumps(data) + "\n")
     os.replace(tmp, path)
+
+
+def dumps(data: Any, indent: int = 0) -> str:
+    pad, inner = "  " * indent, "  " * (indent + 1)
+    if isinstance(data, dict) and data:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps(v, indent + 1)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(data, list) and data and not all(isinstance(v, (int, float, str, bool)) or v is None for v in data):
+        return "[\n" + ",\n".join(inner + dumps(v, indent + 1) for v in data) + "\n" + pad + "]"
+    return json.dumps(data, separators=(", ", ": "))
 
 
 def save_grid(path: Path, originals: np.ndarray, recons: np.ndarray, scale: int = 0) -> None:

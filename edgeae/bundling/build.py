@@ -1,0 +1,293 @@
+"""Run directory -> verified bundle: two ONNX graphs (+ int8 twins), latent quantisation, entropy tables, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from edgeae import __version__
+from edgeae.bundling import calibrate, graphs
+from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph, single_thread_session
+from edgeae.bundling.spec import DEFAULT_OPSET, MANIFEST_VERSION, SUPPORTED_OPSETS, GraphSpec, graph_specs
+from edgeae.bundling.verify import GraphCheck, check_graph, psnr
+from edgeae.errors import ExportError
+from edgeae.train.data import DataSpec, load_dataset
+from edgeae.train.models import build_model, make_config
+from edgeae.train.rundir import AtomicDir, LoadedRun, load_run, write_json
+
+MAX_LATENT_CALIBRATION = 4096
+MAX_VALIDATION = 512
+
+
+@dataclass
+class ExportOptions:
+    out: Path | None = None  # default: export/<run name>/
+    opset: int = DEFAULT_OPSET
+    int8: bool = False
+    calibration_samples: int = 256
+    latent_bits: int = 8
+    device: str | None = None  # device profile name or TOML path (int8 preset)
+    max_int8_drop_db: float = 0.5
+    input_size: tuple[int, int] | None = None  # fully convolutional families only
+    calibration_data: Path | None = None  # .npy of training-like images (N, C, H, W) in [0, 1]
+    force: bool = False
+    measure_speed: bool = True
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+    checks: list[GraphCheck] = field(default_factory=list)
+
+
+def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = None) -> ExportResult:
+    """Export a trained run as a bundle. Builds in a temporary directory; a failure leaves nothing behind."""
+    opts = options or ExportOptions()
+    if opts.opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opts.opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+    run = load_run(run_dir)
+    model = _model_for_size(run, opts.input_size)
+    train, val = _images(run, model, opts)
+    out = Path(opts.out) if opts.out else Path("export") / run.name
+    with AtomicDir(out, overwrite=opts.force) as tmp:
+        manifest, checks = _build(run, model, train, val, opts, tmp)
+    return ExportResult(path=out, manifest=manifest, checks=checks)
+
+
+def _model_for_size(run: LoadedRun, size: tuple[int, int] | None) -> torch.nn.Module:
+    if size is None:
+        return run.model
+    c = run.config["model"]["config"]["in_shape"][0]
+    values = {**run.config["model"]["config"], "in_shape": (c, *size)}
+    try:
+        model = build_model(run.family, make_config(run.family, **values))
+        model.load_state_dict(run.model.state_dict(), strict=True)
+        model.encoder(torch.zeros(1, c, *size))
+    except (RuntimeError, ValueError) as exc:
+        raise ExportError(f"--input-size {size[0]},{size[1]} does not fit the {run.family!r} model "
+                          f"(only fully convolutional families take other sizes): {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _images(run: LoadedRun, model: torch.nn.Module, opts: ExportOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Training images for calibration and validation images for parity/quality, at the model's input shape."""
+    shape = tuple(model.config.in_shape)
+    spec = DataSpec.from_dict(run.config["data"])
+    if opts.input_size and spec.name in ("photos", "images"):
+        spec = DataSpec.from_dict({**spec.to_dict(), "patch": opts.input_size[0]})
+    data = load_dataset(spec)
+    train = data.train
+    if opts.calibration_data is not None:
+        train = _load_calibration(opts.calibration_data)
+    for what, arr in (("calibration", train), ("validation", data.val)):
+        if tuple(arr.shape[1:]) != shape:
+            raise ExportError(f"{what} images have shape {tuple(arr.shape[1:])} but the model takes {shape}; "
+                              "pass --calibration-data with images of the model's shape")
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(train))[:MAX_LATENT_CALIBRATION]
+    return np.ascontiguousarray(train[np.sort(pick)]), np.ascontiguousarray(data.val[:MAX_VALIDATION])
+
+
+def _load_calibration(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read --calibration-data {path}: {exc}") from None
+    if arr.ndim != 4 or arr.dtype.kind != "f":
+        raise ExportError(f"--calibration-data must be float (N, C, H, W) in [0, 1], got {arr.dtype} {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def _run_graph(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def _build(run: LoadedRun, model, train, val, opts: ExportOptions, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
+    specs = graph_specs(opts.opset)
+    modules = {"encoder": model.encoder, "decoder": model.decoder}
+    example_latent = graphs.torch_run(model.encoder, val[:2])
+    examples = {"encoder": torch.from_numpy(val[:2]), "decoder": torch.from_numpy(example_latent)}
+    protos = {role: graphs.export_graph(modules[role], spec, examples[role]) for role, spec in specs.items()}
+    for role, spec in specs.items():
+        graphs.save(protos[role], tmp / spec.file)
+
+    latents = _run_graph(tmp / specs["encoder"].file, train)
+    latent, entropy = _latent_model(model, latents, opts.latent_bits)
+    fp = graphs.fingerprint(graphs.graph_digest(protos["encoder"]), graphs.graph_digest(protos["decoder"]),
+                            graphs.tables_digest(latent, entropy))
+    meta = {"edgeae.fingerprint": fp, "edgeae.manifest_version": str(MANIFEST_VERSION)}
+    for role, spec in specs.items():
+        graphs.set_metadata(protos[role], {**meta, "edgeae.role": role})
+        graphs.save(protos[role], tmp / spec.file)
+
+    val_latent = graphs.torch_run(model.encoder, val)
+    checks = _verify(specs, modules, tmp, val, val_latent)
+    quality = _quality(model, tmp, specs, val, latent)
+    int8 = _int8(specs, tmp, train, val, latent, quality, opts, checks, modules, meta) if opts.int8 else None
+    failures = [f for c in checks for f in c.failures]
+    if failures:
+        raise ExportError("export verification failed", failures)
+    manifest = _manifest(run, model, specs, latent, entropy, fp, quality, int8, checks, tmp)
+    write_json(tmp / "manifest.json", manifest)
+    return manifest, checks
+
+
+def _latent_model(model, latents: np.ndarray, bits: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    axis = 1
+    tables = getattr(model, "entropy_tables", None)
+    if tables is not None:  # the learned codec: integer rounding and its learned prior
+        t = tables(calibrate.PRECISION)
+        quant = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
+                 "offset": [float(v) for v in t["offset"]], "step": [float(v) for v in t["step"]]}
+        entropy = {"coder": "range", "precision": calibrate.PRECISION,
+                   "frequencies": np.asarray(t["frequencies"], np.int64).tolist()}
+    else:
+        quant = calibrate.calibrate_quantization(latents, bits)
+        symbols = quantize(latents, quant, axis)
+        entropy = calibrate.histogram_tables(symbols, quant["levels"], axis)
+    latent = {"shape": list(latents.shape[1:]), "channel_axis": axis, "quantization": quant}
+    return latent, entropy
+
+
+def _per_channel(values: list[float], ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(values, np.float32).reshape(shape)
+
+
+def quantize(y: np.ndarray, quant: dict[str, Any], axis: int = 1) -> np.ndarray:
+    off, step = _per_channel(quant["offset"], y.ndim, axis), _per_channel(quant["step"], y.ndim, axis)
+    return np.clip(np.round((y - off) / step), 0, quant["levels"] - 1).astype(np.int32)
+
+
+def dequantize(q: np.ndarray, quant: dict[str, Any], axis: int = 1) -> np.ndarray:
+    off, step = _per_channel(quant["offset"], q.ndim, axis), _per_channel(quant["step"], q.ndim, axis)
+    return (off + q.astype(np.float32) * step).astype(np.float32)
+
+
+def _verify(specs, modules, tmp: Path, val: np.ndarray, val_latent: np.ndarray) -> list[GraphCheck]:
+    # Batch 1 and a batch > 1: the dynamic axis must really work.
+    enc_batches = [val[:1], val[: min(7, len(val))]]
+    dec_batches = [val_latent[:1], val_latent[: min(7, len(val_latent))]]
+    latent_range = float(max(1.0, np.abs(val_latent).max()))
+    return [
+        check_graph(specs["encoder"], tmp / specs["encoder"].file, modules["encoder"], enc_batches, scale=latent_range),
+        check_graph(specs["decoder"], tmp / specs["decoder"].file, modules["decoder"], dec_batches),
+    ]
+
+
+def _quality(model, tmp: Path, specs, val: np.ndarray, latent: dict[str, Any]) -> dict[str, Any]:
+    """Validation PSNR (dB, [0, 1] scale): PyTorch, ONNX fp32, and ONNX fp32 with the latent quantised."""
+    y = _run_graph(tmp / specs["encoder"].file, val)
+    y_hat = dequantize(quantize(y, latent["quantization"]), latent["quantization"])
+    with torch.no_grad():
+        torch_rec = model(torch.from_numpy(val)).x_hat.numpy()
+    return {
+        "images": len(val),
+        "psnr_torch": psnr(torch_rec, val),
+        "psnr_onnx_fp32": psnr(_run_graph(tmp / specs["decoder"].file, y), val),
+        "psnr_fp32_quantized_latent": psnr(_run_graph(tmp / specs["decoder"].file, y_hat), val),
+    }
+
+
+def _preset(device: str | None) -> tuple[Int8Preset, str]:
+    if device is None:
+        return Int8Preset(), "default (x86-64, U8S8 per-channel)"
+    from edgeae.runtime.devices import load_profile
+
+    profile = load_profile(device)
+    return Int8Preset.from_any(profile.int8), profile.name
+
+
+def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, latent, quality, opts: ExportOptions,
+          checks: list[GraphCheck], modules, meta) -> dict[str, Any]:
+    preset, preset_name = _preset(opts.device)
+    n = max(1, min(opts.calibration_samples, len(train)))
+    calib_x = train[:n]
+    calib = {"encoder": calib_x, "decoder": _run_graph(tmp / specs["encoder"].file, calib_x)}
+    report: dict[str, Any] = {"preset": {"name": preset_name, **preset.to_dict()}, "calibration_samples": n,
+                              "max_drop_db": opts.max_int8_drop_db, "graphs": {}}
+    y = _run_graph(tmp / specs["encoder"].file, val)
+    for role, spec in specs.items():
+        fp32, int8 = tmp / spec.file, tmp / spec.int8_file
+        quantize_graph(fp32, int8, spec.input_name, calib[role], preset)
+        model = onnx.load(str(int8))
+        graphs.set_metadata(model, {**meta, "edgeae.role": role, "edgeae.precision": "int8"})
+        graphs.save(model, int8)
+        batches = [val[:1], val[:7]] if role == "encoder" else [y[:1], y[:7]]
+        check = check_graph(spec, int8, modules[role], batches, compare_values=False, file_label=spec.int8_file)
+        checks.append(check)
+        rec = _run_graph(tmp / specs["decoder"].file, _run_graph(int8, val)) if role == "encoder" \
+            else _run_graph(int8, y)
+        drop = quality["psnr_onnx_fp32"] - psnr(rec, val)
+        entry = {"psnr": psnr(rec, val), "psnr_drop_db": drop, "max_abs_error_vs_fp32": check.max_abs_error,
+                 "bytes_fp32": fp32.stat().st_size, "bytes_int8": int8.stat().st_size,
+                 "size_ratio": int8.stat().st_size / fp32.stat().st_size}
+        if opts.measure_speed:
+            entry.update(_speed(fp32, int8, batches[0]))
+        report["graphs"][role] = entry
+        if drop > opts.max_int8_drop_db:
+            check.failures.append(f"int8 {role} loses {drop:.2f} dB PSNR (limit {opts.max_int8_drop_db} dB); "
+                                  "raise --max-int8-drop-db, add --calibration-samples, or export without --int8")
+    quality["psnr_onnx_int8"] = psnr(_run_graph(tmp / specs["decoder"].int8_file,
+                                                _run_graph(tmp / specs["encoder"].int8_file, val)), val)
+    return report
+
+
+def _speed(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, Any]:
+    """Batch-1, one-thread medians on this host: int8 is often *slower* on tiny graphs, and users must see it."""
+    t32, t8 = median_latency_us(fp32, x), median_latency_us(int8, x)
+    return {"latency_us_fp32": t32, "latency_us_int8": t8, "int8_speedup": t32 / t8, "int8_faster": t8 < t32,
+            "measured_on": platform.machine() + " " + _cpu_name()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _manifest(run: LoadedRun, model, specs, latent, entropy, fp, quality, int8, checks, tmp: Path) -> dict[str, Any]:
+    c, h, w = model.config.in_shape
+    files = {p.name: {"sha256": graphs.sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
+    return {
+        "schema": "edgeae.bundle",
+        "version": MANIFEST_VERSION,
+        "name": run.name,
+        "model": {"family": run.family, "config": json.loads(json.dumps(model.config.to_dict()))},
+        "input": {"shape": [c, h, w], "dtype": "float32", "layout": "NCHW",
+                  "channel_order": run.config["data"].get("channel_order", "L" if c == 1 else "RGB"),
+                  "scale": 1.0 / 255.0, "offset": 0.0},
+        "graphs": {role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
+                          "int8_file": s.int8_file if int8 else None} for role, s in specs.items()},
+        "latent": latent,
+        "entropy": entropy,
+        "fingerprint": fp,
+        "files": files,
+        "quality": {**quality, "parity": {ch.role + ("" if i < 2 else ".int8"): {"max_abs_error": ch.max_abs_error,
+                    "tolerance": ch.tolerance, "batches": ch.batches} for i, ch in enumerate(checks)}},
+        "int8": int8,
+        "source": {"run_dir": str(run.path.resolve())},
+        "tools": {"edgeae": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort.__version__, "python": platform.python_version()},
+    }
+
+
+def single_thread(path: Path) -> ort.InferenceSession:  # re-exported for benchmarks
+    return single_thread_session(path)

@@ -1,0 +1,62 @@
+"""Latent quantisation ranges and integer entropy tables, calibrated on training latents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PRECISION = 16  # entropy table rows sum to 2**16
+UNIFORM_MIX = 0.01  # share of probability spread evenly, so symbols unseen in calibration stay cheap-ish
+
+
+def channel_view(latents: np.ndarray, axis: int = 1) -> np.ndarray:
+    """(N, C, ...) -> (C, N * ...): one row of samples per latent channel."""
+    moved = np.moveaxis(latents, axis, 0)
+    return moved.reshape(moved.shape[0], -1)
+
+
+def calibrate_quantization(latents: np.ndarray, bits: int) -> dict[str, Any]:
+    """Per-channel [min, max] -> 2**bits uniform levels (docs/MANIFEST.md)."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"latent bits must be in [1, 16], got {bits}")
+    rows = channel_view(latents.astype(np.float64))
+    lo, hi = rows.min(axis=1), rows.max(axis=1)
+    levels = 2**bits
+    # A channel that never varies still needs a positive step; its one value maps to symbol 0.
+    step = np.where(hi - lo > 1e-12, (hi - lo) / (levels - 1), 1.0)
+    return {"bits": bits, "levels": levels, "offset": lo.astype(np.float32).tolist(),
+            "step": step.astype(np.float32).tolist()}
+
+
+def frequencies_from_probabilities(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Rows of probabilities -> integer rows, every entry >= 1, each row summing exactly to 2**precision."""
+    probs = np.asarray(probs, np.float64)
+    total = 1 << precision
+    c, levels = probs.shape
+    if levels > total // 2:
+        raise ValueError(f"{levels} levels do not fit a {precision}-bit table")
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    freq = 1 + np.floor(probs * (total - levels)).astype(np.int64)
+    # Hand the rounding remainder to the most probable symbols, deterministically.
+    for row, p in zip(freq, probs):
+        short = total - int(row.sum())
+        order = np.argsort(-p, kind="stable")
+        row[order[:short]] += 1
+    assert (freq.sum(axis=1) == total).all() and (freq >= 1).all()
+    return freq
+
+
+def histogram_tables(symbols: np.ndarray, levels: int, axis: int = 1, precision: int = PRECISION) -> dict[str, Any]:
+    """Per-channel histograms of integer symbols, mixed with a little uniform mass, as integer tables."""
+    rows = channel_view(symbols, axis)
+    counts = np.stack([np.bincount(r.astype(np.int64), minlength=levels)[:levels] for r in rows]).astype(np.float64)
+    probs = (1 - UNIFORM_MIX) * counts / counts.sum(axis=1, keepdims=True) + UNIFORM_MIX / levels
+    return {"coder": "range", "precision": precision, "frequencies": frequencies_from_probabilities(probs, precision).tolist()}
+
+
+def cross_entropy_bits(symbols: np.ndarray, frequencies: np.ndarray, axis: int = 1, precision: int = PRECISION) -> float:
+    """Ideal code length of `symbols` under the tables, in bits (what a perfect entropy coder would spend)."""
+    rows = channel_view(symbols, axis).astype(np.int64)
+    f = np.asarray(frequencies, np.float64)
+    return float(-np.log2(np.take_along_axis(f, rows, axis=1) / (1 << precision)).sum())

@@ -1,0 +1,99 @@
+"""int8: onnxruntime static quantisation (QDQ) calibrated on training data, after its pre-processing pass."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass(frozen=True)
+class Int8Preset:
+    """Quantisation types. Default: U8 activations / S8 weights, per-channel: onnxruntime's CPU guidance for
+    x86 with VNNI and for ARM64. Device profiles override it (x86 without VNNI: reduce_range)."""
+
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls, obj: Any) -> Int8Preset:
+        if obj is None:
+            return cls()
+        if isinstance(obj, cls):
+            return obj
+        d = obj if isinstance(obj, dict) else asdict(obj)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an array, in small batches."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch: int = 32) -> None:
+        self.items = iter([{input_name: data[i : i + batch]} for i in range(0, len(data), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray,
+                   preset: Int8Preset) -> None:
+    """Pre-process (shape inference + optimisation), then static QDQ quantisation calibrated on `calibration`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    for field in ("activation_type", "weight_type"):
+        if getattr(preset, field) not in types:
+            raise ValueError(f"int8 preset {field} must be 'uint8' or 'int8', got {getattr(preset, field)!r}")
+    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on every call
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        except AssertionError:
+            # Symbolic shape inference asserts on the dense families' Reshape with a dynamic batch;
+            # ONNX's own shape inference is enough for those graphs.
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(out_path), _Reader(input_name, calibration.astype(np.float32)),
+            quant_format=QuantFormat.QDQ, per_channel=preset.per_channel, reduce_range=preset.reduce_range,
+            activation_type=types[preset.activation_type], weight_type=types[preset.weight_type],
+        )
+
+
+def single_thread_session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def median_latency_us(path: Path, x: np.ndarray, repeats: int = 7, min_seconds: float = 0.05) -> float:
+    """Median per-call latency, one thread: each repeat times as many calls as fill `min_seconds`."""
+    sess = single_thread_session(path)
+    name = sess.get_inputs()[0].name
+    for _ in range(5):
+        sess.run(None, {name: x})
+    t0, calls = time.perf_counter(), 0
+    while time.perf_counter() - t0 < min_seconds / 5:
+        sess.run(None, {name: x})
+        calls += 1
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            sess.run(None, {name: x})
+        times.append((time.perf_counter() - t0) / calls)
+    return float(np.median(times) * 1e6)
