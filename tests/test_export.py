@@ -143,8 +143,13 @@ def test_unsupported_opset_and_bad_calibration_data(make_run, tmp_path):
 
 
 def test_fully_convolutional_model_exports_at_another_input_size(make_run, tmp_path):
-    run = make_run("conv", downsample="stride")
-    res = export_run(run, ExportOptions(out=tmp_path / "b", input_size=(16, 16), measure_speed=False))
-    assert res.manifest["input"]["shape"] == [1, 16, 16]
-    with pytest.raises(ExportError, match="does not fit"):
+    from edgeae.train.data import DataSpec
+    from edgeae.train.trainer import TrainConfig, train
+
+    spec = DataSpec(name="photos", patch=16)
+    run = train("conv", spec, tmp_path / "run", {"downsample": "stride"}, TrainConfig(max_steps=3, progress=False)).path
+    res = export_run(run, ExportOptions(out=tmp_path / "b", input_size=(32, 48), measure_speed=False))
+    assert res.manifest["input"]["shape"] == [1, 32, 48]
+    assert res.manifest["latent"]["shape"][1:] == [8, 12]
+    with pytest.raises(ExportError, match="does not fit"):  # dense layers are tied to one size
         export_run(make_run("dense"), ExportOptions(out=tmp_path / "c", input_size=(16, 16)))

@@ -84,8 +84,12 @@ def _images(run: LoadedRun, model: torch.nn.Module, opts: ExportOptions) -> tupl
     shape = tuple(model.config.in_shape)
     spec = DataSpec.from_dict(run.config["data"])
     if opts.input_size and spec.name in ("photos", "images"):
-        spec = DataSpec.from_dict({**spec.to_dict(), "patch": opts.input_size[0]})
+        # Patch datasets can be re-cut at the export size: square patches, then cropped to (H, W).
+        spec = DataSpec.from_dict({**spec.to_dict(), "patch": max(opts.input_size)})
     data = load_dataset(spec)
+    if opts.input_size:
+        h, w = opts.input_size
+        data.train, data.val = data.train[..., :h, :w], data.val[..., :h, :w]
     train = data.train
     if opts.calibration_data is not None:
         train = _load_calibration(opts.calibration_data)
