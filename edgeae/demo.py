@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -64,8 +64,8 @@ def _export(cfg: DemoConfig, run: Path) -> Path:
 
 def _validation_images(bundle: Path) -> np.ndarray:
     """The demo's validation split as uint8 (N, H, W), rebuilt from the run's data spec."""
-    from edgeae.train.data import DataSpec, load_dataset
     from edgeae.runtime.summary import load_summary_manifest
+    from edgeae.train.data import DataSpec, load_dataset
     from edgeae.train.rundir import read_json
 
     run_dir = Path(load_summary_manifest(bundle)["source"]["run_dir"])

@@ -39,7 +39,7 @@ def frequencies_from_probabilities(probs: np.ndarray, precision: int = PRECISION
     probs = probs / probs.sum(axis=1, keepdims=True)
     freq = 1 + np.floor(probs * (total - levels)).astype(np.int64)
     # Hand the rounding remainder to the most probable symbols, deterministically.
-    for row, p in zip(freq, probs):
+    for row, p in zip(freq, probs, strict=True):
         short = total - int(row.sum())
         order = np.argsort(-p, kind="stable")
         row[order[:short]] += 1

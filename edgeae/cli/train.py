@@ -60,7 +60,8 @@ def train(family: str, dataset: str, data: str | None, latent: int | None, hidde
           force: bool) -> None:
     """Train a model on a dataset and write a run directory (config, safetensors weights, metrics, grid)."""
     from edgeae.train.data import DataSpec
-    from edgeae.train.trainer import TrainConfig, train as run_training
+    from edgeae.train.trainer import TrainConfig
+    from edgeae.train.trainer import train as run_training
 
     options = {**_model_options(family, latent, _ints(hidden), _ints(channels), loss, lmbda), **_parse_set(sets)}
     spec = DataSpec(name=dataset, data=str(Path(data).resolve()) if data else None, seed=seed, patch=patch,

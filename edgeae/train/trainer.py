@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from edgeae import __version__
-from edgeae.train.data import DataSpec, Dataset, load_dataset
+from edgeae.train.data import Dataset, DataSpec, load_dataset
 from edgeae.train.models import AutoEncoder, build_model, make_config
 from edgeae.train.rundir import CONFIG, GRID, METRICS, WEIGHTS, AtomicDir, save_grid, write_json
 

@@ -57,7 +57,7 @@ class ConvAE(AutoEncoder):
             prev = config.latent_channels
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
-        for ch, size in zip(reversed(config.channels), reversed(sizes[:-1])):
+        for ch, size in zip(reversed(config.channels), reversed(sizes[:-1]), strict=True):
             # Explicit output sizes make odd inputs (7 -> 4 -> 7) come back to the right shape.
             dec += [nn.Conv2d(prev, ch, k, padding=pad), nn.ReLU(), nn.Upsample(size=size, mode="nearest")]
             prev = ch

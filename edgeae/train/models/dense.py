@@ -19,7 +19,7 @@ class DenseConfig(ModelConfig):
 
 def mlp(sizes: list[int], last: nn.Module) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         layers.append(last if i == len(sizes) - 2 else nn.ReLU())
     return nn.Sequential(*layers)
