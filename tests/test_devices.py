@@ -137,7 +137,7 @@ def test_profile_settings_reach_the_session(tiny_graph, tmp_path):
     s = applied_settings(make_session(tiny_graph, load_profile("raspberry-pi-zero-2")))
     assert (s["intra_op_threads"], s["inter_op_threads"], s["allow_spinning"]) == (4, 1, False)
     assert s["graph_optimization_level"] == "all" and s["providers"] == ["CPUExecutionProvider"]
-    assert applied_settings(make_session(tiny_graph, load_profile("x86-server")))["allow_spinning"] is True
+    assert applied_settings(make_session(tiny_graph, "x86-server"))["allow_spinning"] is True  # by name too
     custom = tmp_path / "basic.toml"
     custom.write_text(GOOD.replace('"all"', '"basic"').replace('"sequential"', '"parallel"')
                       .replace("inter_op_threads = 1", "inter_op_threads = 2"))

@@ -7,7 +7,7 @@ import os
 import onnxruntime as ort
 
 from edgeae.errors import BundleError, InputError
-from edgeae.runtime.devices import DeviceProfile
+from edgeae.runtime.devices import DeviceProfile, load_profile
 
 PROVIDERS = ["CPUExecutionProvider"]
 SPINNING_KEY = "session.intra_op.allow_spinning"
@@ -20,18 +20,20 @@ _LEVELS = {
 _MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
 
 
-def session_options(profile: DeviceProfile | None = None, threads: int | None = None,
-                    enable_profiling: bool = False, profile_prefix: str | None = None) -> ort.SessionOptions:
-    """SessionOptions for a device profile; an explicit `threads` overrides the profile's intra-op threads.
+ProfileLike = DeviceProfile | str | os.PathLike[str]
 
-    With neither, onnxruntime's defaults stand (one intra-op thread per physical core, spinning on).
+
+def session_options(profile: ProfileLike | None = None, threads: int | None = None,
+                    enable_profiling: bool = False, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """SessionOptions for a device profile (or its name / TOML path); an explicit `threads` overrides the
+    profile's intra-op threads. With neither, onnxruntime's defaults stand (a thread per core, spinning on).
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer, got {threads!r}")
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: onnxruntime's warnings are advice for graph authors
     if profile is not None:
-        s = profile.session
+        s = load_profile(profile).session
         so.intra_op_num_threads = s.intra_op_threads
         so.inter_op_num_threads = s.inter_op_threads
         so.graph_optimization_level = _LEVELS[s.graph_optimization_level]
@@ -48,7 +50,7 @@ def session_options(profile: DeviceProfile | None = None, threads: int | None = 
     return so
 
 
-def make_session(model: str | os.PathLike[str] | bytes, profile: DeviceProfile | None = None,
+def make_session(model: str | os.PathLike[str] | bytes, profile: ProfileLike | None = None,
                  threads: int | None = None, enable_profiling: bool = False,
                  profile_prefix: str | None = None) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for a graph path (or its bytes) with a device's settings."""
