@@ -153,3 +153,12 @@ def test_fully_convolutional_model_exports_at_another_input_size(make_run, tmp_p
     assert res.manifest["latent"]["shape"][1:] == [8, 12]
     with pytest.raises(ExportError, match="does not fit"):  # dense layers are tied to one size
         export_run(make_run("dense"), ExportOptions(out=tmp_path / "c", input_size=(16, 16)))
+
+
+def test_device_profile_int8_preset_is_used_and_recorded(make_run, tmp_path):
+    res = export_run(make_run("dense"), ExportOptions(out=tmp_path / "b", int8=True, device="raspberry-pi-4",
+                                                      calibration_samples=32, measure_speed=False))
+    preset = res.manifest["int8"]["preset"]
+    assert preset["name"] == "raspberry-pi-4" and preset["activation_type"] == "int8"
+    kinds = {i.data_type for i in onnx.load(str(tmp_path / "b" / "encoder.int8.onnx")).graph.initializer}
+    assert onnx.TensorProto.INT8 in kinds and onnx.TensorProto.UINT8 not in kinds
