@@ -1,0 +1,341 @@
+"""The bundle manifest (docs/MANIFEST.md) as dataclasses: strict validation on load, exact dict on save."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeae.errors import BundleError
+
+SCHEMA = "edgeae.bundle"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 32 << 20
+MAX_LATENT_BITS = 24
+MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
+ROLES = ("encoder", "decoder")
+CHANNELS = {"L": 1, "RGB": 3}
+_KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
+          "quality", "int8", "source", "tools")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, int, int]  # C, H, W
+    channel_order: str  # "L" or "RGB"
+    scale: float  # graph input = uint8 pixel * scale + offset
+    offset: float
+    dtype: str = "float32"
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
+                "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    input: str
+    output: str
+    opset: int
+    int8_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
+                "int8_file": self.int8_file}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    bits: int
+    levels: int  # symbols per channel: 0 .. levels-1
+    offset: tuple[float, ...]  # one per channel
+    step: tuple[float, ...]  # one per channel, > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bits": self.bits, "levels": self.levels, "offset": list(self.offset), "step": list(self.step)}
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    shape: tuple[int, ...]  # without the batch axis
+    channel_axis: int  # axis of the *batched* latent that indexes channels (>= 1)
+    quantization: Quantization
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.channel_axis - 1]
+
+    @property
+    def symbols(self) -> int:
+        """Integer symbols per image."""
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "channel_axis": self.channel_axis,
+                "quantization": self.quantization.to_dict()}
+
+
+@dataclass(frozen=True)
+class EntropySpec:
+    coder: str  # "range"
+    precision: int  # every row of `frequencies` sums to 2**precision
+    frequencies: tuple[tuple[int, ...], ...]  # one row of `levels` ints >= 1 per channel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coder": self.coder, "precision": self.precision, "frequencies": [list(r) for r in self.frequencies]}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. Free-form sections (model, quality, int8, source, tools) stay plain dicts."""
+
+    name: str
+    input: InputSpec
+    graphs: dict[str, GraphEntry]
+    latent: LatentSpec
+    entropy: EntropySpec
+    fingerprint: str  # sha256 hex; payloads carry its first 8 bytes
+    files: dict[str, FileEntry]
+    model: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # top-level keys this version does not know; kept
+    version: int = MANIFEST_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = MANIFEST_NAME) -> Manifest:
+        """Validate a parsed manifest.json; a BundleError names the first bad field."""
+        return _Validator(source).manifest(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest.json content, keys in the documented order (the exporter writes this)."""
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "name": self.name,
+            "model": self.model,
+            "input": self.input.to_dict(),
+            "graphs": {role: g.to_dict() for role, g in self.graphs.items()},
+            "latent": self.latent.to_dict(),
+            "entropy": self.entropy.to_dict(),
+            "fingerprint": self.fingerprint,
+            "files": {name: f.to_dict() for name, f in self.files.items()},
+            "quality": self.quality,
+            "int8": self.int8,
+            "source": self.source,
+            "tools": self.tools,
+            **self.extra,
+        }
+
+
+def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw JSON of a bundle folder's manifest.json (or a manifest path), read with a size bound."""
+    p = Path(path)
+    p = p / MANIFEST_NAME if p.is_dir() else p
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise BundleError(f"{p} not found; is this a bundle written by `edgeae export`?") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{p} is larger than {MAX_MANIFEST_BYTES} bytes; not an edgeae manifest")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{p} is not valid JSON ({exc}); re-export the bundle") from None
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Load and validate the manifest of a bundle folder (or a manifest.json path)."""
+    p = Path(path)
+    return Manifest.from_dict(read_manifest_json(p), source=str(p / MANIFEST_NAME if p.is_dir() else p))
+
+
+class _Validator:
+    """Type and range checks that raise one BundleError naming the field (e.g. `latent.quantization.step[3]`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> BundleError:
+        return BundleError(f"{self.source}: {path} {problem}; re-export the bundle with `edgeae export`")
+
+    def obj(self, v: Any, path: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(path, f"must be an object, got {type(v).__name__}")
+        return v
+
+    def text(self, v: Any, path: str, choices: tuple[str, ...] | None = None) -> str:
+        if not isinstance(v, str) or not v:
+            raise self.fail(path, f"must be a non-empty string, got {v!r}")
+        if choices and v not in choices:
+            raise self.fail(path, f"must be one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    def integer(self, v: Any, path: str, lo: int, hi: int | None = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(path, f"must be an integer, got {v!r}")
+        if v < lo or (hi is not None and v > hi):
+            raise self.fail(path, f"must be in {lo}..{hi if hi is not None else ''}, got {v}")
+        return v
+
+    def number(self, v: Any, path: str, positive: bool = False) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.fail(path, f"must be a finite number, got {v!r}")
+        if positive and v <= 0:
+            raise self.fail(path, f"must be > 0, got {v!r}")
+        return float(v)
+
+    def array(self, v: Any, path: str, length: int | None = None) -> list[Any]:
+        if not isinstance(v, list):
+            raise self.fail(path, f"must be a list, got {type(v).__name__}")
+        if length is not None and len(v) != length:
+            raise self.fail(path, f"must have {length} entries, got {len(v)}")
+        return v
+
+    def hexdigest(self, v: Any, path: str) -> str:
+        s = self.text(v, path)
+        if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+            raise self.fail(path, "must be a sha256 hex digest (64 lowercase hex digits)")
+        return s
+
+    # --- sections ---
+
+    def manifest(self, d: Any) -> Manifest:
+        d = self.obj(d, "manifest")
+        if d.get("schema") != SCHEMA:
+            raise self.fail("schema", f"must be {SCHEMA!r}, got {d.get('schema')!r} (not an edgeae bundle manifest)")
+        version = d.get("version")
+        if version != MANIFEST_VERSION:
+            raise BundleError(f"{self.source}: manifest version {version!r} is not supported (this edgeae reads "
+                              f"version {MANIFEST_VERSION}); use the edgeae release that exported it")
+        req = {k: self.need(d, k) for k in ("name", "input", "graphs", "latent", "entropy", "fingerprint", "files")}
+        latent = self.latent(req["latent"])
+        entropy = self.entropy(req["entropy"], latent)
+        files = self.files(req["files"])
+        graphs = self.graphs(req["graphs"], files)
+        int8 = d.get("int8")
+        return Manifest(
+            name=self.text(req["name"], "name"),
+            input=self.input(req["input"]),
+            graphs=graphs,
+            latent=latent,
+            entropy=entropy,
+            fingerprint=self.hexdigest(req["fingerprint"], "fingerprint"),
+            files=files,
+            model=self.obj(d.get("model", {}), "model"),
+            quality=self.obj(d.get("quality", {}), "quality"),
+            int8=None if int8 is None else self.obj(int8, "int8"),
+            source=self.obj(d.get("source", {}), "source"),
+            tools=self.obj(d.get("tools", {}), "tools"),
+            extra={k: v for k, v in d.items() if k not in _KNOWN},
+        )
+
+    def need(self, d: dict[str, Any], key: str, path: str = "") -> Any:
+        if key not in d:
+            raise self.fail(f"{path}.{key}" if path else key, "is missing")
+        return d[key]
+
+    def input(self, d: Any) -> InputSpec:
+        d = self.obj(d, "input")
+        shape = self.array(self.need(d, "shape", "input"), "input.shape", 3)
+        c, h, w = (self.integer(v, f"input.shape[{i}]", 1, 1 << 16) for i, v in enumerate(shape))
+        order = self.text(self.need(d, "channel_order", "input"), "input.channel_order", tuple(CHANNELS))
+        if CHANNELS[order] != c:
+            raise self.fail("input.channel_order", f"is {order!r} but input.shape has {c} channels")
+        return InputSpec(
+            shape=(c, h, w), channel_order=order,
+            scale=self.number(self.need(d, "scale", "input"), "input.scale", positive=True),
+            offset=self.number(self.need(d, "offset", "input"), "input.offset"),
+            dtype=self.text(d.get("dtype", "float32"), "input.dtype", ("float32",)),
+            layout=self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",)),
+        )
+
+    def graphs(self, d: Any, files: dict[str, FileEntry]) -> dict[str, GraphEntry]:
+        d = self.obj(d, "graphs")
+        out = {}
+        for role in ROLES:
+            g = self.obj(self.need(d, role, "graphs"), f"graphs.{role}")
+            p = f"graphs.{role}"
+            int8 = g.get("int8_file")
+            entry = GraphEntry(
+                file=self.text(self.need(g, "file", p), f"{p}.file"),
+                input=self.text(self.need(g, "input", p), f"{p}.input"),
+                output=self.text(self.need(g, "output", p), f"{p}.output"),
+                opset=self.integer(self.need(g, "opset", p), f"{p}.opset", 1, 1000),
+                int8_file=None if int8 is None else self.text(int8, f"{p}.int8_file"),
+            )
+            for key in ("file", "int8_file"):
+                name = getattr(entry, key)
+                if name is not None and name not in files:
+                    raise self.fail(f"{p}.{key}", f"names {name!r}, which the files section does not list")
+            out[role] = entry
+        return out
+
+    def latent(self, d: Any) -> LatentSpec:
+        d = self.obj(d, "latent")
+        shape = self.array(self.need(d, "shape", "latent"), "latent.shape")
+        if not 1 <= len(shape) <= 6:
+            raise self.fail("latent.shape", f"must have 1 to 6 dimensions, got {len(shape)}")
+        shape_t = tuple(self.integer(v, f"latent.shape[{i}]", 1, 1 << 24) for i, v in enumerate(shape))
+        axis = self.integer(self.need(d, "channel_axis", "latent"), "latent.channel_axis", 1, len(shape_t))
+        channels = shape_t[axis - 1]
+        q = self.obj(self.need(d, "quantization", "latent"), "latent.quantization")
+        p = "latent.quantization"
+        bits = self.integer(self.need(q, "bits", p), f"{p}.bits", 0, MAX_LATENT_BITS)
+        levels = self.integer(self.need(q, "levels", p), f"{p}.levels", 1, 1 << bits)
+        offset = self.array(self.need(q, "offset", p), f"{p}.offset", channels)
+        step = self.array(self.need(q, "step", p), f"{p}.step", channels)
+        quant = Quantization(
+            bits=bits, levels=levels,
+            offset=tuple(self.number(v, f"{p}.offset[{i}]") for i, v in enumerate(offset)),
+            step=tuple(self.number(v, f"{p}.step[{i}]", positive=True) for i, v in enumerate(step)),
+        )
+        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant)
+
+    def entropy(self, d: Any, latent: LatentSpec) -> EntropySpec:
+        d = self.obj(d, "entropy")
+        coder = self.text(self.need(d, "coder", "entropy"), "entropy.coder", ("range",))
+        precision = self.integer(self.need(d, "precision", "entropy"), "entropy.precision", 1, MAX_PRECISION)
+        rows = self.array(self.need(d, "frequencies", "entropy"), "entropy.frequencies", latent.channels)
+        levels, total = latent.quantization.levels, 1 << precision
+        out = []
+        for c, row in enumerate(rows):
+            path = f"entropy.frequencies[{c}]"
+            row = self.array(row, path, levels)
+            if not all(type(v) is int and v >= 1 for v in row):  # noqa: E721 (bool is not a frequency)
+                bad = next(i for i, v in enumerate(row) if type(v) is not int or v < 1)  # noqa: E721
+                raise self.fail(f"{path}[{bad}]", f"must be an integer >= 1, got {row[bad]!r}")
+            if sum(row) != total:
+                raise self.fail(path, f"must sum to 2**precision = {total}, got {sum(row)}")
+            out.append(tuple(row))
+        return EntropySpec(coder=coder, precision=precision, frequencies=tuple(out))
+
+    def files(self, d: Any) -> dict[str, FileEntry]:
+        d = self.obj(d, "files")
+        out = {}
+        for name, entry in d.items():
+            p = f"files[{name!r}]"
+            entry = self.obj(entry, p)
+            out[name] = FileEntry(sha256=self.hexdigest(self.need(entry, "sha256", p), f"{p}.sha256"),
+                                  bytes=self.integer(self.need(entry, "bytes", p), f"{p}.bytes", 0))
+        return out
