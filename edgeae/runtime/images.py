@@ -1,0 +1,154 @@
+"""User images (arrays, PIL images, files) <-> the graphs' float32 NCHW input in [0, 1]; never resized."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeae.errors import InputError
+from edgeae.runtime.manifest import InputSpec
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                            ".pnm"})
+MAX_IMAGE_PIXELS = 1 << 28  # Pillow's decompression-bomb guard, made an error
+
+
+class ImageAdapter:
+    """Converts user input to the graph input of one bundle; the affine map is precomputed once."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        c, h, w = spec.shape
+        self.chw, self.hwc = (c, h, w), (h, w, c)
+        self.scale = np.float32(spec.scale)
+        self.offset = np.float32(spec.offset)
+        # Float input in [0, 1] means uint8 / 255, so it goes through the same map: x * 255 * scale + offset.
+        self.float_scale = np.float32(255.0 * spec.scale)
+        self.float_identity = abs(255.0 * spec.scale - 1.0) < 1e-9 and spec.offset == 0.0
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """uint8 / float [0, 1] arrays, PIL images, paths, or a sequence of them -> float32 (N, C, H, W)."""
+        if isinstance(images, np.ndarray):
+            return self._to_float(self._nchw(images))
+        if _is_single(images):
+            return self._to_float(self._nchw(self.load(images))[:1])
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            if not len(images):
+                raise InputError("no images given")
+            singles = [self._nchw(x if isinstance(x, np.ndarray) else self.load(x)) for x in images]
+            if any(len(s) != 1 for s in singles):
+                raise InputError("a list of images must hold single images; pass a batch as one array instead")
+            kinds = {s.dtype.kind for s in singles}
+            if len(kinds) > 1:
+                raise InputError("a list of images mixes uint8 and float arrays; convert them to one kind")
+            return self._to_float(np.concatenate(singles))
+        raise InputError(f"cannot use {type(images).__name__} as images; pass a uint8 or float [0, 1] array, "
+                         "a PIL image, a file path, or a list of them")
+
+    def _nchw(self, a: np.ndarray) -> np.ndarray:
+        """A view of `a` as (N, C, H, W) by matching the bundle's (C, H, W); an InputError if it cannot match."""
+        if a.dtype != np.uint8 and a.dtype.kind != "f":
+            raise InputError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {a.dtype}")
+        c = self.chw[0]
+        shape = a.shape
+        if a.ndim == 2 and c == 1 and shape == self.chw[1:]:
+            return a[None, None]
+        if a.ndim == 3:
+            if c == 1 and shape[1:] == self.chw[1:]:  # (N, H, W)
+                return a[:, None]
+            if shape == self.hwc:
+                return a.transpose(2, 0, 1)[None]
+            if shape == self.chw:
+                return a[None]
+        if a.ndim == 4 and shape[0] >= 1:
+            if shape[1:] == self.chw:
+                return a
+            if shape[1:] == self.hwc:
+                return a.transpose(0, 3, 1, 2)
+        raise InputError(f"image array of shape {shape} does not fit this bundle, which takes {self.describe()}; "
+                         "resize or crop the images first (edgeae never resizes silently)")
+
+    def describe(self) -> str:
+        (c, h, w), order = self.chw, self.spec.channel_order
+        batch = "(N, H, W) or " if c == 1 else ""
+        return (f"{h}x{w} {order} images: (H, W, C) = {self.hwc}, {batch}(N, H, W, C) or (N, C, H, W) "
+                f"with H={h}, W={w}, C={c}")
+
+    def _to_float(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == 0:
+            raise InputError("no images given (the batch axis is empty)")
+        if x.dtype == np.uint8:
+            out = np.multiply(x, self.scale, dtype=np.float32, out=np.empty(x.shape, np.float32))
+            if self.offset:
+                out += self.offset
+            return out
+        lo, hi = x.min(), x.max()
+        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+            raise InputError(f"float images must be in [0, 1], got values in [{lo}, {hi}]; "
+                             "divide 0..255 data by 255 or pass uint8")
+        if self.float_identity:
+            return np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
+        out = np.multiply(x, self.float_scale, dtype=np.float32, out=np.empty(x.shape, np.float32))
+        if self.offset:
+            out += self.offset
+        return out
+
+    def load(self, source: Any) -> np.ndarray:
+        """One PIL image or image file -> uint8 (H, W) or (H, W, 3) in the bundle's channel order."""
+        mode = self.spec.channel_order
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "the image"
+        if isinstance(source, (str, os.PathLike)):
+            img = _open(Path(source), mode)
+        elif _is_pil(source):
+            img = source.convert(mode) if source.mode != mode else source
+        else:
+            raise InputError(f"cannot use {type(source).__name__} as an image; pass an array, a PIL image or a path")
+        h, w = self.chw[1:]
+        if img.size != (w, h):
+            raise InputError(f"{name} is {img.size[1]}x{img.size[0]} (HxW) but this bundle takes {h}x{w}; "
+                             "resize or crop it first (edgeae never resizes silently)")
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _is_pil(x: Any) -> bool:
+    # No Pillow import needed to ask: an object can only be a PIL image if PIL is already loaded.
+    mod = sys.modules.get("PIL.Image")
+    return mod is not None and isinstance(x, mod.Image)
+
+
+def _is_single(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike)) or _is_pil(x)
+
+
+def _open(path: Path, mode: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except FileNotFoundError:
+        raise InputError(f"image file {path} does not exist") from None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Decoder output float (N, C, H, W) in [0, 1] -> uint8 (N, H, W) for gray or (N, H, W, C), rounded."""
+    out = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out[:, 0] if out.shape[1] == 1 else np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """One uint8 image (H, W) or (H, W, C) as PNG file content."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
