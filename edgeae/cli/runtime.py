@@ -1,1 +1,191 @@
-"""CLI: runtime commands."""
+"""CLI: `edgeae encode` (images -> .eae payloads) and `edgeae decode` (payloads -> PNG), torch-free."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from edgeae.cli import main
+
+ENCODE_CHUNK = 64  # images per graph run
+BATCH_NAME = "batch.eae"
+
+
+@dataclass
+class Job:
+    source: Path
+    target: Path  # output path relative to --out, without its suffix
+
+    def output(self, out: Path, suffix: str, index: int | None = None) -> Path:
+        name = self.target.name if index is None else f"{self.target.name}-{index:04d}"
+        return out / self.target.parent / (name + suffix)
+
+
+class Failures:
+    """Per-file problems are reported as they happen and skipped; the command fails at the end if any."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, source: Path | str, problem: str) -> None:
+        self.count += 1
+        click.echo(f"skipped {source}: {problem}", err=True)
+
+    def finish(self) -> None:
+        if self.count:
+            raise click.ClickException(f"{self.count} input(s) could not be processed (see above)")
+
+
+def _jobs(paths: Iterable[str], suffixes: frozenset[str], failures: Failures) -> list[Job]:
+    """Files as given, folders walked (sorted, recursively) for `suffixes`; output names keep the sub-folders."""
+    jobs: list[Job] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                failures.report(p, f"no {'/'.join(sorted(suffixes))} files in this folder")
+            jobs += [Job(f, f.relative_to(p).with_name(f.stem)) for f in found]
+        elif p.is_file():
+            jobs.append(Job(p, Path(p.stem)))
+        else:
+            failures.report(p, "no such file or folder")
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.target in seen:
+            raise click.UsageError(f"{seen[job.target]} and {job.source} would both write {job.target}; "
+                                   "encode them into different --out folders")
+        seen[job.target] = job.source
+    return jobs
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write beside the target and rename into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _codec_options(f):
+    f = click.option("--threads", type=click.IntRange(1, 1024), help="onnxruntime threads [default: the "
+                     "device profile's, else all cores].")(f)
+    f = click.option("--device", help="Device profile (name or TOML path) for the onnxruntime session.")(f)
+    f = click.option("--int8", "int8", is_flag=True, help="Use the bundle's int8 graph.")(f)
+    f = click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")(f)
+    return click.option("--bundle", required=True, type=click.Path(), help="Bundle folder from `edgeae export`.")(f)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@_codec_options
+@click.option("--batch", is_flag=True, help=f"Write every image into one payload ({BATCH_NAME}).")
+def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
+           batch: bool) -> None:
+    """Encode images (files, or folders of them) into .eae payloads: one per image, or one with --batch."""
+    import numpy as np
+
+    from edgeae.runtime.codec import Encoder
+    from edgeae.runtime.images import IMAGE_SUFFIXES
+
+    failures = Failures()
+    jobs = _jobs(inputs, IMAGE_SUFFIXES, failures)
+    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
+    pixels = int(np.prod(enc.manifest.input.shape[1:]))
+    out_dir = Path(out)
+    encoded = list(_encode_files(enc, jobs, failures))
+    if batch and encoded:
+        if len(encoded) > enc.packer.max_items:
+            raise click.UsageError(f"{len(encoded)} images exceed one payload's {enc.packer.max_items}; drop --batch")
+        payload = enc.pack([body for _, body in encoded])
+        _deliver(out_dir / BATCH_NAME, payload)
+        for i, (job, _) in enumerate(encoded):
+            click.echo(f"item {i}: {job.source}")
+        click.echo(f"{len(encoded)} images -> {out_dir / BATCH_NAME}  {len(payload)} bytes")
+        total = len(payload)
+    else:
+        total = 0
+        for job, body in encoded:
+            payload = enc.pack([body])
+            target = job.output(out_dir, ".eae")
+            _deliver(target, payload)
+            total += len(payload)
+            click.echo(f"{job.source} -> {target}  {len(payload)} bytes  {8 * len(payload) / pixels:.3f} bpp")
+    if encoded:
+        mean = total / len(encoded)
+        click.echo(f"{len(encoded)} images: {mean:.1f} bytes/image, {8 * mean / pixels:.3f} bits per pixel")
+    failures.finish()
+
+
+def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Job, bytes]]:
+    """(job, item body) for every readable image; the graph runs on chunks of ENCODE_CHUNK images."""
+    import numpy as np
+
+    from edgeae.errors import InputError
+
+    for chunk in _chunks(jobs, ENCODE_CHUNK):
+        loaded = []
+        for job in chunk:
+            try:
+                loaded.append((job, enc.images.load(job.source)))
+            except InputError as exc:
+                failures.report(job.source, str(exc))
+        if loaded:
+            bodies = enc.coder.encode(enc.symbols(np.stack([img for _, img in loaded])))
+            yield from zip((job for job, _ in loaded), bodies, strict=True)
+
+
+def _deliver(target: Path, payload: bytes) -> None:
+    """Where a finished payload goes: a file under --out (an uploader, --send/--spool, hooks in here)."""
+    _write_atomic(target, payload)
+
+
+@main.command()
+@click.argument("payloads", nargs=-1, required=True, type=click.Path())
+@_codec_options
+def decode(payloads: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None,
+           threads: int | None) -> None:
+    """Decode .eae payloads (files, or folders of them) into PNG images."""
+    from edgeae.errors import PayloadError
+    from edgeae.runtime.codec import Decoder
+    from edgeae.runtime.images import png_bytes
+    from edgeae.runtime.payload import MAX_PAYLOAD_BYTES
+
+    failures = Failures()
+    jobs = _jobs(payloads, frozenset({".eae"}), failures)
+    dec = Decoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
+    out_dir = Path(out)
+    images = 0
+    for job in jobs:
+        try:
+            with open(job.source, "rb") as f:
+                data = f.read(MAX_PAYLOAD_BYTES + 1)
+            decoded = dec.decode(data)
+        except OSError as exc:
+            failures.report(job.source, exc.strerror or str(exc))
+            continue
+        except PayloadError as exc:
+            failures.report(job.source, f"{exc.code}: {exc}")
+            continue
+        targets = [job.output(out_dir, ".png", None if len(decoded) == 1 else i) for i in range(len(decoded))]
+        for target, image in zip(targets, decoded, strict=True):
+            _write_atomic(target, png_bytes(image))
+        images += len(decoded)
+        click.echo(f"{job.source} -> {targets[0]}" + (f" .. {targets[-1].name}" if len(targets) > 1 else ""))
+    click.echo(f"{images} images decoded into {out_dir}")
+    failures.finish()

@@ -144,14 +144,14 @@ class Packer:
         self.symbols = math.prod(self.shape)
         if self.symbols > MAX_ITEM_SYMBOLS:
             raise ValueError(f"latent shape {self.shape} has more than {MAX_ITEM_SYMBOLS} symbols")
+        self.max_items = min(MAX_ITEMS, MAX_TOTAL_SYMBOLS // self.symbols)
         self._fixed = fingerprint[:FINGERPRINT_BYTES] + bytes([coder << 5 | bits])
         self._shape = _varint(len(self.shape)) + b"".join(_varint(d) for d in self.shape)
 
     def pack(self, bodies: Sequence[bytes]) -> bytes:
         n = len(bodies)
-        if not 1 <= n <= MAX_ITEMS or self.symbols * n > MAX_TOTAL_SYMBOLS:
-            raise ValueError(f"a payload holds 1..{min(MAX_ITEMS, MAX_TOTAL_SYMBOLS // self.symbols)} items "
-                             f"of this latent, got {n}; split the batch")
+        if not 1 <= n <= self.max_items:
+            raise ValueError(f"a payload holds 1..{self.max_items} items of this latent, got {n}; split the batch")
         fields = b"".join([self._fixed, _varint(n), self._shape, *[_varint(len(b)) for b in bodies]])
         if len(fields) > MAX_HEADER_BYTES:
             raise ValueError("payload header exceeds the format's limit; split the batch")
