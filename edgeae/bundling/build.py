@@ -16,10 +16,12 @@ import torch
 
 from edgeae import __version__
 from edgeae.bundling import calibrate, graphs
-from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph, single_thread_session
+from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph
 from edgeae.bundling.spec import DEFAULT_OPSET, MANIFEST_VERSION, SUPPORTED_OPSETS, GraphSpec, graph_specs
 from edgeae.bundling.verify import GraphCheck, check_graph, psnr
 from edgeae.errors import ExportError
+from edgeae.runtime.manifest import LatentSpec, Manifest, Quantization
+from edgeae.runtime.quantize import Quantizer
 from edgeae.train.data import DataSpec, load_dataset
 from edgeae.train.models import build_model, make_config
 from edgeae.train.rundir import AtomicDir, LoadedRun, load_run, write_json
@@ -143,7 +145,8 @@ def _build(run: LoadedRun, model, train, val, opts: ExportOptions, tmp: Path) ->
     failures = [f for c in checks for f in c.failures]
     if failures:
         raise ExportError("export verification failed", failures)
-    manifest = _manifest(run, model, specs, latent, entropy, fp, quality, int8, checks, tmp)
+    # Round-trip through the runtime's validator: the exporter never writes a manifest the runtime refuses.
+    manifest = Manifest.from_dict(_manifest(run, model, specs, latent, entropy, fp, quality, int8, checks, tmp)).to_dict()
     write_json(tmp / "manifest.json", manifest)
     return manifest, checks
 
@@ -159,26 +162,18 @@ def _latent_model(model, latents: np.ndarray, bits: int) -> tuple[dict[str, Any]
                    "frequencies": np.asarray(t["frequencies"], np.int64).tolist()}
     else:
         quant = calibrate.calibrate_quantization(latents, bits)
-        symbols = quantize(latents, quant, axis)
+        symbols = quantizer({"shape": latents.shape[1:], "channel_axis": axis, "quantization": quant}).quantize(latents)
         entropy = calibrate.histogram_tables(symbols, quant["levels"], axis)
     latent = {"shape": list(latents.shape[1:]), "channel_axis": axis, "quantization": quant}
     return latent, entropy
 
 
-def _per_channel(values: list[float], ndim: int, axis: int) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return np.asarray(values, np.float32).reshape(shape)
-
-
-def quantize(y: np.ndarray, quant: dict[str, Any], axis: int = 1) -> np.ndarray:
-    off, step = _per_channel(quant["offset"], y.ndim, axis), _per_channel(quant["step"], y.ndim, axis)
-    return np.clip(np.round((y - off) / step), 0, quant["levels"] - 1).astype(np.int32)
-
-
-def dequantize(q: np.ndarray, quant: dict[str, Any], axis: int = 1) -> np.ndarray:
-    off, step = _per_channel(quant["offset"], q.ndim, axis), _per_channel(quant["step"], q.ndim, axis)
-    return (off + q.astype(np.float32) * step).astype(np.float32)
+def quantizer(latent: dict[str, Any]) -> Quantizer:
+    """The runtime's own quantiser for a latent section, so export measures exactly what devices do."""
+    q = latent["quantization"]
+    spec = LatentSpec(tuple(latent["shape"]), latent["channel_axis"],
+                      Quantization(q["bits"], q["levels"], tuple(q["offset"]), tuple(q["step"])))
+    return Quantizer(spec)
 
 
 def _verify(specs, modules, tmp: Path, val: np.ndarray, val_latent: np.ndarray) -> list[GraphCheck]:
@@ -195,7 +190,8 @@ def _verify(specs, modules, tmp: Path, val: np.ndarray, val_latent: np.ndarray) 
 def _quality(model, tmp: Path, specs, val: np.ndarray, latent: dict[str, Any]) -> dict[str, Any]:
     """Validation PSNR (dB, [0, 1] scale): PyTorch, ONNX fp32, and ONNX fp32 with the latent quantised."""
     y = _run_graph(tmp / specs["encoder"].file, val)
-    y_hat = dequantize(quantize(y, latent["quantization"]), latent["quantization"])
+    q = quantizer(latent)
+    y_hat = q.dequantize(q.quantize(y))
     with torch.no_grad():
         torch_rec = model(torch.from_numpy(val)).x_hat.numpy()
     return {
@@ -291,7 +287,3 @@ def _manifest(run: LoadedRun, model, specs, latent, entropy, fp, quality, int8, 
         "tools": {"edgeae": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort.__version__, "python": platform.python_version()},
     }
-
-
-def single_thread(path: Path) -> ort.InferenceSession:  # re-exported for benchmarks
-    return single_thread_session(path)

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from edgeae.errors import BundleError
-
-MAX_MANIFEST_BYTES = 32 << 20
+from edgeae.runtime.manifest import load_manifest
 
 
 def load_summary_manifest(path: Path) -> dict[str, Any]:
-    """The raw manifest dict of a bundle folder or a manifest.json path (bounded read, one-line errors)."""
-    path = path / "manifest.json" if path.is_dir() else path
-    if not path.is_file():
-        raise BundleError(f"{path} not found; is this a bundle written by `edgeae export`?")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; not an edgeae manifest")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); re-export the bundle") from None
-    if not isinstance(data, dict) or data.get("schema") != "edgeae.bundle":
-        raise BundleError(f"{path} is not an edgeae bundle manifest (schema field missing)")
-    return data
+    """The validated manifest of a bundle folder or a manifest.json path, as a plain dict."""
+    return load_manifest(path).to_dict()
 
 
 def summarize(m: dict[str, Any]) -> str:
