@@ -251,15 +251,22 @@ def _run(job: dict[str, Any], common: dict[str, Any], tmp: Path) -> Measurement:
     name = f"{job['kind']}-{job['part']}-{job['precision']}-t{job['threads']}-b{job['batch']}"
     job["out"] = str(tmp / f"{name}.result.json")
     (tmp / f"{name}.job.json").write_text(json.dumps(job))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                     os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "edgeae.profiling.worker", str(tmp / f"{name}.job.json")],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=_worker_env())
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeaeError(f"profiling {name} failed: {last}")
     r = json.loads(Path(job["out"]).read_text())
     return _measurement(job, r)
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment; plus the folder holding this edgeae when the interpreter would not find it
+    by itself (running from a source tree without installing). Never prepends site-packages wholesale."""
+    root = Path(__file__).resolve().parents[2]
+    if any(Path(p or ".").resolve() == root for p in sys.path[1:]):
+        return dict(os.environ)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
 
 
 def _measurement(job: dict[str, Any], r: dict[str, Any]) -> Measurement:

@@ -168,7 +168,7 @@ class ProfileReport:
             t = m.latency
             row = [m.part, m.label, str(m.threads), str(m.batch), f"{m.cold_create_ms:.1f}+{m.cold_first_run_ms:.1f}",
                    _num(t.p50), _num(t.p90), _num(t.p99), _num(m.per_image_ms), f"{m.throughput_ips:,.0f}",
-                   f"{t.cv:.0%}" + ("!" if m.noisy else ""), _opt(m.peak_rss_mb, "{:.0f}"),
+                   f"{t.cv_trimmed:.0%}" + ("!" if m.noisy else ""), _opt(m.peak_rss_mb, "{:.0f}"),
                    _opt(m.model_bytes and m.model_bytes / 1024, "{:.1f}"), _opt(m.bytes_per_image, "{:.0f}")]
             if self.device:
                 row.append("" if m.verdict is None else ("ok" if m.verdict.ok else "OVER"))
@@ -187,8 +187,9 @@ class ProfileReport:
                  f"latent {'x'.join(map(str, b['latent_shape']))}",
                  f"host    {h['cpu_model']} ({h['architecture']}, {h['usable_cores']} usable of "
                  f"{h['logical_cores']} cores), onnxruntime {h['onnxruntime']}, python {h['python']}",
-                 f"images  {self.settings['images']}; each configuration in a fresh process; "
-                 "cold = create + first call; latencies per call (the whole batch)"]
+                 f"images  {self.settings['images']}; each configuration in a fresh process",
+                 "        cold = creation + first call; latencies per call (the whole batch); cv = std / mean "
+                 "without the slowest 1% (! = noisy); RSS = the measuring process's peak"]
         if self.device:
             d = self.device
             lines.append(f"device  {d['name']}: {d['description']}")
@@ -204,9 +205,11 @@ class ProfileReport:
             lines.append("")
             lines.append("speed vs fp32 (median latency; >1 is faster):")
             for c in comps:
-                word = "faster" if c["speedup"] > 1 else "slower"
+                x = c["speedup"]
+                word = "faster" if x > 1.02 else "slower" if x < 0.98 else "about the same"
+                ratio = f"{x:6.2f}" if x >= 0.1 else f"{x:6.2g}"
                 lines.append(f"  {c['part']:<8} t{c['threads']} b{c['batch']:<4} {c['subject']:<16} "
-                             f"{c['speedup']:6.3g}x ({word}) vs {c['reference']}")
+                             f"{ratio}x ({word}) vs {c['reference']}")
         for m in self.measurements:
             if m.ops:
                 lines.append("")
