@@ -16,7 +16,6 @@ from edgeae.runtime.manifest import InputSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                             ".pnm"})
-MAX_IMAGE_PIXELS = 1 << 28  # Pillow's decompression-bomb guard, made an error
 
 
 class ImageAdapter:
@@ -37,7 +36,7 @@ class ImageAdapter:
         if isinstance(images, np.ndarray):
             return self._to_float(self._nchw(images))
         if _is_single(images):
-            return self._to_float(self._nchw(self.load(images))[:1])
+            return self._to_float(self._nchw(self.load(images)))
         if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
             if not len(images):
                 raise InputError("no images given")
@@ -66,7 +65,7 @@ class ImageAdapter:
                 return a.transpose(2, 0, 1)[None]
             if shape == self.chw:
                 return a[None]
-        if a.ndim == 4 and shape[0] >= 1:
+        if a.ndim == 4:
             if shape[1:] == self.chw:
                 return a
             if shape[1:] == self.hwc:
@@ -102,18 +101,32 @@ class ImageAdapter:
     def load(self, source: Any) -> np.ndarray:
         """One PIL image or image file -> uint8 (H, W) or (H, W, 3) in the bundle's channel order."""
         mode = self.spec.channel_order
-        name = str(source) if isinstance(source, (str, os.PathLike)) else "the image"
         if isinstance(source, (str, os.PathLike)):
-            img = _open(Path(source), mode)
-        elif _is_pil(source):
-            img = source.convert(mode) if source.mode != mode else source
-        else:
-            raise InputError(f"cannot use {type(source).__name__} as an image; pass an array, a PIL image or a path")
+            return np.asarray(self._open(Path(source), mode), dtype=np.uint8)
+        if _is_pil(source):
+            self._check_size(source.size, "the image")
+            return np.asarray(source.convert(mode) if source.mode != mode else source, dtype=np.uint8)
+        raise InputError(f"cannot use {type(source).__name__} as an image; pass an array, a PIL image or a path")
+
+    def _check_size(self, size: tuple[int, int], name: str) -> None:
         h, w = self.chw[1:]
-        if img.size != (w, h):
-            raise InputError(f"{name} is {img.size[1]}x{img.size[0]} (HxW) but this bundle takes {h}x{w}; "
+        if size != (w, h):
+            raise InputError(f"{name} is {size[1]}x{size[0]} (HxW) but this bundle takes {h}x{w}; "
                              "resize or crop it first (edgeae never resizes silently)")
-        return np.asarray(img, dtype=np.uint8)
+
+    def _open(self, path: Path, mode: str) -> Any:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                self._check_size(im.size, str(path))  # from the header, before any pixel is decoded
+                return im.convert(mode)
+        except InputError:  # a ValueError itself: let it through unchanged
+            raise
+        except FileNotFoundError:
+            raise InputError(f"image file {path} does not exist") from None
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"cannot read image {path}: {exc}") from None
 
 
 def _is_pil(x: Any) -> bool:
@@ -124,19 +137,6 @@ def _is_pil(x: Any) -> bool:
 
 def _is_single(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike)) or _is_pil(x)
-
-
-def _open(path: Path, mode: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except FileNotFoundError:
-        raise InputError(f"image file {path} does not exist") from None
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
