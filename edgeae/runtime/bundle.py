@@ -43,7 +43,7 @@ class Bundle:
                     continue
                 raise BundleError(f"{root}: {name} is listed in {MANIFEST_NAME} but missing; copy the whole "
                                   "bundle folder or re-export it with `edgeae export`")
-            if file.stat().st_size != entry.bytes or _sha256(file) != entry.sha256:
+            if file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
                 raise BundleError(f"{root}: {name} does not match its sha256 in {MANIFEST_NAME} (changed after "
                                   "export?); restore the file or re-export the bundle")
         return cls(root, manifest, frozenset(missing))
@@ -87,7 +87,8 @@ def _inside(root: Path, real_root: Path, name: str) -> Path:
     return file
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (the `files` section of a manifest)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
