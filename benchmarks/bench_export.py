@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from edgeae.bundling.build import ExportOptions, export_run
-from edgeae.bundling.int8 import median_latency_us, single_thread_session
+from edgeae.bundling.int8 import median_latency_us
 from edgeae.bundling.verify import psnr
+from edgeae.runtime.session import make_session
 from edgeae.train.data import DataSpec, load_dataset
 from edgeae.train.rundir import load_run
 
@@ -42,7 +43,7 @@ def eager_us(module: torch.nn.Module, x: np.ndarray, repeats: int = 7) -> float:
 
 
 def run_all(path: Path, x: np.ndarray) -> np.ndarray:
-    s = single_thread_session(path)
+    s = make_session(path, threads=1)
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
 

@@ -13,6 +13,7 @@ import torch
 from edgeae.bundling import graphs
 from edgeae.bundling.build import ExportOptions, export_run
 from edgeae.errors import ExportError, RunDirError
+from edgeae.runtime.bundle import sha256_file
 from edgeae.train.rundir import load_run
 
 FAMILIES = ["dense", "conv", "vae", "sparse"]
@@ -65,7 +66,7 @@ def test_manifest_is_complete_and_matches_files(tiny_bundle):
     assert freqs.shape == (c, q["levels"]) and (freqs >= 1).all()
     assert (freqs.sum(1) == 2 ** m["entropy"]["precision"]).all()
     for name, f in m["files"].items():
-        assert graphs.sha256_file(tiny_bundle / name) == f["sha256"]
+        assert sha256_file(tiny_bundle / name) == f["sha256"]
         meta = {p.key: p.value for p in onnx.load(str(tiny_bundle / name)).metadata_props}
         assert meta["edgeae.fingerprint"] == m["fingerprint"]
         assert meta["edgeae.manifest_version"] == "1"

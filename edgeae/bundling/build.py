@@ -20,6 +20,8 @@ from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph
 from edgeae.bundling.spec import DEFAULT_OPSET, MANIFEST_VERSION, SUPPORTED_OPSETS, GraphSpec, graph_specs
 from edgeae.bundling.verify import GraphCheck, check_graph, psnr
 from edgeae.errors import ExportError
+from edgeae.profiling.host import cpu_model
+from edgeae.runtime.bundle import sha256_file
 from edgeae.runtime.manifest import LatentSpec, Manifest, Quantization
 from edgeae.runtime.quantize import Quantizer
 from edgeae.train.data import DataSpec, load_dataset
@@ -250,22 +252,12 @@ def _speed(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, Any]:
     """Batch-1, one-thread medians on this host: int8 is often *slower* on tiny graphs, and users must see it."""
     t32, t8 = median_latency_us(fp32, x), median_latency_us(int8, x)
     return {"latency_us_fp32": t32, "latency_us_int8": t8, "int8_speedup": t32 / t8, "int8_faster": t8 < t32,
-            "measured_on": platform.machine() + " " + _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+            "measured_on": platform.machine() + " " + cpu_model()}
 
 
 def _manifest(run: LoadedRun, model, specs, latent, entropy, fp, quality, int8, checks, tmp: Path) -> dict[str, Any]:
     c, h, w = model.config.in_shape
-    files = {p.name: {"sha256": graphs.sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
     return {
         "schema": "edgeae.bundle",
         "version": MANIFEST_VERSION,

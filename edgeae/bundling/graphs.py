@@ -63,14 +63,6 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def torch_run(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return module(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()

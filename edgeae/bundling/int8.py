@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+from edgeae.runtime.session import make_session
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,9 @@ def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration
         )
 
 
-def single_thread_session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def median_latency_us(path: Path, x: np.ndarray, repeats: int = 7, min_seconds: float = 0.05) -> float:
     """Median per-call latency, one thread: each repeat times as many calls as fill `min_seconds`."""
-    sess = single_thread_session(path)
+    sess = make_session(path, threads=1)
     name = sess.get_inputs()[0].name
     for _ in range(5):
         sess.run(None, {name: x})
