@@ -78,7 +78,10 @@ def _codec_stage(cfg: DemoConfig, bundle: Path) -> None:
 
 
 def _profile_stage(cfg: DemoConfig, bundle: Path) -> None:
-    pass
+    from edgeae.profiling.engine import quick_profile
+
+    _heading(cfg, "4. profile on this host: fp32 vs int8, batch 1, 1 thread, vs PyTorch eager and JPEG")
+    cfg.echo(quick_profile(bundle))
 
 
 def _eval_stage(cfg: DemoConfig, bundle: Path) -> None:
