@@ -1,0 +1,208 @@
+"""Edge uploader, stdlib only (urllib): a durable spool of payloads drained to a server's /v1/ingest.
+
+Every payload is first written to the spool atomically (temp file, fsync, rename, folder fsync) under its
+sha256, then POSTed; it leaves the spool only after the server acknowledges it (HTTP 200). Connection errors,
+timeouts, 5xx and 503 are retried with exponential backoff and full jitter (Retry-After honoured); the server
+keys stored payloads by the same sha256, so a retry after a lost acknowledgement stores nothing twice.
+Payloads the server refuses for good (4xx: corrupt, wrong bundle, too large) move to SPOOL/rejected/.
+A restart resumes where it stopped: whatever is still in the spool is still to be sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeae.errors import InputError
+
+SUFFIX = ".eae"
+REJECTED = "rejected"
+INGEST_PATH = "/v1/ingest"
+MAX_RESPONSE = 1 << 16
+
+
+def ingest_url(url: str) -> str:
+    """A server base URL (http://host:port) or the full ingest URL -> the ingest URL."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise InputError(f"--send must be an http(s) URL like http://127.0.0.1:8000, got {url!r}")
+    path = u.path.rstrip("/")
+    if not path.endswith(INGEST_PATH):
+        path += INGEST_PATH
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, path, u.query, ""))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A folder of payloads waiting to be sent, one file each, named by their sha256."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.glob(".tmp-*"):  # a crash mid-write leaves only a temp file: never a half payload
+            p.unlink(missing_ok=True)
+
+    def put(self, payload: bytes) -> Path:
+        """Write the payload durably; returns its spool file. The same payload twice is spooled once."""
+        if not payload:
+            raise InputError("refusing to spool an empty payload")
+        target = self.root / (hashlib.sha256(payload).hexdigest() + SUFFIX)
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+        return target
+
+    def pending(self) -> list[Path]:
+        """Spooled payloads, oldest first."""
+        files = [p for p in self.root.glob("*" + SUFFIX) if p.is_file()]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    def reject(self, path: Path, reason: str) -> Path:
+        folder = self.root / REJECTED
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        os.replace(path, target)
+        (folder / (path.name + ".reason")).write_text(reason + "\n")
+        _fsync_dir(self.root)
+        return target
+
+    def __len__(self) -> int:
+        return len(self.pending())
+
+
+@dataclass
+class UploadReport:
+    sent: int = 0  # acknowledged and removed from the spool
+    new: int = 0  # of those, stored for the first time by the server
+    rejected: list[str] = field(default_factory=list)
+    remaining: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _Refused(Exception):
+    pass
+
+
+def post_payload(url: str, payload: bytes, timeout: float) -> dict:
+    """One POST; returns the server's JSON on 200. Raises _Retry (try again) or _Refused (never will work)."""
+    req = urllib.request.Request(url, data=payload, method="POST",
+                                 headers={"Content-Type": "application/octet-stream", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read(MAX_RESPONSE)
+            if resp.status != 200:
+                raise _Retry(f"HTTP {resp.status}")
+    except urllib.error.HTTPError as e:
+        detail = e.read(MAX_RESPONSE).decode("utf-8", "replace").strip()
+        if e.code in (408, 425, 429) or e.code >= 500:
+            ra = e.headers.get("Retry-After") if e.headers else None
+            raise _Retry(f"HTTP {e.code}", float(ra) if ra and ra.isdigit() else None) from None
+        raise _Refused(f"HTTP {e.code}: {detail[:300]}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:  # refused, reset, timeout, DNS
+        raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _Retry("acknowledgement is not JSON") from None
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+def upload_spool(spool: Spool | str | os.PathLike[str], url: str, *, timeout: float = 10.0, base_delay: float = 0.2,
+                 max_delay: float = 10.0, max_attempts: int | None = 8, deadline: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep, seed: int | None = None,
+                 log: Callable[[str], None] | None = None) -> UploadReport:
+    """Send every spooled payload to `url` (base or ingest URL) in order; remove each once acknowledged.
+
+    A payload that keeps failing for `max_attempts` tries (None: no limit) or past `deadline` seconds stops the
+    drain and stays spooled: calling again (or `edgeae upload`) resumes. Returns what happened."""
+    spool = spool if isinstance(spool, Spool) else Spool(spool)
+    target = ingest_url(url)
+    rng = random.Random(seed)
+    stop_at = None if deadline is None else time.monotonic() + deadline
+    report = UploadReport()
+    for path in spool.pending():
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:  # another drain took it
+            continue
+        attempt = 0
+        while True:
+            report.attempts += 1
+            try:
+                ack = post_payload(target, payload, timeout)
+            except _Refused as e:
+                spool.reject(path, str(e))
+                report.rejected.append(path.name)
+                if log:
+                    log(f"rejected {path.name}: {e}")
+                break
+            except _Retry as e:
+                report.last_error = str(e)
+                attempt += 1
+                out_of_time = stop_at is not None and time.monotonic() >= stop_at
+                if (max_attempts is not None and attempt >= max_attempts) or out_of_time:
+                    report.remaining = len(spool.pending())
+                    if log:
+                        log(f"giving up for now on {path.name} after {attempt} tries: {e}")
+                    return report
+                delay = backoff(attempt - 1, base_delay, max_delay, rng)
+                if e.retry_after is not None:
+                    delay = max(delay, min(e.retry_after, max_delay))
+                if stop_at is not None:
+                    delay = max(0.0, min(delay, stop_at - time.monotonic()))
+                if log:
+                    log(f"retrying {path.name} in {delay:.2f}s: {e}")
+                sleep(delay)
+                continue
+            spool.remove(path)
+            report.sent += 1
+            report.new += bool(ack.get("new"))
+            break
+    report.remaining = len(spool.pending())
+    return report
