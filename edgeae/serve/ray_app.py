@@ -81,11 +81,13 @@ def build(bundle: str, *, precision: str = "fp32", replicas: int = 1, max_batch:
 
 
 def start(bundle: str, *, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None, **options: Any) -> Any:
-    """Start a local Ray (no dashboard), Serve's HTTP proxy on host:port and the application; returns its handle."""
+    """Start a local Ray (no dashboard; on loopback when serving on loopback), Serve's HTTP proxy on host:port
+    and the application; returns its handle."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        extra = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False, **extra)
     serve.start(http_options={"host": host, "port": port}, detached=False)
     return serve.run(build(bundle, **options), name="edgeae", route_prefix="/", blocking=False)
 
