@@ -3,6 +3,7 @@ GET /healthz, GET /metrics. See docs/SERVER.md. fastapi is imported only here, n
 
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ NPY = "application/x-npy"
 PNG = "image/png"
 MULTIPART = "multipart/mixed"
 RETRY_AFTER_S = 1
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -113,8 +115,14 @@ def create_app(config: ServeConfig, hook: Callable[[int], None] | None = None, e
 
     async def handle(endpoint: str, request: Request, work: Callable[[bytes], Any]) -> Any:
         t0 = time.perf_counter()
+        batcher = state["batcher"]
         try:
-            response = await work(await read_body(request))
+            batcher.arrive()
+            try:
+                payload = await read_body(request)
+            finally:
+                batcher.arrived()
+            response = await work(payload)
             status, error = response.status_code, None
         except Exception as exc:
             p = problem_for(exc)
@@ -128,20 +136,23 @@ def create_app(config: ServeConfig, hook: Callable[[int], None] | None = None, e
         """Body: payload bytes. One item -> PNG; several -> .npy (N, H, W[, C]) uint8, or by `Accept`:
         image/png (one strip, items top to bottom) or multipart/mixed (a PNG part per item)."""
 
-        async def work(payload: bytes) -> Any:
-            images = await state["batcher"].decode(payload)
-            fmt = choose_format(request.headers.get("accept"), len(images))
+        accept = request.headers.get("accept")
+
+        def render(images: Any) -> tuple[bytes, str, dict[str, str]]:  # runs in the decode thread
             headers = {"X-Edgeae-Items": str(len(images)), "X-Edgeae-Shape": ",".join(map(str, images.shape[1:]))}
+            fmt = choose_format(accept, len(images))
             if fmt == NPY:
-                return Response(npy_bytes(images), media_type=NPY, headers=headers)
+                return npy_bytes(images), NPY, headers
             if fmt == PNG:
-                return Response(png_bytes(images[0] if len(images) == 1 else strip(images)), media_type=PNG,
-                                headers=headers)
-            boundary = "edgeae-" + payload_id(payload)[:16]
+                return png_bytes(images[0] if len(images) == 1 else strip(images)), PNG, headers
+            boundary = "edgeae-" + secrets.token_hex(8)
             parts = [f"--{boundary}\r\nContent-Type: {PNG}\r\nContent-ID: {i}\r\n\r\n".encode() + png_bytes(im)
                      + b"\r\n" for i, im in enumerate(images)]
-            return Response(b"".join(parts) + f"--{boundary}--\r\n".encode(),
-                            media_type=f'{MULTIPART}; boundary="{boundary}"', headers=headers)
+            return b"".join(parts) + f"--{boundary}--\r\n".encode(), f'{MULTIPART}; boundary="{boundary}"', headers
+
+        async def work(payload: bytes) -> Any:
+            body, media, headers = await state["batcher"].decode(payload, render)
+            return Response(body, media_type=media, headers=headers)
 
         return await handle("decode", request, work)
 
@@ -187,8 +198,13 @@ def create_app(config: ServeConfig, hook: Callable[[int], None] | None = None, e
 
 
 def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    import sys
+
     import uvicorn
 
+    # The event loop (HTTP) and the decode threads share the GIL; with the default 5 ms switch interval a
+    # decode thread doing Python-level work (entropy decoding, PNG) makes the loop wait in 5 ms steps.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config.store:
         Path(config.store).mkdir(parents=True, exist_ok=True)
     uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False)

@@ -1,7 +1,8 @@
 """Dynamic micro-batching off the event loop.
 
 Requests go into a bounded queue; `workers` decode threads each take the first waiting request, then gather
-more until `max_batch` requests or `max_wait_ms` have passed, parse + entropy-decode each (a bad payload fails
+more until `max_batch` requests or `max_wait_ms` have passed (no wait when no other request is queued or
+being received), parse + entropy-decode each (a bad payload fails
 only its own request), run ONE decoder graph over all of them and hand each request its images back on the
 event loop. A full queue refuses at once (`Overloaded`), so a slow decoder turns into 503s, not memory growth.
 """
@@ -12,6 +13,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ class _Job:
     payload: bytes
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    render: Callable[[np.ndarray], Any] | None = None
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -48,24 +51,36 @@ class MicroBatcher:
         self.metrics = metrics or Metrics()
         self._q: queue.Queue[Any] = queue.Queue()
         self._outstanding = 0  # queued + being decoded
+        self.arriving = 0  # requests whose body is still being received (the server calls arrive/arrived)
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"edgeae-decode-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
 
+    def arrive(self) -> None:
+        """A request started (its body is being read): a gathering decode thread waits for it."""
+        with self._lock:
+            self.arriving += 1
+
+    def arrived(self) -> None:
+        """That request's body is read (it is about to be queued, or was refused)."""
+        with self._lock:
+            self.arriving -= 1
+
     @property
     def outstanding(self) -> int:
         return self._outstanding
 
-    async def decode(self, payload: bytes) -> np.ndarray:
-        """The payload's uint8 images; raises its PayloadError, or Overloaded when the queue is full."""
+    async def decode(self, payload: bytes, render: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """The payload's uint8 images, or `render(images)` computed in the decode thread (PNG/npy encoding stays
+        off the event loop); raises its PayloadError, or Overloaded when the queue is full."""
         with self._lock:
             if self._outstanding >= self.queue_size:
                 raise Overloaded(f"{self._outstanding} requests waiting (queue {self.queue_size})")
             self._outstanding += 1
         loop = asyncio.get_running_loop()
-        job = _Job(payload, loop.create_future(), loop)
+        job = _Job(payload, loop.create_future(), loop, render)
         self._q.put(job)
         return await job.future
 
@@ -78,9 +93,13 @@ class MicroBatcher:
     # --- decode threads -----------------------------------------------------------------------------------
 
     def _gather(self, first: _Job) -> list[_Job]:
+        """The first job plus whatever is queued, up to max_batch; waits up to max_wait for more only while
+        requests are queued or still being received (`arrive`), so a lone request is decoded at once."""
         jobs = [first]
         deadline = time.perf_counter() + self.max_wait
         while len(jobs) < self.max_batch:
+            if self._q.empty() and self.arriving <= 0:
+                break  # no request queued or being received: waiting could only add latency
             left = deadline - time.perf_counter()
             try:
                 job = self._q.get_nowait() if left <= 0 else self._q.get(timeout=left)
@@ -116,7 +135,12 @@ class MicroBatcher:
         self.metrics.observe_batch(len(ok))
         results = self.engine.run([q for _, q in ok])
         for (job, _), images in zip(ok, results, strict=True):
-            self._finish(job, result=images)
+            try:
+                result = job.render(images) if job.render is not None else images
+            except Exception as exc:
+                self._finish(job, exc=exc)
+            else:
+                self._finish(job, result=result)
 
     def _finish(self, job: _Job, result: Any = None, exc: BaseException | None = None) -> None:
         with self._lock:
