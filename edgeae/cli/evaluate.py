@@ -100,7 +100,7 @@ def _print_tables(ev) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write scores as JSON here.")
 def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path) -> None:
     """Anomaly scores: per-image reconstruction MSE ([0, 1] pixels) of INPUT images through BUNDLE."""
-    from edgeae.evaluate.anomaly import ScoreReport, Scorer, calibrate, load_images
+    from edgeae.evaluate.anomaly import Scorer, ScoreReport, calibrate, load_images
     from edgeae.evaluate.results import write_json
 
     if threshold is not None and calibrate_dir:

@@ -11,8 +11,9 @@ data_range=255)`, which tests/test_evaluate.py checks. Images smaller than 11 pi
 use the largest odd window that fits, same sigma: scikit-image refuses such images; we say so in reports.
 
 MS-SSIM: 5 scales with the standard weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), 2x2 average
-downsampling, contrast-structure terms clipped at 0 (as pytorch-msssim does). It needs the coarsest scale to
-hold a full 11x11 window, i.e. a smallest side > 160 pixels; for smaller images `ms_ssim` returns None.
+downsampling (odd edges cropped), contrast-structure terms clipped at 0 (as pytorch-msssim does). It needs
+the coarsest scale to hold a full 11x11 window, i.e. a smallest side >= 176 pixels; for smaller images
+`ms_ssim` returns None.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ K1, K2 = 0.01, 0.03
 SIGMA = 1.5
 WINDOW = 11
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-MS_MIN_SIDE = (WINDOW - 1) * 2 ** (len(MS_WEIGHTS) - 1) + 1  # 161
+MS_MIN_SIDE = WINDOW * 2 ** (len(MS_WEIGHTS) - 1)  # 176: the 5th scale (1/16) still holds an 11x11 window
 PSNR_CAP_DB = 100.0  # averages cap exact reconstructions (PSNR = inf) here; per-image values stay inf
 
 
@@ -125,7 +126,7 @@ def ms_ssim_applies(h: int, w: int) -> bool:
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray, batch: bool | None = None) -> np.ndarray | None:
-    """Per-image MS-SSIM, shape (N,), or None when the images are smaller than 161 pixels on a side."""
+    """Per-image MS-SSIM, shape (N,), or None when the images are smaller than 176 pixels on a side."""
     x, y = _pair(a, b, batch)
     if not ms_ssim_applies(*x.shape[1:3]):
         return None
