@@ -167,3 +167,34 @@ def test_fault_server_stopped_restarted_killed_midway(tiny_bundle, tmp_path):
     store = ImageStore(store_dir)
     assert len(store.ids()) == n and len(store.images()) == n
     assert not list(store_dir.rglob(".tmp-*"))
+
+
+def test_encode_spools_and_sends_to_a_real_server(tiny_bundle, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    import edgeae.serve.uploader as uploader
+
+    monkeypatch.setattr(uploader, "backoff", lambda *args: 0.0)  # no waiting between retries here
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgeae.cli import main
+    from edgeae.serve.app import ServeConfig, create_app
+    from edgeae.serve.store import ImageStore
+    from edgeae.serve.testing import ThreadServer, free_port
+
+    src = tmp_path / "img"
+    src.mkdir()
+    for i, a in enumerate(np.random.default_rng(2).integers(0, 256, (5, 8, 8), dtype=np.uint8)):
+        Image.fromarray(a).save(src / f"{i}.png")
+    spool = tmp_path / "spool"
+    base = ["encode", str(src), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "enc"), "--spool", str(spool)]
+    res = CliRunner().invoke(main, [*base, "--send", f"http://127.0.0.1:{free_port()}"])  # nobody listening
+    assert res.exit_code != 0 and "still in" in res.output and len(Spool(spool)) == 5
+    store = tmp_path / "store"
+    with ThreadServer(create_app(ServeConfig(bundle=str(tiny_bundle), store=str(store)))) as s:
+        res = CliRunner().invoke(main, [*base, "--send", s.base])  # same images again: spooled once each
+        assert res.exit_code == 0, res.output
+    assert len(Spool(spool)) == 0 and len(ImageStore(store).ids()) == 5
+    res = CliRunner().invoke(main, ["encode", str(src), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "e2"),
+                                    "--send", "http://127.0.0.1:1"])
+    assert res.exit_code != 0 and "--spool" in res.output

@@ -95,10 +95,25 @@ def _codec_options(f):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @_codec_options
 @click.option("--batch", is_flag=True, help=f"Write every image into one payload ({BATCH_NAME}).")
+@click.option("--spool", type=click.Path(file_okay=False), help="Also write each payload durably to this spool "
+              "folder (for --send / `edgeae upload`).")
+@click.option("--send", help="After encoding, upload the spool to this server (http://host:port); payloads "
+              "leave the spool only once acknowledged. Needs --spool.")
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
-           batch: bool) -> None:
+           batch: bool, spool: str | None, send: str | None) -> None:
     """Encode images (files, or folders of them) into .eae payloads: one per image, or one with --batch."""
     import numpy as np
+
+    global _spool
+    if send and not spool:
+        raise click.UsageError("--send needs --spool DIR (payloads are spooled durably before upload)")
+    _spool = None
+    if spool:
+        from edgeae.serve.uploader import Spool, ingest_url
+
+        if send:
+            ingest_url(send)  # refuse a bad URL before encoding anything
+        _spool = Spool(spool)
 
     from edgeae.runtime.codec import Encoder
     from edgeae.runtime.images import IMAGE_SUFFIXES
@@ -129,6 +144,15 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     if encoded:
         mean = total / len(encoded)
         click.echo(f"{len(encoded)} images: {mean:.1f} bytes/image, {8 * mean / pixels:.3f} bits per pixel")
+    if send:
+        from edgeae.serve.uploader import upload_spool
+
+        r = upload_spool(_spool, send, log=lambda line: click.echo(line, err=True))
+        click.echo(f"sent {r.sent} payload(s) to {send} ({r.new} new), rejected {len(r.rejected)}, "
+                   f"still spooled {r.remaining}")
+        if r.remaining:
+            raise click.ClickException(f"{r.remaining} payload(s) still in {spool} ({r.last_error}); "
+                                       f"run `edgeae upload --spool {spool} --send {send}`")
     failures.finish()
 
 
@@ -150,9 +174,14 @@ def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Jo
             yield from zip((job for job, _ in loaded), bodies, strict=True)
 
 
+_spool = None  # edgeae.serve.uploader.Spool while `encode --spool` runs
+
+
 def _deliver(target: Path, payload: bytes) -> None:
-    """Where a finished payload goes: a file under --out (an uploader, --send/--spool, hooks in here)."""
+    """Where a finished payload goes: a file under --out and, with --spool, the upload spool."""
     _write_atomic(target, payload)
+    if _spool is not None:
+        _spool.put(payload)
 
 
 @main.command()
