@@ -271,3 +271,16 @@ def test_autoencoder_of_zeros_scores_unseen_digits_higher(tmp_path):
     assert anomaly.roc_auc(normal, unseen) > 0.8
     threshold = anomaly.calibrate(normal, 95)
     assert (unseen > threshold).mean() > (normal > threshold).mean()
+
+
+def test_dominance_names_a_cheaper_better_classical_point():
+    from edgeae.evaluate.report import dominance
+    from edgeae.evaluate.results import RDPoint
+
+    def pt(codec, b, q, setting="s"):
+        return RDPoint(codec, codec, setting, 10, 64, b, q, 0.9, None, 0)
+
+    ev = RDEvaluation([pt("edgeae", 300, 23.0), pt("edgeae", 50, 19.0), pt("webp", 120, 25.0, "q=1"),
+                       pt("webp", 200, 30.0, "q=20"), pt("jpeg", 400, 24.0)], (8, 8, 1), 10)
+    (p, q), = dominance(ev)
+    assert (p.mean_bytes, q.setting) == (300, "q=1")

@@ -42,6 +42,17 @@ def _nearest_note(ev: RDEvaluation, codec: str, psnr_db: float) -> str:
     return f"{side} its sweep ({end.setting}: {end.mean_psnr:.2f} dB at {end.mean_bytes:.1f} B)"
 
 
+def dominance(ev: RDEvaluation) -> list[tuple[RDPoint, RDPoint]]:
+    """(edgeae point, the cheapest lossy classical point with <= its bytes and >= its PSNR), where one exists."""
+    out = []
+    classical = [q for q in ev.points if q.codec != "edgeae" and not q.lossless]
+    for p in (p for p in ev.points if p.codec == "edgeae"):
+        better = [q for q in classical if q.mean_bytes <= p.mean_bytes and q.mean_psnr >= p.mean_psnr]
+        if better:
+            out.append((p, min(better, key=lambda q: q.mean_bytes)))
+    return out
+
+
 def markdown(ev: RDEvaluation) -> str:
     h, w, c = ev.image_shape
     ds = ev.dataset.get("name", "images")
@@ -71,6 +82,11 @@ def markdown(ev: RDEvaluation) -> str:
         cb = f"{e.codec_bytes:.1f}" if e.codec_bytes is not None else _nearest_note(ev, e.codec, e.psnr)
         lines.append(f"| {e.curve} | {e.setting} | {e.psnr:.2f} | {e.edgeae_bytes:.1f} | {e.codec} | {cb} | "
                      f"{_fmt(e.ratio, '.3f')} |")
+    dom = dominance(ev)
+    if dom:
+        lines += ["", "## Dominated points (a classical setting with no more bytes and no less PSNR)", ""]
+        lines += [f"- {p.curve} {p.setting} ({p.mean_bytes:.1f} B, {p.mean_psnr:.2f} dB) is dominated by "
+                  f"{q.codec} {q.setting} ({q.mean_bytes:.1f} B, {q.mean_psnr:.2f} dB)" for p, q in dom]
     lines += ["", "## Which curve needs the fewest bytes where", ""]
     wins = ev.winners()
     lines += [f"- {a:.2f}..{b:.2f} dB: **{name}**" for a, b, name in wins] or ["- no lossy curves"]
