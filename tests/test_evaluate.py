@@ -170,9 +170,11 @@ def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle):
 
 
 def test_report_writes_every_file(tiny_bundle, digits_val, tmp_path):
-    ev = evaluate([tiny_bundle], digits_val[:12], ["jpeg", "webp", "png"], [10, 60], keep=6, progress=False,
+    gray = digits_val[:12, ..., 0]  # (N, H, W) uint8, as the demo passes them
+    ev = evaluate([tiny_bundle], gray, ["jpeg", "webp", "png"], [10, 60], keep=6, progress=False,
                   dataset={"name": "digits"})
-    write_report(ev, tmp_path / "rep", digits_val[:12])
+    assert ev.image_shape == (8, 8, 1)
+    write_report(ev, tmp_path / "rep", gray)
     for name in (REPORT, PLOT, GRID, JSON):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     text = (tmp_path / "rep" / REPORT).read_text()

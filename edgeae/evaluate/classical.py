@@ -73,10 +73,10 @@ def evaluate_classical(images: np.ndarray, codecs: Iterable[str] = CODECS,
                        keep_per_image: bool = True) -> list[RDPoint]:
     """Every codec setting on every image: one RDPoint per (codec, quality).
 
-    `images`: uint8 (N, H, W, C) (or anything metrics.as_nhwc takes); `keep`: decoded images kept for the
+    `images`: a uint8 batch (N, H, W) gray or (N, H, W, C); `keep`: decoded images kept for the
     first `keep` images (for the report's grid); `progress`: a callable(advance) or None.
     """
-    x = as_nhwc(images)
+    x = as_nhwc(images, batch=True)
     n, h, w, _ = x.shape
     points = []
     for codec, q in settings(codecs, qualities):

@@ -28,10 +28,13 @@ ENCODE_CHUNK = 256  # images per encoder graph run
 
 
 def to_uint8_images(x: np.ndarray) -> np.ndarray:
-    """Dataset float32 (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounded: what a device camera hands over."""
+    """A batch -> uint8 (N, H, W, C). uint8 batches may be (N, H, W) gray or (N, H, W, C); float32 datasets
+    (N, C, H, W) in [0, 1] are rounded to uint8, which is what a device camera hands over."""
     a = np.asarray(x)
     if a.dtype == np.uint8:
-        return as_nhwc(a)
+        if a.ndim not in (3, 4):
+            raise InputError(f"a uint8 batch must be (N, H, W) or (N, H, W, C), got shape {a.shape}")
+        return as_nhwc(a, batch=True)
     if a.ndim != 4:
         raise InputError(f"float images must be (N, C, H, W), got shape {a.shape}")
     return np.ascontiguousarray(np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
@@ -63,7 +66,7 @@ def evaluate_bundle(bundle: Any, images: np.ndarray, precision: str = "fp32", la
     from edgeae.runtime.codec import Decoder, Encoder
 
     b = _open(bundle)
-    x = as_nhwc(images)
+    x = to_uint8_images(images)
     _check_fits(b, x)
     enc, dec = Encoder(b, precision, threads=threads), Decoder(b, precision, threads=threads)
     n, h, w, _ = x.shape
@@ -216,8 +219,8 @@ def evaluate(bundles: Sequence[Any], images: np.ndarray, codecs: Iterable[str] =
              precisions: Sequence[str] | None = None, progress: bool = True, keep: int = 0,
              dataset: dict[str, Any] | None = None, method: str = "pchip", threads: int | None = None,
              keep_per_image: bool = True) -> RDEvaluation:
-    """Bundles (folders or Bundle) and classical codecs on the same uint8 images (N, H, W, C) or float
-    (N, C, H, W) in [0, 1]. `labels[i]` names bundle i's curve (default: its model family); `precisions`
+    """Bundles (folders or Bundle) and classical codecs on the same uint8 images (N, H, W) / (N, H, W, C), or
+    float (N, C, H, W) in [0, 1]. `labels[i]` names bundle i's curve (default: its model family); `precisions`
     restricts to fp32 / int8 (default: every precision a bundle has)."""
     x = to_uint8_images(images)
     if not len(x):

@@ -159,6 +159,9 @@ def grid_columns(ev: RDEvaluation, k: int) -> list[tuple[str, list[RDPoint], lis
 
 def plot_grid(ev: RDEvaluation, originals: np.ndarray, rows: int = 6) -> bytes | None:
     """original | edgeae | JPEG / WebP at similar size, for the first few images; None without decoded images."""
+    from edgeae.evaluate.rd import to_uint8_images
+
+    originals = to_uint8_images(originals)
     kept = [len(p.decoded) for p in ev.points if p.decoded is not None]
     n = min([rows, len(originals), *kept]) if kept else 0
     cols = grid_columns(ev, n) if n else []
