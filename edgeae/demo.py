@@ -10,28 +10,36 @@ from pathlib import Path
 import numpy as np
 
 
+_START = time.perf_counter()
+
+
 @dataclass
 class DemoConfig:
     out: Path = Path("demo-out")
     bundle: Path = Path("export") / "demo-digits-conv"
     epochs: int = 60
+    family_bits: tuple[int, ...] = (2, 3, 4, 6)  # extra latent bit depths: the RD curve behind the BD-rates
     family: str = "conv"
     echo: Callable[[str], None] = print
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Train the seed-003 conv AE on scikit-learn's digits, export it with int8, then exercise the runtime."""
-    t0 = time.perf_counter()
+    global _START
+    t0 = _START = time.perf_counter()
     run = _train(cfg)
     bundle = _export(cfg, run)
-    for stage in (_codec_stage, _profile_stage, _eval_stage):
-        stage(cfg, bundle)
+    family = _export_family(cfg, run)
+    ev = _codec_stage(cfg, bundle, family)
+    _profile_stage(cfg, bundle)
+    report = _eval_stage(cfg, ev, bundle)
     cfg.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
-    return {"run": run, "bundle": bundle}
+    return {"run": run, "bundle": bundle, "report": report}
 
 
 def _heading(cfg: DemoConfig, text: str) -> None:
-    cfg.echo(f"\n== {text}")
+    now = time.perf_counter()
+    cfg.echo(f"\n== {text}   [t={now - _START:.0f}s]")
 
 
 def _train(cfg: DemoConfig) -> Path:
@@ -62,6 +70,15 @@ def _export(cfg: DemoConfig, run: Path) -> Path:
     return res.path
 
 
+def _export_family(cfg: DemoConfig, run: Path) -> list[Path]:
+    from edgeae.bundling.build import ExportOptions, export_run
+
+    bits = ", ".join(map(str, cfg.family_bits))
+    cfg.echo(f"\nsame run exported at {bits} latent bits too (fp32), for a rate-distortion curve")
+    return [export_run(run, ExportOptions(out=cfg.out / "bundles" / f"bits{b}", latent_bits=b, force=True,
+                                          measure_speed=False)).path for b in cfg.family_bits]
+
+
 def _validation_images(bundle: Path) -> np.ndarray:
     """The demo's validation split as uint8 (N, H, W), rebuilt from the run's data spec."""
     from edgeae.runtime.summary import load_summary_manifest
@@ -73,8 +90,35 @@ def _validation_images(bundle: Path) -> np.ndarray:
     return np.clip(np.round(data.val[:, 0] * 255), 0, 255).astype(np.uint8)
 
 
-def _codec_stage(cfg: DemoConfig, bundle: Path) -> None:
-    pass
+def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path]):
+    from edgeae.evaluate.metrics import psnr
+    from edgeae.evaluate.rd import evaluate
+    from edgeae.runtime import Decoder, Encoder
+
+    images = _validation_images(bundle)
+    n, h, w = images.shape
+    _heading(cfg, f"3. encode {n} validation images on the torch-free runtime, decode them, compare with JPEG/WebP")
+    enc, dec = Encoder(bundle), Decoder(bundle)
+    payloads = enc.encode_each(images)
+    decoded = np.concatenate([dec.decode(p) for p in payloads])
+    sizes = np.array([len(p) for p in payloads])
+    ours = float(np.mean(psnr(images, decoded)))
+    batch = enc.encode(images)
+    path = cfg.out / "validation.eae"
+    path.write_bytes(batch)
+    # One evaluation serves this table and the report: every bundle and every JPEG/WebP quality, same images.
+    ev = evaluate([bundle, *family], images, labels=["conv"] * (1 + len(family)),
+                  progress=False, keep=6)
+    rows = [("edgeae (1 payload/img)", sizes.mean(), ours), ("edgeae (1 batch)", len(batch) / n, ours)]
+    for codec in ("jpeg", "webp"):
+        pts = [p for p in ev.points if p.codec == codec]
+        best = min(pts, key=lambda p: abs(p.mean_psnr - ours))
+        rows.append((f"{codec} {best.setting} (closest PSNR)", best.mean_bytes, best.mean_psnr))
+    cfg.echo(f"{'codec':<26} {'bytes/img':>9} {'bpp':>6} {'PSNR dB':>8}")
+    for name, size, quality in rows:
+        cfg.echo(f"{name:<26} {size:>9.1f} {8 * size / (h * w):>6.2f} {quality:>8.2f}")
+    cfg.echo(f"batch payload written to {path} (`edgeae inspect {path}` shows its header)")
+    return ev
 
 
 def _profile_stage(cfg: DemoConfig, bundle: Path) -> None:
@@ -84,5 +128,16 @@ def _profile_stage(cfg: DemoConfig, bundle: Path) -> None:
     cfg.echo(quick_profile(bundle))
 
 
-def _eval_stage(cfg: DemoConfig, bundle: Path) -> None:
-    pass
+def _eval_stage(cfg: DemoConfig, ev, bundle: Path) -> Path:
+    from edgeae.evaluate.report import write_report
+
+    _heading(cfg, "5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
+    cfg.echo(f"{'curve':<22} {'setting':<16} {'bytes':>7} {'bpp':>6} {'PSNR':>6}")
+    for p in ev.points:
+        if p.codec not in ("jpeg", "webp") or p.setting in ("q=1", "q=20", "q=50", "q=90"):
+            cfg.echo(f"{p.curve:<22} {p.setting:<16} {p.mean_bytes:>7.1f} {p.mean_bpp:>6.2f} {p.mean_psnr:>6.2f}")
+    for c in ev.comparisons:
+        cfg.echo(f"BD-rate {c.curve} vs {c.codec}: {c.bd_rate}")
+    report = write_report(ev, cfg.out / "report", _validation_images(bundle))
+    cfg.echo(f"report: {report} (with rd.png, grid.png, rd.json beside it)")
+    return report
