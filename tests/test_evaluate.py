@@ -154,7 +154,8 @@ def test_evaluate_families_bd_rates_json_round_trip(make_bundle, tiny_bundle, di
         assert c.bd_rate.ok or c.bd_rate.reason  # a value, or a stated reason (e.g. no overlap)
     assert len(ev.equal_quality) == 4
     path = ev.save(tmp_path / "rd.json")
-    back = RDEvaluation.from_dict(json.loads(path.read_text()))
+    back = RDEvaluation.load(path)
+    assert back.to_dict() == json.loads(path.read_text())
     assert [p.mean_bytes for p in back.points] == [p.mean_bytes for p in ev.points]
     assert [str(c.bd_rate) for c in back.comparisons] == [str(c.bd_rate) for c in ev.comparisons]
     labelled = evaluate([tiny_bundle, small], digits_val, ["jpeg"], [50], labels=["big", "small"], progress=False,

@@ -23,6 +23,7 @@ from edgeae.errors import InputError
 
 MODES = ("payload", "graphs")
 CHUNK = 256
+MAX_NPY_BYTES = 1 << 30  # a .npy of images to score; far larger is not something we load whole
 
 
 class Scorer:
@@ -126,7 +127,12 @@ def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tupl
             if not f.is_file():
                 raise InputError(f"no such file or folder: {f}")
             if f.suffix.lower() == ".npy":
-                a = np.load(f, allow_pickle=False)
+                if f.stat().st_size > MAX_NPY_BYTES:
+                    raise InputError(f"{f} is larger than {MAX_NPY_BYTES >> 20} MiB; score it in parts")
+                try:
+                    a = np.load(f, allow_pickle=False)
+                except ValueError as exc:
+                    raise InputError(f"cannot read {f} as a .npy array: {exc}") from None
                 batch = scorer.encoder.preprocess(a)
                 names += [f"{f}[{i}]" for i in range(len(batch))]
                 arrays.append(batch)

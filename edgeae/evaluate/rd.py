@@ -24,6 +24,7 @@ from edgeae.evaluate.metrics import as_nhwc, ms_ssim, ms_ssim_applies, psnr, ssi
 from edgeae.evaluate.results import RDPoint, write_json
 
 SCHEMA = "edgeae.rd"
+MAX_JSON_BYTES = 256 << 20
 ENCODE_CHUNK = 256  # images per encoder graph run
 
 
@@ -198,6 +199,19 @@ class RDEvaluation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RDEvaluation:
+        """Read an rd.json written by `save` (size-bounded)."""
+        import json
+
+        p = Path(path)
+        if p.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{p} is larger than {MAX_JSON_BYTES >> 20} MiB; not an edgeae RD result")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{p} is not a readable edgeae RD result: {exc}") from None
 
 
 def _progress_bar(total: int, enabled: bool):
