@@ -166,6 +166,8 @@ def test_evaluate_families_bd_rates_json_round_trip(make_bundle, tiny_bundle, di
 def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle):
     with pytest.raises(InputError, match="takes 8x8x1"):
         evaluate([tiny_bundle], np.zeros((2, 28, 28, 1), np.uint8), progress=False)
+    with pytest.raises(InputError, match="none of the precisions"):
+        evaluate([tiny_bundle], np.zeros((2, 8, 8), np.uint8), precisions=["fp16"], progress=False)
     with pytest.raises(InputError, match="labels"):
         evaluate([tiny_bundle], np.zeros((2, 8, 8, 1), np.uint8), labels=["a", "b"], progress=False)
 

@@ -247,6 +247,10 @@ def evaluate(bundles: Sequence[Any], images: np.ndarray, codecs: Iterable[str] =
         raise InputError(f"{len(labels)} labels for {len(opened)} bundles; give one label, or one per bundle")
     jobs = [(b, p, lab) for b, lab in zip(opened, labels, strict=True) for p in bundle_precisions(b)
             if precisions is None or p in precisions]
+    for b in opened:
+        if not any(j[0] is b for j in jobs):
+            raise InputError(f"bundle {b.path} has none of the precisions asked for ({', '.join(precisions or [])}); "
+                             "it has " + ", ".join(bundle_precisions(b)))
     codecs = tuple(codecs)
     qualities = tuple(qualities)
     total = len(x) * (len(jobs) + len(settings(codecs, qualities)))
