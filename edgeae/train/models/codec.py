@@ -138,6 +138,8 @@ class Codec(AutoEncoder):
             raise ValueError("codec channels and latent_channels must be >= 1")
         if config.lmbda <= 0:
             raise ValueError(f"codec lmbda must be > 0, got {config.lmbda}")
+        if config.loss != "mse":
+            raise ValueError(f"codec distortion is MSE (PSNR targets); loss={config.loss!r} is not supported")
         if config.kernel % 2 != 1:
             raise ValueError(f"codec kernel must be odd, got {config.kernel}")
         self.config = config
