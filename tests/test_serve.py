@@ -185,3 +185,15 @@ def test_full_queue_answers_503_with_retry_after(tiny_bundle, codec):
         assert sum(r.status_code == 200 for r in results) >= 2
         assert {r.status_code for r in results} <= {200, 503}
         assert _post(s.base, "/v1/decode", payloads[0]).status_code == 200
+
+
+def test_several_decode_threads_and_no_store(tiny_bundle, codec):
+    enc, dec = codec
+    payloads = enc.encode_each(_images(16, seed=9))
+    app = create_app(ServeConfig(bundle=str(tiny_bundle), workers=3, max_batch=4, max_wait_ms=2))
+    with ThreadServer(app) as s, cf.ThreadPoolExecutor(8) as ex:
+        rs = list(ex.map(lambda p: _post(s.base, "/v1/decode", p), payloads))
+        assert all(np.array_equal(np.array(Image.open(io.BytesIO(r.content))), dec.decode(p)[0])
+                   for r, p in zip(rs, payloads, strict=True))
+        r = _post(s.base, "/v1/ingest", payloads[0])
+        assert (r.status_code, r.json()["error"]) == (404, "no_store")

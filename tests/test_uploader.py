@@ -198,3 +198,13 @@ def test_encode_spools_and_sends_to_a_real_server(tiny_bundle, tmp_path, monkeyp
     res = CliRunner().invoke(main, ["encode", str(src), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "e2"),
                                     "--send", "http://127.0.0.1:1"])
     assert res.exit_code != 0 and "--spool" in res.output
+
+
+def test_uploader_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeae.serve.uploader; "
+            "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn', 'httpx', 'ray', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

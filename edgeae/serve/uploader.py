@@ -81,8 +81,13 @@ class Spool:
 
     def pending(self) -> list[Path]:
         """Spooled payloads, oldest first."""
-        files = [p for p in self.root.glob("*" + SUFFIX) if p.is_file()]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        found = []
+        for p in self.root.glob("*" + SUFFIX):
+            try:  # a concurrent drain may remove a file between listing and stat
+                found.append((p.stat().st_mtime_ns, p.name, p))
+            except FileNotFoundError:
+                continue
+        return [p for _, _, p in sorted(found)]
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
