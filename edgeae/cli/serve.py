@@ -41,13 +41,19 @@ def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float,
         _need("ray", "ray")
         if store:
             raise click.UsageError("--store (ingest) is served by --engine local only")
+        import signal
         import time
 
         from edgeae.serve import ray_app
 
+        def _stop(*_: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)  # `kill` shuts Serve and Ray down like Ctrl-C
+
         ray_app.start(bundle, host=host, port=port, precision=precision, replicas=workers, max_batch=max_batch,
                       max_wait_ms=max_wait_ms, max_body=max_body, threads=threads or 1)
-        click.echo(f"edgeae Ray Serve decoder on http://{host}:{port} ({workers} replica(s)); Ctrl-C stops")
+        click.echo(f"edgeae Ray Serve decoder on http://{host}:{port} ({workers} replica(s)); Ctrl-C or SIGTERM stops")
         try:
             while True:
                 time.sleep(3600)
