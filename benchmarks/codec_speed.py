@@ -36,6 +36,21 @@ def photos(split: str) -> np.ndarray:
     return np.stack(out)
 
 
+def _quantize_keep_last(fp32: Path, out: Path, input_name: str, calib: np.ndarray) -> None:
+    """The exporter's recipe (pre-process, QDQ U8S8 per-channel, MinMax) minus the last Conv node."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeae.bundling.int8 import _Reader
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+    last = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"][-1]
+    quantize_static(str(pre), str(out), _Reader(input_name, calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=[last])
+
+
 def main() -> int:
     from edgeae.bundling import graphs
     from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph
@@ -48,6 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fp32-last", action="store_true",
+                    help="Keep the encoder's last Conv (the latent projection) in fp32; the rest int8.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     run = load_run(args.run)
@@ -60,7 +77,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.int8.onnx"
         graphs.save(graphs.export_graph(model.encoder, spec, torch.from_numpy(val[:1])), fp32)
-        quantize_graph(fp32, int8, spec.input_name, train, Int8Preset())
+        if args.fp32_last:
+            _quantize_keep_last(fp32, int8, spec.input_name, train)
+        else:
+            quantize_graph(fp32, int8, spec.input_name, train, Int8Preset())
         psnrs = {}
         for label, path in (("fp32", fp32), ("int8", int8)):
             sess = make_session(path, threads=1)
@@ -80,6 +100,7 @@ def main() -> int:
         res["bytes_fp32"], res["bytes_int8"] = fp32.stat().st_size, int8.stat().st_size
     res["cpu"] = platform.machine() + " " + cpu_model()
     res["run"] = str(args.run)
+    res["int8_recipe"] = "fp32 last conv" if args.fp32_last else "exporter default (all int8)"
     for k, v in res.items():
         print(f"{k:22s} {v:.4g}" if isinstance(v, float) else f"{k:22s} {v}")
     if args.json:
