@@ -28,11 +28,11 @@ OUT=runs/codec
 mkdir -p "$OUT"
 what=${1:-all}
 # Overrides (the report's numbers used the values it states): lambdas and epochs per dataset.
-MNIST_LAMBDAS=${MNIST_LAMBDAS:-"0.001 0.003 0.01 0.03"}
-MNIST_EPOCHS=${MNIST_EPOCHS:-30}
-MNIST_WIDTH=${MNIST_WIDTH:-32}
+MNIST_LAMBDAS=${MNIST_LAMBDAS:-"0.001 0.003 0.008 0.02"}
+MNIST_EPOCHS=${MNIST_EPOCHS:-25}
+MNIST_WIDTH=${MNIST_WIDTH:-64}
 PHOTO_LAMBDAS=${PHOTO_LAMBDAS:-"0.003 0.01 0.03"}
-PHOTO_EPOCHS=${PHOTO_EPOCHS:-25}
+PHOTO_EPOCHS=${PHOTO_EPOCHS:-10}
 
 train() {  # name, then edgeae train options
   local name=$1; shift
