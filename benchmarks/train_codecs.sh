@@ -33,6 +33,8 @@ MNIST_EPOCHS=${MNIST_EPOCHS:-25}
 MNIST_WIDTH=${MNIST_WIDTH:-64}
 PHOTO_LAMBDAS=${PHOTO_LAMBDAS:-"0.003 0.01 0.03"}
 PHOTO_EPOCHS=${PHOTO_EPOCHS:-10}
+LR_DECAY=${LR_DECAY:-none}   # cosine: lr falls to 1% over the run
+TAG=${TAG:-}                 # suffix of the run names, to keep several series side by side
 
 train() {  # name, then edgeae train options
   local name=$1; shift
@@ -44,15 +46,15 @@ train() {  # name, then edgeae train options
 if [[ $what == mnist || $what == all ]]; then
   # MNIST: first 8,000 train, last 2,000 evaluate; stride 4 (28 -> 7x7 latent), 16 latent channels.
   for l in $MNIST_LAMBDAS; do
-    train "mnist-w$MNIST_WIDTH-l$l" --dataset mnist --data ../shared/data/mnist --lmbda "$l" --channels "$MNIST_WIDTH" --latent 16 \
-      --epochs "$MNIST_EPOCHS" --batch-size 32
+    train "mnist-w$MNIST_WIDTH$TAG-l$l" --dataset mnist --data ../shared/data/mnist --lmbda "$l" --channels "$MNIST_WIDTH" \
+      --latent 16 --epochs "$MNIST_EPOCHS" --batch-size 32 --lr-decay "$LR_DECAY"
   done
 fi
 
 if [[ $what == photos || $what == all ]]; then
   # Photos: 64x64 RGB patches of the 12 training photographs; validation = coffee + chelsea patches.
   for l in $PHOTO_LAMBDAS; do
-    train "photos-rgb-l$l" --dataset photos --color rgb --patch 64 --lmbda "$l" --channels 48 --latent 32 \
-      --set downsamplings=3 --epochs "$PHOTO_EPOCHS" --batch-size 16
+    train "photos-rgb$TAG-l$l" --dataset photos --color rgb --patch 64 --lmbda "$l" --channels 48 --latent 32 \
+      --set downsamplings=3 --epochs "$PHOTO_EPOCHS" --batch-size 16 --lr-decay "$LR_DECAY"
   done
 fi

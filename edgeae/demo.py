@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 _START = time.perf_counter()
 
 

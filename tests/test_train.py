@@ -14,7 +14,7 @@ from edgeae.train.data import DataSpec, load_dataset, read_idx
 from edgeae.train.models import build_model, families
 from edgeae.train.models.registry import register
 from edgeae.train.rundir import load_run
-from edgeae.train.trainer import TrainConfig, fit, train
+from edgeae.train.trainer import TrainConfig, _schedule, fit, train
 
 SEED_FAMILIES = ["dense", "conv", "vae", "sparse"]
 
@@ -95,6 +95,27 @@ def test_photos_hold_out_whole_photographs():
     d = load_dataset(DataSpec("photos", patch=64, color="rgb"))
     assert d.train.shape[1:] == (3, 64, 64) and d.channel_order == "RGB"
     assert len(d.val) == (400 // 64) * (600 // 64) + (300 // 64) * (451 // 64)  # coffee + chelsea
+    # Training tiles overlap by half a patch; the first two of a row are 32 px apart.
+    assert np.array_equal(d.train[0, :, :, 32:], d.train[1, :, :, :32])
+    with pytest.raises(DataError, match="larger than every held-out"):
+        load_dataset(DataSpec("photos", patch=512))
+
+
+def test_cosine_lr_decay_ends_at_one_percent_of_every_group():
+    model = build_model("codec", in_shape=(1, 8, 8), lmbda=0.01)
+    opt = model.configure_optimizer(1e-3)  # two groups with different learning rates
+    start = [g["lr"] for g in opt.param_groups]
+    sched = _schedule(opt, TrainConfig(epochs=1, lr_decay="cosine"), planned_steps=10)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01 * lr for lr in start])
+    assert _schedule(opt, TrainConfig(lr_decay="none"), 10) is None
+    with pytest.raises(ValueError, match="lr_decay"):
+        _schedule(opt, TrainConfig(lr_decay="step"), 10)
 
 
 def test_mnist_from_shared_idx_uses_first_8000_for_training(shared_mnist):

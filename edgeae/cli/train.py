@@ -46,6 +46,8 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-decay", type=click.Choice(["none", "cosine"]), default="none", show_default=True,
+              help="Learning-rate schedule over the planned steps (cosine: down to 1% of --lr).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--denoise", type=float, default=0.0, show_default=True, help="Input noise std (denoising AE).")
 @click.option("--patience", type=int, help="Stop after this many epochs without validation improvement.")
@@ -56,8 +58,8 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def train(family: str, dataset: str, data: str | None, latent: int | None, hidden: str | None, channels: str | None,
           loss: str | None, lmbda: float | None, sets: tuple[str, ...], epochs: int, batch_size: int, lr: float,
-          seed: int, denoise: float, patience: int | None, patch: int, color: str, limit: int | None, out: str,
-          force: bool) -> None:
+          lr_decay: str, seed: int, denoise: float, patience: int | None, patch: int, color: str,
+          limit: int | None, out: str, force: bool) -> None:
     """Train a model on a dataset and write a run directory (config, safetensors weights, metrics, grid)."""
     from edgeae.train.data import DataSpec
     from edgeae.train.trainer import TrainConfig
@@ -66,7 +68,8 @@ def train(family: str, dataset: str, data: str | None, latent: int | None, hidde
     options = {**_model_options(family, latent, _ints(hidden), _ints(channels), loss, lmbda), **_parse_set(sets)}
     spec = DataSpec(name=dataset, data=str(Path(data).resolve()) if data else None, seed=seed, patch=patch,
                     color=color, limit=limit)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, denoise_std=denoise, patience=patience)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
+                      denoise_std=denoise, patience=patience)
     try:
         result = run_training(family, spec, out, options, cfg, overwrite=force)
     except (KeyError, ValueError, TypeError) as exc:

@@ -17,6 +17,7 @@ from edgeae.errors import DataError
 # Real files are small (MNIST train images are 47 MB raw); anything far larger is not a dataset we read.
 MAX_FILE_BYTES = 2 << 30
 MAX_IDX_ITEMS = 10_000_000
+MAX_PATCH = 1024  # photos/images patch side (the codec speed target is 768x512)
 
 
 @dataclass(frozen=True)
@@ -150,21 +151,28 @@ def load_photo(name: str, color: str) -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def _patches(img: np.ndarray, size: int) -> np.ndarray:
+def _patches(img: np.ndarray, size: int, stride: int | None = None) -> np.ndarray:
+    """(N, C, size, size) tiles of an (H, W, C) image, row-major; `stride` < size overlaps them."""
+    stride = stride or size
     h, w, c = img.shape
-    rows, cols = h // size, w // size
-    cut = img[: rows * size, : cols * size]
-    p = cut.reshape(rows, size, cols, size, c).transpose(0, 2, 4, 1, 3)
-    return p.reshape(rows * cols, c, size, size)
+    if h < size or w < size:
+        return np.zeros((0, c, size, size), img.dtype)
+    tiles = np.lib.stride_tricks.sliding_window_view(img, (size, size), axis=(0, 1))[::stride, ::stride]
+    return np.ascontiguousarray(tiles.reshape(-1, c, size, size))
 
 
 @_loader("photos")
 def _photos(spec: DataSpec):
     if spec.color not in ("gray", "rgb"):
         raise DataError(f"photos color must be 'gray' or 'rgb', got {spec.color!r}")
-    if not 8 <= spec.patch <= 512:
-        raise DataError(f"photos patch size must be in [8, 512], got {spec.patch}")
-    parts = {s: [_patches(load_photo(n, spec.color), spec.patch) for n in photo_names(s)] for s in ("train", "val")}
+    if not 8 <= spec.patch <= MAX_PATCH:
+        raise DataError(f"photos patch size must be in [8, {MAX_PATCH}], got {spec.patch}")
+    # Training tiles overlap by half a patch (4x the patches from 12 photographs); held-out tiles do not.
+    strides = {"train": max(1, spec.patch // 2), "val": spec.patch}
+    parts = {s: [_patches(load_photo(n, spec.color), spec.patch, strides[s]) for n in photo_names(s)]
+             for s in ("train", "val")}
+    if not len(np.concatenate(parts["val"])):
+        raise DataError(f"photos patch size {spec.patch} is larger than every held-out photograph; use at most 300")
     train, val = np.concatenate(parts["train"]), np.concatenate(parts["val"])
     # Held-out photos come last and form the whole validation split.
     images = np.concatenate([train, val]).astype(np.float32) / 255.0
@@ -267,6 +275,8 @@ def _npy(spec: DataSpec):
 def _images(spec: DataSpec):
     from PIL import Image, UnidentifiedImageError
 
+    if not 8 <= spec.patch <= MAX_PATCH:
+        raise DataError(f"images patch size must be in [8, {MAX_PATCH}], got {spec.patch}")
     path = _require_path(spec, "a folder of PNG/JPEG images")
     if not path.is_dir():
         raise DataError(f"--data {path} must be a folder of PNG/JPEG images")
