@@ -19,6 +19,9 @@ class DemoConfig:
     epochs: int = 60
     family_bits: tuple[int, ...] = (2, 3, 4, 6)  # extra latent bit depths: the RD curve behind the BD-rates
     family: str = "conv"
+    # The learned codec (Balle-style, factorized prior) at three rate-distortion trade-offs: its own RD curve.
+    codec_lambdas: tuple[float, ...] = (0.005, 0.02, 0.08)
+    codec_epochs: int = 80
     echo: Callable[[str], None] = print
 
 
@@ -29,7 +32,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     run = _train(cfg)
     bundle = _export(cfg, run)
     family = _export_family(cfg, run)
-    ev = _codec_stage(cfg, bundle, family)
+    codecs = _codec_family(cfg)
+    ev = _codec_stage(cfg, bundle, family, codecs)
     _profile_stage(cfg, bundle)
     report = _eval_stage(cfg, ev, bundle)
     cfg.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
@@ -74,8 +78,29 @@ def _export_family(cfg: DemoConfig, run: Path) -> list[Path]:
 
     bits = ", ".join(map(str, cfg.family_bits))
     cfg.echo(f"\nsame run exported at {bits} latent bits too (fp32), for a rate-distortion curve")
-    return [export_run(run, ExportOptions(out=cfg.out / "bundles" / f"bits{b}", latent_bits=b, force=True,
-                                          measure_speed=False)).path for b in cfg.family_bits]
+    return [export_run(run, ExportOptions(out=cfg.out / "bundles" / f"{cfg.bundle.name}-b{b}", latent_bits=b,
+                                          force=True, measure_speed=False)).path for b in cfg.family_bits]
+
+
+def _codec_family(cfg: DemoConfig) -> list[Path]:
+    """Train and export the `codec` family at each lambda (same digits split): bundles for the RD curve."""
+    from edgeae.bundling.build import ExportOptions, export_run
+    from edgeae.train.trainer import TrainConfig, train
+
+    lams = ", ".join(map(str, cfg.codec_lambdas))
+    _heading(cfg, f"2b. train the learned codec (strided convs, learned per-channel prior) at lambda {lams}")
+    cfg.echo(f"{'lambda':>7} {'val PSNR':>9} {'model bpp':>10} {'seconds':>8}")
+    bundles = []
+    for lam in cfg.codec_lambdas:
+        res = train("codec", "digits", cfg.out / "runs" / f"codec-l{lam}",
+                    {"lmbda": lam, "channels": 32, "latent_channels": 8, "downsamplings": 1},
+                    TrainConfig(epochs=cfg.codec_epochs, batch_size=32, lr=3e-3, lr_decay="cosine", progress=False),
+                    overwrite=True)
+        final, secs = res.metrics["final"], sum(h["seconds"] for h in res.metrics["history"])
+        cfg.echo(f"{lam:>7} {final['psnr']:>9.2f} {final['bpp']:>10.2f} {secs:>8.1f}")
+        bundles.append(export_run(res.path, ExportOptions(out=cfg.out / "bundles" / f"codec-l{lam}", force=True,
+                                                          measure_speed=False)).path)
+    return bundles
 
 
 def _validation_images(bundle: Path) -> np.ndarray:
@@ -89,7 +114,7 @@ def _validation_images(bundle: Path) -> np.ndarray:
     return np.clip(np.round(data.val[:, 0] * 255), 0, 255).astype(np.uint8)
 
 
-def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path]):
+def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path], codecs: list[Path]):
     from edgeae.evaluate.metrics import psnr
     from edgeae.evaluate.rd import evaluate
     from edgeae.runtime import Decoder, Encoder
@@ -106,16 +131,18 @@ def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path]):
     path = cfg.out / "validation.eae"
     path.write_bytes(batch)
     # One evaluation serves this table and the report: every bundle and every JPEG/WebP quality, same images.
-    ev = evaluate([bundle, *family], images, labels=["conv"] * (1 + len(family)),
+    ev = evaluate([bundle, *family, *codecs], images, labels=["conv"] * (1 + len(family)) + ["codec"] * len(codecs),
                   progress=False, keep=6)
-    rows = [("edgeae (1 payload/img)", sizes.mean(), ours), ("edgeae (1 batch)", len(batch) / n, ours)]
+    rows = [("edgeae conv (1 payload/img)", sizes.mean(), ours), ("edgeae conv (1 batch)", len(batch) / n, ours)]
+    rows += [(f"edgeae codec {p.setting}", p.mean_bytes, p.mean_psnr) for p in ev.points
+             if p.curve.startswith("codec") and p.precision == "fp32"]
     for codec in ("jpeg", "webp"):
         pts = [p for p in ev.points if p.codec == codec]
         best = min(pts, key=lambda p: abs(p.mean_psnr - ours))
         rows.append((f"{codec} {best.setting} (closest PSNR)", best.mean_bytes, best.mean_psnr))
-    cfg.echo(f"{'codec':<26} {'bytes/img':>9} {'bpp':>6} {'PSNR dB':>8}")
+    cfg.echo(f"{'codec':<34} {'bytes/img':>9} {'bpp':>6} {'PSNR dB':>8}")
     for name, size, quality in rows:
-        cfg.echo(f"{name:<26} {size:>9.1f} {8 * size / (h * w):>6.2f} {quality:>8.2f}")
+        cfg.echo(f"{name:<34} {size:>9.1f} {8 * size / (h * w):>6.2f} {quality:>8.2f}")
     cfg.echo(f"batch payload written to {path} (`edgeae inspect {path}` shows its header)")
     return ev
 

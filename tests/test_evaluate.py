@@ -94,7 +94,8 @@ def test_classical_figures_match_pillow_called_directly(codec, q, rgb):
     for i in range(3):
         img = Image.fromarray(a[i], "RGB" if rgb else "L")
         buf = io.BytesIO()
-        kw = {"png": {"optimize": True}, "jpeg": {"quality": q}, "webp": {"quality": q, "lossless": False}}[codec]
+        kw = {"png": {"optimize": True}, "jpeg": {"quality": q, "optimize": True},
+              "webp": {"quality": q, "lossless": False, "method": 6}}[codec]
         img.save(buf, format=codec.upper(), **kw)
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(img.mode))
         assert pt.per_image.bytes[i] == len(buf.getvalue())

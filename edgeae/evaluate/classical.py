@@ -2,9 +2,13 @@
 
 Sizes are whole files, headers included, exactly what `Image.save` writes with these options:
 
-    jpeg: quality=q (Pillow's defaults otherwise: 4:2:0 chroma subsampling for RGB, baseline)
-    webp: quality=q, lossless=False (WebP stores RGB: gray images are saved as RGB and read back as L)
+    jpeg: quality=q, optimize=True (optimal Huffman tables: lossless, ~40% smaller on MNIST than Pillow's
+          default tables; 4:2:0 chroma subsampling for RGB, baseline)
+    webp: quality=q, lossless=False, method=6 (libwebp's slowest, smallest setting; WebP stores RGB: gray
+          images are saved as RGB and read back as L)
     png:  optimize=True (zlib level 9 plus filter search), lossless
+
+Every baseline gets its best-compressing encoder settings: a learned codec must beat the real thing.
 
 On tiny images (8x8 digits) the JPEG header alone is hundreds of bytes; that is part of the honest
 comparison, not a bug.
@@ -39,7 +43,9 @@ def save_options(codec: str, quality: int | None) -> dict:
         return {"optimize": True}
     if quality is None or not 0 <= quality <= 100:
         raise ValueError(f"{codec} needs a quality in 0..100, got {quality}")
-    return {"quality": int(quality)} if codec == "jpeg" else {"quality": int(quality), "lossless": False}
+    if codec == "jpeg":
+        return {"quality": int(quality), "optimize": True}
+    return {"quality": int(quality), "lossless": False, "method": 6}
 
 
 def roundtrip(image: np.ndarray, codec: str, quality: int | None = None) -> tuple[bytes, np.ndarray]:

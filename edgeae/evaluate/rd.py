@@ -82,7 +82,7 @@ def evaluate_bundle(bundle: Any, images: np.ndarray, precision: str = "fp32", la
     family = str(b.manifest.model.get("family", "edgeae"))
     curve = f"{label or family} ({precision})"
     ms = ms_ssim(x, decoded) if ms_ssim_applies(h, w) else None
-    return RDPoint.build("edgeae", curve, b.manifest.name, sizes, psnr(x, decoded), ssim(x, decoded), ms, h * w,
+    return RDPoint.build("edgeae", curve, b.path.name, sizes, psnr(x, decoded), ssim(x, decoded), ms, h * w,
                          keep_per_image, bundle=str(b.path), precision=precision, family=family,
                          decoded=decoded[:keep].copy() if keep else None)
 

@@ -181,14 +181,16 @@ def _pillow(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
+    from edgeae.evaluate.classical import save_options  # the same encoder settings as `edgeae eval`
+
     images = [Image.fromarray(a) for a in _load(job, "images_u8.npy")]
-    fmt, quality = job["format"].upper(), job["quality"]
+    fmt, options = job["format"].upper(), save_options(job["format"], job["quality"])
 
     def encode_all() -> list[bytes]:
         out = []
         for im in images:
             buf = io.BytesIO()
-            im.save(buf, format=fmt, quality=quality)
+            im.save(buf, format=fmt, **options)
             out.append(buf.getvalue())
         return out
 
