@@ -36,23 +36,9 @@ def photos(split: str) -> np.ndarray:
     return np.stack(out)
 
 
-def _quantize_keep_last(fp32: Path, out: Path, input_name: str, calib: np.ndarray) -> None:
-    """The exporter's recipe (pre-process, QDQ U8S8 per-channel, MinMax) minus the last Conv node."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from edgeae.bundling.int8 import _Reader
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
-    last = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"][-1]
-    quantize_static(str(pre), str(out), _Reader(input_name, calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=[last])
-
-
 def main() -> int:
     from edgeae.bundling import graphs
+    from edgeae.bundling.build import _latent_model, latent_grid
     from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph
     from edgeae.bundling.spec import graph_specs
     from edgeae.profiling.host import cpu_model
@@ -63,8 +49,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--fp32-last", action="store_true",
-                    help="Keep the encoder's last Conv (the latent projection) in fp32; the rest int8.")
+    ap.add_argument("--keep-fp32", default="",
+                    help="Comma-separated: first,last compute node of the encoder left in fp32 (default: none).")
+    ap.add_argument("--no-latent-grid", action="store_true",
+                    help="Calibrate the encoder output's int8 range instead of putting it on the latent grid.")
+    ap.add_argument("--repeats", type=int, default=7, help="Timing repeats (median).")
     args = ap.parse_args()
     torch.set_num_threads(1)
     run = load_run(args.run)
@@ -77,10 +66,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.int8.onnx"
         graphs.save(graphs.export_graph(model.encoder, spec, torch.from_numpy(val[:1])), fp32)
-        if args.fp32_last:
-            _quantize_keep_last(fp32, int8, spec.input_name, train)
-        else:
-            quantize_graph(fp32, int8, spec.input_name, train, Int8Preset())
+        keep = [k for k in args.keep_fp32.split(",") if k]
+        y_shape = graphs.torch_run(model.encoder, val[:1]).shape
+        grid = None if args.no_latent_grid else latent_grid(_latent_model(model, np.zeros(y_shape), 8)[0])
+        kept = quantize_graph(fp32, int8, spec.input_name, train, Int8Preset(), keep_fp32=keep,
+                              output_grid=(spec.output_name, *grid) if grid else None)
         psnrs = {}
         for label, path in (("fp32", fp32), ("int8", int8)):
             sess = make_session(path, threads=1)
@@ -90,7 +80,7 @@ def main() -> int:
             ref, got = np.rint(val * 255), np.rint(rec * 255)
             mse = ((ref - got) ** 2).reshape(len(val), -1).mean(1)
             psnrs[label] = float((10 * np.log10(255.0**2 / mse)).mean())
-            res[f"latency_ms_{label}"] = median_latency_us(path, val[:1]) / 1000
+            res[f"latency_ms_{label}"] = median_latency_us(path, val[:1], repeats=args.repeats) / 1000
             res[f"psnr_{label}"] = psnrs[label]
             with torch.no_grad():
                 lik = model.prior.likelihood(torch.round(torch.from_numpy(y)))
@@ -100,7 +90,8 @@ def main() -> int:
         res["bytes_fp32"], res["bytes_int8"] = fp32.stat().st_size, int8.stat().st_size
     res["cpu"] = platform.machine() + " " + cpu_model()
     res["run"] = str(args.run)
-    res["int8_recipe"] = "fp32 last conv" if args.fp32_last else "exporter default (all int8)"
+    res["int8_recipe"] = (f"U8S8 per-channel QDQ, fp32 nodes: {', '.join(kept) or 'none'}, encoder output on "
+                          + (f"the latent grid (scale {grid[0]:g}, zero point {grid[1]})" if grid else "a calibrated range"))
     for k, v in res.items():
         print(f"{k:22s} {v:.4g}" if isinstance(v, float) else f"{k:22s} {v}")
     if args.json:

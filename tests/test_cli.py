@@ -45,6 +45,9 @@ def test_train_export_inspect_through_the_cli(tmp_path):
     assert res.exit_code == 0 and "fingerprint" in res.output
     res = runner.invoke(main, ["export", str(tmp_path / "r"), "--out", str(tmp_path / "b")])
     assert res.exit_code != 0 and "already exists" in res.output
+    res = runner.invoke(main, ["export", str(tmp_path / "r"), "--out", str(tmp_path / "c"), "--int8",
+                               "--int8-keep-fp32", "encoder:middle"])
+    assert res.exit_code == 2 and "encoder:last" in res.output and not (tmp_path / "c").exists()
 
 
 def test_models_lists_every_family():

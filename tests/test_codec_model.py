@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -182,3 +183,43 @@ def test_tiny_codec_exports_and_decodes_through_the_runtime(make_run, tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).x_hat.numpy()
     assert np.abs(rec - ref).max() < 1e-3
+
+
+def test_latent_grid_exists_only_for_whole_step_offsets():
+    from edgeae.bundling.build import latent_grid
+
+    def lat(offset, step, levels=40):
+        return {"quantization": {"levels": levels, "offset": offset, "step": step}}
+
+    assert latent_grid(lat([-20.0, -3.0], [1.0, 1.0])) == (1.0, 20)  # -20 lands on uint8 0
+    assert latent_grid(lat([5.0, 7.0], [1.0, 1.0])) == (1.0, 0)
+    assert latent_grid(lat([-20.0, -3.0], [1.0, 1.0]), "int8") == (1.0, -108)
+    assert latent_grid(lat([-20.0, -3.0], [1.0, 0.5])) is None  # per-channel steps
+    assert latent_grid(lat([-20.5, -3.0], [1.0, 1.0])) is None  # off-grid offset
+    assert latent_grid(lat([-200.0, 100.0], [1.0, 1.0])) is None  # spans more than 256 steps
+
+
+@pytest.mark.slow
+def test_int8_codec_encoder_outputs_the_latent_grid_itself(make_run, tmp_path):
+    """The int8 encoder's output is quantised on the latent's integer grid: its values are whole numbers,
+    so rounding them (the runtime's quantiser) adds nothing to what int8 already decided."""
+    import onnxruntime as ort
+
+    build = pytest.importorskip("edgeae.bundling.build")
+    run = make_run("codec", lmbda=0.05, channels=16, latent_channels=8, downsamplings=2)
+    out = tmp_path / "b"
+    res = build.export_run(run, build.ExportOptions(out=out, int8=True, measure_speed=False,
+                                                    int8_keep_fp32={"decoder": ("last",)}))
+    g = res.manifest["int8"]["graphs"]
+    assert g["encoder"]["output_on_latent_grid"] and not g["decoder"]["output_on_latent_grid"]
+    assert g["encoder"]["kept_fp32"] == [] and len(g["decoder"]["kept_fp32"]) == 1
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    sess = ort.InferenceSession(str(out / "encoder.int8.onnx"), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_array_equal(y, np.round(y))
+    # The decoder's last Conv really stayed fp32: its weight is a float initializer, not a DequantizeLinear.
+    model = onnx.load(str(out / "decoder.int8.onnx"))
+    node = next(n for n in model.graph.node if n.name == g["decoder"]["kept_fp32"][0])
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers.get(node.input[1]) != "DequantizeLinear"
+    assert node.input[1] in {i.name for i in model.graph.initializer}

@@ -41,6 +41,9 @@ class ExportOptions:
     latent_bits: int = 8
     device: str | None = None  # device profile name or TOML path (int8 preset)
     max_int8_drop_db: float = 0.5
+    # Per graph role, compute nodes left in fp32 by --int8 ("first" / "last"); None: the model family's
+    # default (`int8_keep_fp32` on the model; the codec keeps its encoder's latent projection in fp32).
+    int8_keep_fp32: dict[str, tuple[str, ...]] | None = None
     input_size: tuple[int, int] | None = None  # fully convolutional families only
     calibration_data: Path | None = None  # .npy of training-like images (N, C, H, W) in [0, 1]
     force: bool = False
@@ -143,7 +146,8 @@ def _build(run: LoadedRun, model, train, val, opts: ExportOptions, tmp: Path) ->
     val_latent = graphs.torch_run(model.encoder, val)
     checks = _verify(specs, modules, tmp, val, val_latent)
     quality = _quality(model, tmp, specs, val, latent)
-    int8 = _int8(specs, tmp, train, val, latent, quality, opts, checks, modules, meta) if opts.int8 else None
+    keep = opts.int8_keep_fp32 if opts.int8_keep_fp32 is not None else getattr(model, "int8_keep_fp32", {})
+    int8 = _int8(specs, tmp, train, val, latent, quality, opts, checks, modules, meta, keep) if opts.int8 else None
     failures = [f for c in checks for f in c.failures]
     if failures:
         raise ExportError("export verification failed", failures)
@@ -168,6 +172,28 @@ def _latent_model(model, latents: np.ndarray, bits: int) -> tuple[dict[str, Any]
         entropy = calibrate.histogram_tables(symbols, quant["levels"], axis)
     latent = {"shape": list(latents.shape[1:]), "channel_axis": axis, "quantization": quant}
     return latent, entropy
+
+
+def latent_grid(latent: dict[str, Any], activation_type: str = "uint8") -> tuple[float, int] | None:
+    """(scale, zero point) of an 8-bit grid holding every channel's quantisation points exactly, or None.
+
+    It exists when all channels share one step s, every offset is a whole number of steps, and the union of
+    the channels' ranges spans at most 256 steps (the learned codec: s = 1, offsets integers). The int8 encoder
+    then quantises its output onto the latent grid itself, so its output quantisation costs nothing."""
+    q = latent["quantization"]
+    steps, offsets = np.asarray(q["step"], np.float64), np.asarray(q["offset"], np.float64)
+    s = float(steps[0])
+    units = offsets / s
+    if not (np.all(steps == s) and np.allclose(units, np.round(units), atol=1e-6)):
+        return None
+    lo, hi = int(np.round(units.min())), int(np.round(units.max())) + int(q["levels"]) - 1
+    qmin, qmax = (0, 255) if activation_type == "uint8" else (-128, 127)
+    if hi - lo > qmax - qmin:
+        return None
+    zero_point = min(max(qmin - lo, qmin), qmax)  # the grid's lowest point lands on qmin (or 0 stays inside)
+    if lo + zero_point < qmin or hi + zero_point > qmax:
+        return None
+    return s, zero_point
 
 
 def quantizer(latent: dict[str, Any]) -> Quantizer:
@@ -214,7 +240,7 @@ def _preset(device: str | None) -> tuple[Int8Preset, str]:
 
 
 def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, latent, quality, opts: ExportOptions,
-          checks: list[GraphCheck], modules, meta) -> dict[str, Any]:
+          checks: list[GraphCheck], modules, meta, keep: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     preset, preset_name = _preset(opts.device)
     n = max(1, min(opts.calibration_samples, len(train)))
     calib_x = train[:n]
@@ -224,7 +250,12 @@ def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, latent, quality, o
     y = _run_graph(tmp / specs["encoder"].file, val)
     for role, spec in specs.items():
         fp32, int8 = tmp / spec.file, tmp / spec.int8_file
-        quantize_graph(fp32, int8, spec.input_name, calib[role], preset)
+        grid = latent_grid(latent, preset.activation_type) if role == "encoder" else None
+        try:
+            kept = quantize_graph(fp32, int8, spec.input_name, calib[role], preset, keep.get(role, ()),
+                                  output_grid=(spec.output_name, *grid) if grid else None)
+        except ValueError as exc:
+            raise ExportError(f"int8 {role}: {exc}") from None
         model = onnx.load(str(int8))
         graphs.set_metadata(model, {**meta, "edgeae.role": role, "edgeae.precision": "int8"})
         graphs.save(model, int8)
@@ -236,7 +267,8 @@ def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, latent, quality, o
         drop = quality["psnr_onnx_fp32"] - psnr(rec, val)
         entry = {"psnr": psnr(rec, val), "psnr_drop_db": drop, "max_abs_error_vs_fp32": check.max_abs_error,
                  "bytes_fp32": fp32.stat().st_size, "bytes_int8": int8.stat().st_size,
-                 "size_ratio": int8.stat().st_size / fp32.stat().st_size}
+                 "size_ratio": int8.stat().st_size / fp32.stat().st_size, "kept_fp32": kept,
+                 "output_on_latent_grid": grid is not None}
         if opts.measure_speed:
             entry.update(_speed(fp32, int8, batches[0]))
         report["graphs"][role] = entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,26 @@ class _Reader:
         return next(self.items, None)
 
 
+# Nodes that carry the weights; "first" / "last" in keep_fp32 name the first / last of these in graph order.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+KEEP_FP32_CHOICES = ("first", "last")
+
+
+def compute_nodes(model: Any) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
 def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray,
-                   preset: Int8Preset) -> None:
-    """Pre-process (shape inference + optimisation), then static QDQ quantisation calibrated on `calibration`."""
+                   preset: Int8Preset, keep_fp32: Sequence[str] = (),
+                   output_grid: tuple[str, float, int] | None = None) -> list[str]:
+    """Pre-process (shape inference + optimisation), then static QDQ quantisation calibrated on `calibration`.
+
+    `keep_fp32`: "first" and/or "last" compute node left in fp32 (the usual first/last-layer exception: a
+    codec's latent projection feeds the rounding directly). Returns the names of the nodes left in fp32.
+
+    `output_grid` = (output name, scale, zero point): quantise that graph output on exactly this grid instead
+    of a calibrated one. When it is the latent's own integer grid, the int8 output *is* the rounded latent,
+    so the output quantisation adds no error at all (see latent_grid in build.py)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -66,11 +84,38 @@ def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration
             # Symbolic shape inference asserts on the dense families' Reshape with a dynamic batch;
             # ONNX's own shape inference is enough for those graphs.
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        excluded = _resolve_keep(pre, keep_fp32)
         quantize_static(
             str(pre), str(out_path), _Reader(input_name, calibration.astype(np.float32)),
             quant_format=QuantFormat.QDQ, per_channel=preset.per_channel, reduce_range=preset.reduce_range,
             activation_type=types[preset.activation_type], weight_type=types[preset.weight_type],
+            nodes_to_exclude=excluded, extra_options=_grid_override(output_grid, types[preset.activation_type]),
         )
+    return excluded
+
+
+def _grid_override(grid: tuple[str, float, int] | None, qtype: Any) -> dict[str, Any]:
+    if grid is None:
+        return {}
+    from onnxruntime.quantization import QuantType
+
+    name, scale, zero_point = grid
+    dtype = np.uint8 if qtype == QuantType.QUInt8 else np.int8
+    return {"TensorQuantOverrides": {name: [{"scale": np.array(scale, np.float32),
+                                             "zero_point": np.array(zero_point, dtype)}]}}
+
+
+def _resolve_keep(path: Path, keep: Sequence[str]) -> list[str]:
+    bad = [k for k in keep if k not in KEEP_FP32_CHOICES]
+    if bad:
+        raise ValueError(f"keep_fp32 takes {' / '.join(KEEP_FP32_CHOICES)}, got {', '.join(map(repr, bad))}")
+    if not keep:
+        return []
+    import onnx
+
+    nodes = compute_nodes(onnx.load(str(path)))
+    picked = ([nodes[0]] if "first" in keep else []) + ([nodes[-1]] if "last" in keep else [])
+    return list(dict.fromkeys(picked))
 
 
 def median_latency_us(path: Path, x: np.ndarray, repeats: int = 7, min_seconds: float = 0.05) -> float:

@@ -20,6 +20,19 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _keep(items: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
+    if not items:
+        return None
+    keep: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        role, _, which = item.partition(":")
+        if role not in ("encoder", "decoder") or which not in ("first", "last"):
+            raise click.BadParameter(f"{item!r}: use encoder:first, encoder:last, decoder:first or decoder:last",
+                                     param_hint="--int8-keep-fp32")
+        keep[role] = (*keep.get(role, ()), which)
+    return keep
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), help="Bundle folder [default: export/<run name>/].")
@@ -30,12 +43,14 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--latent-bits", type=click.IntRange(1, 16), default=8, show_default=True)
 @click.option("--device", help="Device profile (name or TOML path) whose int8 preset to use.")
 @click.option("--max-int8-drop-db", type=float, default=0.5, show_default=True)
+@click.option("--int8-keep-fp32", "keep_fp32", multiple=True, metavar="ROLE:first|last",
+              help="Leave a graph's first or last Conv/Gemm/MatMul in fp32, e.g. encoder:last (repeatable).")
 @click.option("--input-size", help="H,W for fully convolutional models (e.g. 512,768).")
 @click.option("--no-speed", is_flag=True, help="Skip the fp32-vs-int8 latency measurement.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(run_dir: str, out: str | None, opset: int, int8: bool, calibration_samples: int,
            calibration_data: str | None, latent_bits: int, device: str | None, max_int8_drop_db: float,
-           input_size: str | None, no_speed: bool, force: bool) -> None:
+           keep_fp32: tuple[str, ...], input_size: str | None, no_speed: bool, force: bool) -> None:
     """Export a trained run as a verified bundle: encoder.onnx, decoder.onnx (+ int8), manifest.json."""
     from edgeae.bundling.build import ExportOptions, export_run
     from edgeae.runtime.summary import summarize
@@ -44,7 +59,7 @@ def export(run_dir: str, out: str | None, opset: int, int8: bool, calibration_sa
                          calibration_samples=calibration_samples, latent_bits=latent_bits, device=device,
                          max_int8_drop_db=max_int8_drop_db, input_size=_size(input_size),
                          calibration_data=Path(calibration_data) if calibration_data else None,
-                         force=force, measure_speed=not no_speed)
+                         force=force, measure_speed=not no_speed, int8_keep_fp32=_keep(keep_fp32))
     result = export_run(run_dir, opts)
     click.echo(f"bundle: {result.path}")
     click.echo(summarize(result.manifest))
