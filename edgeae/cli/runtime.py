@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgeae.cli import main
+from edgeae.fsutil import write_atomic
 
 ENCODE_CHUNK = 64  # images per graph run
 BATCH_NAME = "batch.eae"
@@ -62,19 +61,6 @@ def _jobs(paths: Iterable[str], suffixes: frozenset[str], failures: Failures) ->
                                    "encode them into different --out folders")
         seen[job.target] = job.source
     return jobs
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename into place: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -179,7 +165,7 @@ _spool = None  # edgeae.serve.uploader.Spool while `encode --spool` runs
 
 def _deliver(target: Path, payload: bytes) -> None:
     """Where a finished payload goes: a file under --out and, with --spool, the upload spool."""
-    _write_atomic(target, payload)
+    write_atomic(target, payload)
     if _spool is not None:
         _spool.put(payload)
 
@@ -213,7 +199,7 @@ def decode(payloads: tuple[str, ...], bundle: str, out: str, int8: bool, device:
             continue
         targets = [job.output(out_dir, ".png", None if len(decoded) == 1 else i) for i in range(len(decoded))]
         for target, image in zip(targets, decoded, strict=True):
-            _write_atomic(target, png_bytes(image))
+            write_atomic(target, png_bytes(image))
         images += len(decoded)
         click.echo(f"{job.source} -> {targets[0]}" + (f" .. {targets[-1].name}" if len(targets) > 1 else ""))
     click.echo(f"{images} images decoded into {out_dir}")

@@ -13,7 +13,8 @@ import numpy as np
 
 from edgeae.evaluate.metrics import MS_MIN_SIDE, PSNR_CAP_DB, WINDOW, window_size
 from edgeae.evaluate.rd import RDEvaluation
-from edgeae.evaluate.results import RDPoint, write_atomic
+from edgeae.evaluate.results import RDPoint
+from edgeae.fsutil import write_atomic
 
 REPORT, PLOT, GRID, JSON = "report.md", "rd.png", "grid.png", "rd.json"
 

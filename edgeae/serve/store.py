@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeae.fsutil import fsync_dir
 from edgeae.runtime.images import png_bytes
 
 TMP_PREFIX = ".tmp-"
@@ -26,14 +27,6 @@ PAYLOAD_NAME = "payload.eae"
 
 def payload_id(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_file_synced(path: Path, data: bytes) -> None:

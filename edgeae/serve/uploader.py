@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeae.errors import InputError
+from edgeae.fsutil import TEMP_PREFIX, fsync_dir, write_atomic
 
 SUFFIX = ".eae"
 REJECTED = "rejected"
@@ -42,21 +42,13 @@ def ingest_url(url: str) -> str:
     return urllib.parse.urlunsplit((u.scheme, u.netloc, path, u.query, ""))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """A folder of payloads waiting to be sent, one file each, named by their sha256."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        for p in self.root.glob(".tmp-*"):  # a crash mid-write leaves only a temp file: never a half payload
+        for p in self.root.glob(TEMP_PREFIX + "*"):  # a crash mid-write leaves only a temp file: never a half payload
             p.unlink(missing_ok=True)
 
     def put(self, payload: bytes) -> Path:
@@ -66,18 +58,7 @@ class Spool:
         target = self.root / (hashlib.sha256(payload).hexdigest() + SUFFIX)
         if target.exists():
             return target
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
-        return target
+        return write_atomic(target, payload, durable=True)
 
     def pending(self) -> list[Path]:
         """Spooled payloads, oldest first."""
@@ -91,7 +72,7 @@ class Spool:
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def reject(self, path: Path, reason: str) -> Path:
         folder = self.root / REJECTED
@@ -99,7 +80,7 @@ class Spool:
         target = folder / path.name
         os.replace(path, target)
         (folder / (path.name + ".reason")).write_text(reason + "\n")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return target
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeae.errors import RunDirError
+from edgeae.fsutil import write_atomic
 
 CONFIG, WEIGHTS, METRICS, GRID = "config.json", "weights.safetensors", "metrics.json", "reconstructions.png"
 MAX_JSON_BYTES = 16 << 20
@@ -106,9 +107,7 @@ class AtomicDir:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Indented JSON, but lists of numbers on one line (entropy tables stay readable and small); atomic."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(data) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, dumps(data) + "\n")
 
 
 def dumps(data: Any, indent: int = 0) -> str:
