@@ -31,6 +31,7 @@ what=${1:-all}
 MNIST_LAMBDAS=${MNIST_LAMBDAS:-"0.001 0.003 0.008 0.02"}
 MNIST_EPOCHS=${MNIST_EPOCHS:-25}
 MNIST_WIDTH=${MNIST_WIDTH:-64}
+MNIST_EXTRA=${MNIST_EXTRA:-0}  # codec extra_layers (stride-1 Conv3x3+ReLU after each inner stage)
 PHOTO_LAMBDAS=${PHOTO_LAMBDAS:-"0.003 0.01 0.03"}
 PHOTO_EPOCHS=${PHOTO_EPOCHS:-10}
 LR_DECAY=${LR_DECAY:-none}   # cosine: lr falls to 1% over the run
@@ -47,7 +48,7 @@ if [[ $what == mnist || $what == all ]]; then
   # MNIST: first 8,000 train, last 2,000 evaluate; stride 4 (28 -> 7x7 latent), 16 latent channels.
   for l in $MNIST_LAMBDAS; do
     train "mnist-w$MNIST_WIDTH$TAG-l$l" --dataset mnist --data ../shared/data/mnist --lmbda "$l" --channels "$MNIST_WIDTH" \
-      --latent 16 --epochs "$MNIST_EPOCHS" --batch-size 32 --lr-decay "$LR_DECAY"
+      --latent 16 --set extra_layers="$MNIST_EXTRA" --epochs "$MNIST_EPOCHS" --batch-size 32 --lr-decay "$LR_DECAY"
   done
 fi
 

@@ -4,7 +4,8 @@
     x (C, H, W) --g_a--> y (M, H/2^d, W/2^d) --round--> y_hat --g_s--> x_hat
                                    \\-- factorized entropy model p(y_hat) per latent channel --> bits
 
-* g_a: d strided 5x5 convolutions (the last one to M latent channels, no activation).
+* g_a: d strided 5x5 convolutions (the last one to M latent channels, no activation); `extra_layers` adds
+  stride-1 3x3 Conv+ReLU layers after each inner stage (mirrored in g_s) for depth at the same resolution.
 * g_s: the mirror, upsampling by depth-to-space: Conv 3x3 to 4x channels, then PixelShuffle(2) (ONNX
   DepthToSpace), so every convolution of the decoder runs at the *low* resolution and no ConvTranspose is used.
 * Non-linearity: ReLU instead of GDN. GDN (x / sqrt(beta + gamma * x^2)) is worth ~0.2-0.5 dB at equal rate
@@ -54,6 +55,7 @@ class CodecConfig(ModelConfig):
     filters: tuple[int, ...] = (3, 3, 3)  # hidden sizes of the per-channel CDF MLP
     tail_mass: float = 1e-9  # probability left outside the exported integer support, per side
     prior_lr_scale: float = 10.0  # the entropy model's learning rate = this x the trainer's lr
+    extra_layers: int = 0  # stride-1 Conv3x3+ReLU layers after each inner stage, in g_a and mirrored in g_s
 
 
 class _Analysis(nn.Sequential):
@@ -63,7 +65,7 @@ class _Analysis(nn.Sequential):
 class _Synthesis(nn.Module):
     """Conv3x3 -> PixelShuffle(2) -> ReLU per stage; the last stage outputs the image, clamped to [0, 1]."""
 
-    def __init__(self, m: int, n: int, c_out: int, steps: int) -> None:
+    def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = m
@@ -72,11 +74,20 @@ class _Synthesis(nn.Module):
             layers += [nn.Conv2d(prev, out * 4, 3, padding=1), nn.PixelShuffle(2)]
             if i < steps - 1:
                 layers.append(nn.ReLU())
+                layers += _extra(n, extra)
             prev = out
         self.body = nn.Sequential(*layers)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.body(y).clamp(0.0, 1.0)
+
+
+def _extra(n: int, count: int) -> list[nn.Module]:
+    """`count` stride-1 Conv3x3 + ReLU layers: depth without changing the resolution (int8-friendly)."""
+    layers: list[nn.Module] = []
+    for _ in range(count):
+        layers += [nn.Conv2d(n, n, 3, padding=1), nn.ReLU()]
+    return layers
 
 
 class FactorizedPrior(nn.Module):
@@ -140,6 +151,8 @@ class Codec(AutoEncoder):
             raise ValueError(f"codec lmbda must be > 0, got {config.lmbda}")
         if config.loss != "mse":
             raise ValueError(f"codec distortion is MSE (PSNR targets); loss={config.loss!r} is not supported")
+        if config.extra_layers < 0:
+            raise ValueError(f"codec extra_layers must be >= 0, got {config.extra_layers}")
         if config.kernel % 2 != 1:
             raise ValueError(f"codec kernel must be odd, got {config.kernel}")
         self.config = config
@@ -152,10 +165,10 @@ class Codec(AutoEncoder):
             last = i == config.downsamplings - 1
             enc.append(nn.Conv2d(prev, m if last else n, k, stride=2, padding=k // 2))
             if not last:
-                enc.append(nn.ReLU())
+                enc += [nn.ReLU(), *_extra(n, config.extra_layers)]
             prev = n
         self.encoder = _Analysis(*enc)
-        self.decoder = _Synthesis(m, n, c_in, config.downsamplings)
+        self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers)
         self.prior = FactorizedPrior(m, tuple(config.filters))
 
     def _check_size(self, h: int, w: int) -> None:
