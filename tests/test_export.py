@@ -152,6 +152,9 @@ def test_fully_convolutional_model_exports_at_another_input_size(make_run, tmp_p
     res = export_run(run, ExportOptions(out=tmp_path / "b", input_size=(32, 48), measure_speed=False))
     assert res.manifest["input"]["shape"] == [1, 32, 48]
     assert res.manifest["latent"]["shape"][1:] == [8, 12]
+    # Larger than any held-out photograph can be cut into: whole photographs, resized, calibrate and verify.
+    res = export_run(run, ExportOptions(out=tmp_path / "big", input_size=(512, 768), measure_speed=False))
+    assert res.manifest["input"]["shape"] == [1, 512, 768] and res.manifest["quality"]["images"] == 2
     with pytest.raises(ExportError, match="does not fit"):  # dense layers are tied to one size
         export_run(make_run("dense"), ExportOptions(out=tmp_path / "c", input_size=(16, 16)))
 

@@ -23,9 +23,10 @@ def summarize(m: dict[str, Any]) -> str:
         f"({quant['bits']} bits), {m['entropy']['coder']} coder, {len(m['entropy']['frequencies'])} tables",
         f"fingerprint {m['fingerprint'][:16]}... (payloads carry the first 8 bytes)",
         "files       " + ", ".join(f"{k} {v['bytes'] / 1024:.1f} KiB" for k, v in m["files"].items()),
-        f"PSNR        torch {q.get('psnr_torch', float('nan')):.2f} dB | onnx fp32 {q.get('psnr_onnx_fp32', float('nan')):.2f}"
-        f" | fp32+quantised latent {q.get('psnr_fp32_quantized_latent', float('nan')):.2f}"
-        + (f" | int8 {q['psnr_onnx_int8']:.2f}" if "psnr_onnx_int8" in q else ""),
+        f"PSNR        torch {q.get('psnr_torch', float('nan')):.2f} dB | onnx fp32, float latent "
+        f"{q.get('psnr_onnx_fp32', float('nan')):.2f} | as deployed (quantised latent): fp32 "
+        f"{q.get('psnr_fp32_quantized_latent', float('nan')):.2f}"
+        + (f", int8 {q['psnr_onnx_int8']:.2f}" if "psnr_onnx_int8" in q else ""),
     ]
     int8 = m.get("int8")
     if int8:

@@ -161,6 +161,24 @@ def _patches(img: np.ndarray, size: int, stride: int | None = None) -> np.ndarra
     return np.ascontiguousarray(tiles.reshape(-1, c, size, size))
 
 
+def photos_resized(height: int, width: int, color: str) -> tuple[np.ndarray, np.ndarray]:
+    """Whole photographs resized (bicubic) to height x width: float32 (train, held-out) NCHW in [0, 1].
+
+    For sizes the photographs cannot be cut into (an exporter calibrating a 768x512 codec graph)."""
+    from PIL import Image
+
+    def stack(names: tuple[str, ...]) -> np.ndarray:
+        out = []
+        for n in names:
+            img = load_photo(n, color)
+            pil = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
+            arr = np.asarray(pil.resize((width, height), Image.Resampling.BICUBIC), np.float32) / 255.0
+            out.append(arr.reshape(height, width, -1).transpose(2, 0, 1))
+        return np.stack(out)
+
+    return stack(_PHOTOS_TRAIN), stack(_PHOTOS_VAL)
+
+
 @_loader("photos")
 def _photos(spec: DataSpec):
     if spec.color not in ("gray", "rgb"):
