@@ -24,8 +24,9 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: torch.Tensor
         # The TorchScript exporter is deprecated in favour of dynamo, but it is 400x faster here and
         # exports these plain Conv/Linear/Resize graphs at any opset from 13 up.
         warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False) writes to file-like objects; torch's stub lists paths only.
         torch.onnx.export(
-            module, (example,), buf, input_names=[spec.input_name], output_names=[spec.output_name],
+            module, (example,), buf, input_names=[spec.input_name], output_names=[spec.output_name],  # type: ignore[arg-type]
             dynamic_axes=spec.dynamic_axes, opset_version=spec.opset, dynamo=False,
         )
     return onnx.load_model_from_string(buf.getvalue())

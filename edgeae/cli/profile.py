@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import click
 
 from edgeae.cli import main
@@ -31,6 +33,12 @@ def devices(name_or_path: str | None) -> None:
     ]))
 
 
+@overload
+def _words(text: str, option: str) -> tuple[str, ...]: ...
+@overload
+def _words(text: None, option: str) -> None: ...
+@overload
+def _words(text: str | None, option: str) -> tuple[str, ...] | None: ...
 def _words(text: str | None, option: str) -> tuple[str, ...] | None:
     if text is None:
         return None

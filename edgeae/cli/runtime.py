@@ -133,6 +133,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     if send:
         from edgeae.serve.uploader import upload_spool
 
+        assert _spool is not None  # --send without --spool was refused above
         r = upload_spool(_spool, send, log=lambda line: click.echo(line, err=True))
         click.echo(f"sent {r.sent} payload(s) to {send} ({r.new} new), rejected {len(r.rejected)}, "
                    f"still spooled {r.remaining}")

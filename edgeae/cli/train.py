@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import click
 
@@ -24,6 +24,12 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+@overload
+def _ints(text: str) -> list[int]: ...
+@overload
+def _ints(text: None) -> None: ...
+@overload
+def _ints(text: str | None) -> list[int] | None: ...
 def _ints(text: str | None) -> list[int] | None:
     if text is None:
         return None

@@ -55,7 +55,7 @@ class BDResult:
         return f"{100 * self.value:+.1f}%"
 
 
-def _curve(x: Sequence[float], y: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray] | str:
+def _curve(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray] | str:
     """Finite points sorted by x, duplicates in x merged (mean y); a string says why the curve is unusable."""
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xa.shape != ya.shape or xa.ndim != 1:
@@ -99,8 +99,8 @@ def integrate(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str = 
     """Integral over [lo, hi] (inside [x[0], x[-1]]) of the interpolant of sorted points (x, y)."""
     if method == "cubic":
         coef = np.polyfit(x, y, min(3, len(x) - 1))
-        anti = np.polyint(coef)
-        return float(np.polyval(anti, hi) - np.polyval(anti, lo))
+        anti_coef = np.polyint(coef)
+        return float(np.polyval(anti_coef, hi) - np.polyval(anti_coef, lo))
     if method != "pchip":
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     d = pchip_slopes(x, y)
@@ -127,7 +127,7 @@ def evaluate_at(x: np.ndarray, y: np.ndarray, at: float, method: str = "pchip") 
     if method == "cubic":
         return float(np.polyval(np.polyfit(x, y, min(3, len(x) - 1)), at))
     d = pchip_slopes(x, y)
-    k = int(min(max(np.searchsorted(x, at, side="right") - 1, 0), len(x) - 2))
+    k = min(max(int(np.searchsorted(x, at, side="right")) - 1, 0), len(x) - 2)
     h, t = x[k + 1] - x[k], at - x[k]
     delta = (y[k + 1] - y[k]) / h
     c2 = (3 * delta - 2 * d[k] - d[k + 1]) / h
@@ -139,10 +139,11 @@ def _delta(x_ref, y_ref, x_test, y_test, method: str, axis: str) -> BDResult:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     ref, test = _curve(x_ref, y_ref, "reference curve"), _curve(x_test, y_test, "test curve")
-    for c in (ref, test):
-        if isinstance(c, str):
-            return BDResult(None, None, method, c)
-    (xr, yr), (xt, yt) = ref, test  # type: ignore[misc]
+    if isinstance(ref, str):
+        return BDResult(None, None, method, ref)
+    if isinstance(test, str):
+        return BDResult(None, None, method, test)
+    (xr, yr), (xt, yt) = ref, test
     lo, hi = max(xr[0], xt[0]), min(xr[-1], xt[-1])
     if not hi > lo:
         return BDResult(None, None, method, f"no overlap: reference covers {axis} {xr[0]:.3g}..{xr[-1]:.3g}, "

@@ -152,10 +152,15 @@ def grid_columns(ev: RDEvaluation, k: int) -> list[tuple[str, list[RDPoint], lis
         pts = [p for p in ev.curves().get(codec, [])
                if p.decoded is not None and len(p.decoded) >= k and p.per_image is not None]
         if pts:
-            pick = [min(range(len(pts)), key=lambda j, i=i: abs(pts[j].per_image.bytes[i] - target[i]))
-                    for i in range(k)]
+            sizes = [p.per_image.bytes for p in pts if p.per_image is not None]  # all of pts, in order
+            pick = [_closest([s[i] for s in sizes], target[i]) for i in range(k)]
             cols.append((f"{codec} at similar size", pts, pick))
     return cols
+
+
+def _closest(values: list[int], target: int) -> int:
+    """Index of the value nearest `target` (the first on a tie)."""
+    return min(range(len(values)), key=lambda j: abs(values[j] - target))
 
 
 def plot_grid(ev: RDEvaluation, originals: np.ndarray, rows: int = 6) -> bytes | None:
@@ -188,6 +193,7 @@ def plot_grid(ev: RDEvaluation, originals: np.ndarray, rows: int = 6) -> bytes |
         show(axes[i][0], originals[i], "original")
         for j, (name, pts, pick) in enumerate(cols, start=1):
             p = pts[pick[i]]
+            assert p.decoded is not None  # grid_columns only picks points that kept decoded images
             q = psnr(originals[i : i + 1], p.decoded[i][None])[0]
             size = p.per_image.bytes[i] if p.per_image else p.mean_bytes
             label = name if p.codec == "edgeae" else f"{p.codec} {p.setting}"

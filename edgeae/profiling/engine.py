@@ -61,9 +61,9 @@ class ProfileSettings:
                 raise InputError(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")
         if not self.parts:
             raise InputError("no part to profile; choose from " + ", ".join(PARTS))
-        for what, values in (("threads", self.threads or (1,)), ("batch", self.batches)):
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise InputError(f"{what} values must be positive integers, got {values}")
+        for what, counts in (("threads", self.threads or (1,)), ("batch", self.batches)):
+            if not counts or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
+                raise InputError(f"{what} values must be positive integers, got {counts}")
         if self.runs is not None and self.seconds is not None:
             raise InputError("give the number of runs (--runs) or a duration (--seconds), not both")
         if (self.runs is not None and self.runs < 1) or (self.seconds is not None and self.seconds <= 0):

@@ -136,9 +136,12 @@ def _codec(job: dict[str, Any]) -> dict[str, Any]:
     held: dict[str, Any] = {}
 
     def setup() -> Callable[[], Any]:
-        cls = Encoder if encode else Decoder
-        codec = held["codec"] = cls(job["bundle"], job["precision"], device=job.get("device"), threads=job["threads"])
-        return (lambda: codec.encode(data)) if encode else (lambda: codec.decode(data))
+        args, kw = (job["bundle"], job["precision"]), {"device": job.get("device"), "threads": job["threads"]}
+        if encode:
+            enc = held["codec"] = Encoder(*args, **kw)
+            return lambda: enc.encode(data)
+        dec = held["codec"] = Decoder(*args, **kw)
+        return lambda: dec.decode(data)
 
     result = measure(setup, job)
     result["session"] = applied_settings(held["codec"].session)

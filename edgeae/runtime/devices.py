@@ -84,7 +84,7 @@ class DeviceProfile:
 
 
 _SECTIONS: dict[str, type] = {"cpu": CpuSpec, "session": SessionSettings, "int8": Int8Settings, "budget": Budget}
-_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+_TYPES: dict[str, tuple[type[Any], ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class Metrics:
         self.batch_sum = 0
         self.batch_n = 0
         self.latency: dict[str, deque[float]] = {}
-        self.latency_sum: Counter[str] = Counter()
+        self.latency_sum: defaultdict[str, float] = defaultdict(float)
         self.latency_n: Counter[str] = Counter()
         self.ingested_new = 0
         self.ingested_dup = 0

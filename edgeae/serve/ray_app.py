@@ -26,8 +26,9 @@ class RayDecoder:
                  max_body: int = 1 << 20, threads: int | None = 1) -> None:
         self.engine = DecodeEngine(bundle, precision, threads=threads)
         self.max_body = min(max_body, MAX_PAYLOAD_BYTES)
-        self._run_batch.set_max_batch_size(max_batch)
-        self._run_batch.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
+        # @serve.batch adds these setters at runtime; Ray's stub types the method as a plain coroutine function.
+        self._run_batch.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+        self._run_batch.set_batch_wait_timeout_s(max_wait_ms / 1000.0)  # type: ignore[attr-defined]
         self.batches: list[int] = []
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -76,7 +77,8 @@ class RayDecoder:
 def build(bundle: str, *, precision: str = "fp32", replicas: int = 1, max_batch: int = 32, max_wait_ms: float = 5.0,
           max_body: int = 1 << 20, threads: int | None = 1) -> Any:
     """The bound Serve application (pass to serve.run)."""
-    return RayDecoder.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0}).bind(
+    # @serve.deployment turns the class into a Deployment (with .options); Ray's stub keeps the class type.
+    return RayDecoder.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0}).bind(  # type: ignore[attr-defined]
         str(bundle), precision, max_batch, max_wait_ms, max_body, threads)
 
 
@@ -86,7 +88,7 @@ def start(bundle: str, *, host: str = "127.0.0.1", port: int = 8000, num_cpus: i
     import ray
 
     if not ray.is_initialized():
-        extra = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+        extra: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False, **extra)
     serve.start(http_options={"host": host, "port": port}, detached=False)
     return serve.run(build(bundle, **options), name="edgeae", route_prefix="/", blocking=False)

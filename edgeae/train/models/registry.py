@@ -35,7 +35,7 @@ def make_config(name: str, **values: Any) -> ModelConfig:
     unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+    clean: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
     return cfg_cls(**clean)
 
 

@@ -26,6 +26,8 @@ class SparseConfig(DenseConfig):
 class SparseAE(DenseAE):
     """image -> dense encoder -> ReLU code (penalised towards zero) -> dense decoder -> image"""
 
+    config: SparseConfig
+
     def loss(self, out: AEOutput, target: torch.Tensor) -> LossOutput:
         cfg = self.config
         rec = reconstruction_loss(cfg.loss, out.x_hat, target)

@@ -43,6 +43,9 @@ class GaussianEncoder(nn.Module):
 class VAE(AutoEncoder):
     """image -> trunk -> (mean, logvar) -> z = mean + eps*std (training) | mean (deployment) -> decoder -> image"""
 
+    config: VAEConfig
+    encoder: GaussianEncoder
+
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
