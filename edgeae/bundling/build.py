@@ -25,7 +25,7 @@ from edgeae.runtime.bundle import sha256_file
 from edgeae.runtime.manifest import LatentSpec, Manifest, Quantization
 from edgeae.runtime.quantize import Quantizer
 from edgeae.train.data import DataSpec, load_dataset, photos_resized
-from edgeae.train.models import build_model, make_config
+from edgeae.train.models import AutoEncoder, build_model, make_config
 from edgeae.train.rundir import AtomicDir, LoadedRun, load_run, write_json
 
 MAX_LATENT_CALIBRATION = 4096
@@ -71,7 +71,7 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
     return ExportResult(path=out, manifest=manifest, checks=checks)
 
 
-def _model_for_size(run: LoadedRun, size: tuple[int, int] | None) -> torch.nn.Module:
+def _model_for_size(run: LoadedRun, size: tuple[int, int] | None) -> AutoEncoder:
     if size is None:
         return run.model
     c = run.config["model"]["config"]["in_shape"][0]
@@ -83,10 +83,11 @@ def _model_for_size(run: LoadedRun, size: tuple[int, int] | None) -> torch.nn.Mo
     except (RuntimeError, ValueError) as exc:
         raise ExportError(f"--input-size {size[0]},{size[1]} does not fit the {run.family!r} model "
                           f"(only fully convolutional families take other sizes): {str(exc).splitlines()[0]}") from None
-    return model.eval()
+    model.eval()
+    return model
 
 
-def _images(run: LoadedRun, model: torch.nn.Module, opts: ExportOptions) -> tuple[np.ndarray, np.ndarray]:
+def _images(run: LoadedRun, model: AutoEncoder, opts: ExportOptions) -> tuple[np.ndarray, np.ndarray]:
     """Training images for calibration and validation images for parity/quality, at the model's input shape."""
     shape = tuple(model.config.in_shape)
     spec = DataSpec.from_dict(run.config["data"])
@@ -166,7 +167,7 @@ def _latent_model(model, latents: np.ndarray, bits: int) -> tuple[dict[str, Any]
     tables = getattr(model, "entropy_tables", None)
     if tables is not None:  # the learned codec: integer rounding and its learned prior
         t = tables(calibrate.PRECISION)
-        quant = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
+        quant: dict[str, Any] = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
                  "offset": [float(v) for v in t["offset"]], "step": [float(v) for v in t["step"]]}
         entropy = {"coder": "range", "precision": calibrate.PRECISION,
                    "frequencies": np.asarray(t["frequencies"], np.int64).tolist()}

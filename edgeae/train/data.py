@@ -305,8 +305,8 @@ def _images(spec: DataSpec):
     out = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
+            with Image.open(f) as opened:
+                im = opened.convert(mode)
                 # Small images are resized to the patch size; large ones are cut into patches.
                 if min(im.size) < 2 * spec.patch:
                     im = im.resize((spec.patch, spec.patch), Image.Resampling.BICUBIC)

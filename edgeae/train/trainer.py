@@ -146,7 +146,7 @@ def _progress(enabled: bool):
 
 def train(
     family: str,
-    data: DataSpec | Dataset,
+    data: DataSpec | Dataset | str,
     out: str | Path,
     model_options: dict[str, Any] | None = None,
     cfg: TrainConfig | None = None,

@@ -140,6 +140,8 @@ class FactorizedPrior(nn.Module):
 class Codec(AutoEncoder):
     """Learned image codec: strided-conv analysis, depth-to-space synthesis, factorized entropy model, lmbda*D + R."""
 
+    config: CodecConfig
+
     def __init__(self, config: CodecConfig) -> None:
         super().__init__()
         c_in, h, w = config.in_shape
