@@ -34,6 +34,7 @@ MNIST_WIDTH=${MNIST_WIDTH:-64}
 MNIST_EXTRA=${MNIST_EXTRA:-0}  # codec extra_layers (stride-1 Conv3x3+ReLU after each inner stage)
 PHOTO_LAMBDAS=${PHOTO_LAMBDAS:-"0.003 0.01 0.03"}
 PHOTO_EPOCHS=${PHOTO_EPOCHS:-10}
+PHOTO_EXTRA=${PHOTO_EXTRA:-0}
 LR_DECAY=${LR_DECAY:-none}   # cosine: lr falls to 1% over the run
 TAG=${TAG:-}                 # suffix of the run names, to keep several series side by side
 
@@ -56,6 +57,7 @@ if [[ $what == photos || $what == all ]]; then
   # Photos: 64x64 RGB patches of the 12 training photographs; validation = coffee + chelsea patches.
   for l in $PHOTO_LAMBDAS; do
     train "photos-rgb$TAG-l$l" --dataset photos --color rgb --patch 64 --lmbda "$l" --channels 48 --latent 32 \
-      --set downsamplings=3 --epochs "$PHOTO_EPOCHS" --batch-size 16 --lr-decay "$LR_DECAY"
+      --set downsamplings=3 --set extra_layers="$PHOTO_EXTRA" --epochs "$PHOTO_EPOCHS" --batch-size 16 \
+      --lr-decay "$LR_DECAY"
   done
 fi
