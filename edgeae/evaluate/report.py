@@ -114,10 +114,11 @@ def plot_rd(ev: RDEvaluation) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     h, w, _ = ev.image_shape
     px = h * w
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     for name, pts in ev.curves().items():
         bpp = [p.mean_bpp for p in pts]
         style = "o-" if pts[0].codec == "edgeae" else ".--"
@@ -133,6 +134,11 @@ def plot_rd(ev: RDEvaluation) -> bytes:
         ax.grid(True, which="both", alpha=0.3)
         top = ax.secondary_xaxis("top", functions=(lambda b: b * px / 8, lambda B: B * 8 / px))
         top.set_xlabel("bytes per image")
+        # Plain numbers on the log axes, major ticks only (minor labels overlap on narrow ranges).
+        for axis in (ax.xaxis, top.xaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{ev.dataset.get('name', 'images')}: {ev.n_images} images {h}x{w}")
     return _png(fig)
