@@ -7,7 +7,10 @@ equal-quality comparison; optionally writes the report folder and the JSON.
     .venv/bin/python benchmarks/bench_rd.py export/mnist-conv --dataset mnist --data ../shared/data/mnist
     .venv/bin/python benchmarks/bench_rd.py export/demo-digits-conv --dataset digits --report bench-out/rd-digits
 
-Measured 2026-11-23 (x86-64 AMD EPYC, 2 shared cores; default qualities; 23 s for MNIST):
+Measured 2026-11-23 (x86-64 AMD EPYC, 2 shared cores; default qualities; 23 s for MNIST), with the *earlier*
+baseline settings (Pillow's default JPEG tables, WebP method 4). Since then JPEG uses optimize=True and WebP
+method=6: JPEG files shrink ~40% on MNIST. For the current numbers across all families see
+benchmarks/rd_mnist_all.sh.
 
     MNIST val (2,000 28x28), export/mnist-conv (conv 16-8, 8x7x7 latent, 8 bits, range coder):
       edgeae fp32 314.7 B (2.57 bpp) 23.59 dB; int8 330.8 B 23.59 dB

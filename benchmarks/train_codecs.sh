@@ -7,19 +7,19 @@
 #   .venv/bin/python benchmarks/codec_rd.py runs/codec/photos-rgb-l*
 #   .venv/bin/python benchmarks/codec_speed.py runs/codec/photos-rgb-l0.01  # 768x512 encoder fp32 vs int8
 #
-# Measured 2026-11-23 on this 2-core AMD EPYC host (shared), `edgeae export RUN` + `edgeae eval` (real payloads,
-# 23-24 byte header included, fp32), MNIST last 2,000 images:
-#   width 64, 25 epochs (MNIST_WIDTH=64 MNIST_EPOCHS=25):   lmbda 0.001  55.2 B 25.40 dB | 0.003  73.6 B 28.10 dB
-#                                                           lmbda 0.008 102.7 B 30.43 dB | 0.02  148.5 B 32.98 dB
-#     BD-rate vs WebP -41.0% (25.6-33.0 dB), -46.9% without the 0.02 point; vs JPEG -82.5%
-#   width 32, 30/15 epochs: 0.001 57.5 B 25.47 dB | 0.003 81.6 B 27.62 | 0.01 116.2 B 30.22 | 0.03 169.8 B 31.80
-#     BD-rate vs WebP -34.5%, vs JPEG -80.7%
-#   WebP q=1 121.0 B 25.57 dB, q=5 137.9 B 27.81 dB, q=20 167.4 B 31.39 dB
-# Photos (PHOTO_EPOCHS=10, ~440 steps: undertrained), 82 held-out 64x64 RGB patches: 143.5 B 22.79 dB,
-#   283.3 B 23.19 dB, 380.3 B 22.71 dB; BD vs JPEG -75.2% (JPEG q=1..5 only: its ~700 B of headers per patch),
-#   WebP q=1 is 157.8 B at 28.16 dB (no overlap).
-# 768x512 RGB encoder (photos-rgb-l0.01, benchmarks/codec_speed.py), 1 thread: fp32 75 ms; int8 all-conv 31 ms
-#   (2.45x) but -0.41 dB; int8 with the last conv in fp32 (--fp32-last) 38 ms (1.91x), -0.0 dB.
+# Measured 2026-11-23 on this 2-core AMD EPYC host (shared); real payloads, headers included, baselines at their
+# best settings (JPEG optimize=True, WebP method=6):
+#   MNIST (the reported curve):  TAG=-x1-cos LR_DECAY=cosine MNIST_EPOCHS=30 MNIST_EXTRA=1 bash $0 mnist
+#     lmbda 0.001 55.2 B 25.90 dB | 0.003 69.4 B 28.53 | 0.008 88.8 B 30.81 | 0.02 132.1 B 32.71
+#     BD-rate vs WebP -47.6%, vs JPEG -77.5%  (bash benchmarks/rd_mnist_all.sh)
+#     MNIST_EXTRA=2: -47.5% (overfits 8,000 images above lmbda 0.001); no extra layers, 25 epochs: -41% vs
+#     Pillow-default WebP
+#   Photos (the reported curve): TAG=-x1-cos LR_DECAY=cosine PHOTO_EPOCHS=16 PHOTO_EXTRA=1 \
+#       PHOTO_LAMBDAS="0.0005 0.001 0.003" bash $0 photos
+#     256x256 held-out tiles: 576 B 20.31 dB | 887 B 22.49 | 1609 B 23.38; BD vs JPEG -13.6% over 21.5-23.4 dB
+#     only; WebP dominates (bash benchmarks/rd_photos.sh "runs/codec/photos-rgb-x1-cos-l*")
+#   768x512 RGB encoder (benchmarks/codec_speed.py runs/codec/photos-rgb-l0.01), 1 thread: fp32 39.3 ms, int8
+#     15.3 ms (2.57x), +0.01 dB with the encoder output on the latent grid
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
