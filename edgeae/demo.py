@@ -158,10 +158,10 @@ def _eval_stage(cfg: DemoConfig, ev, bundle: Path) -> Path:
     from edgeae.evaluate.report import write_report
 
     _heading(cfg, "5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
-    cfg.echo(f"{'curve':<22} {'setting':<16} {'bytes':>7} {'bpp':>6} {'PSNR':>6}")
+    cfg.echo(f"{'curve':<16} {'setting':<22} {'bytes':>7} {'bpp':>6} {'PSNR':>6}")
     for p in ev.points:
         if p.codec not in ("jpeg", "webp") or p.setting in ("q=1", "q=20", "q=50", "q=90"):
-            cfg.echo(f"{p.curve:<22} {p.setting:<16} {p.mean_bytes:>7.1f} {p.mean_bpp:>6.2f} {p.mean_psnr:>6.2f}")
+            cfg.echo(f"{p.curve:<16} {p.setting:<22} {p.mean_bytes:>7.1f} {p.mean_bpp:>6.2f} {p.mean_psnr:>6.2f}")
     for c in ev.comparisons:
         cfg.echo(f"BD-rate {c.curve} vs {c.codec}: {c.bd_rate}")
     report = write_report(ev, cfg.out / "report", _validation_images(bundle))
