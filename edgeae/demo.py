@@ -33,9 +33,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     bundle = _export(cfg, run)
     family = _export_family(cfg, run)
     codecs = _codec_family(cfg)
-    ev = _codec_stage(cfg, bundle, family, codecs)
+    images = _validation_images(bundle)
+    ev = _codec_stage(cfg, bundle, family, codecs, images)
     _profile_stage(cfg, bundle)
-    report = _eval_stage(cfg, ev, bundle)
+    report = _eval_stage(cfg, ev, images)
     cfg.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     return {"run": run, "bundle": bundle, "report": report}
 
@@ -114,26 +115,22 @@ def _validation_images(bundle: Path) -> np.ndarray:
     return np.clip(np.round(data.val[:, 0] * 255), 0, 255).astype(np.uint8)
 
 
-def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path], codecs: list[Path]):
-    from edgeae.evaluate.metrics import psnr
+def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path], codecs: list[Path], images: np.ndarray):
     from edgeae.evaluate.rd import evaluate
-    from edgeae.runtime import Decoder, Encoder
+    from edgeae.fsutil import write_atomic
+    from edgeae.runtime import Encoder
 
-    images = _validation_images(bundle)
     n, h, w = images.shape
     _heading(cfg, f"3. encode {n} validation images on the torch-free runtime, decode them, compare with JPEG/WebP")
-    enc, dec = Encoder(bundle), Decoder(bundle)
-    payloads = enc.encode_each(images)
-    decoded = np.concatenate([dec.decode(p) for p in payloads])
-    sizes = np.array([len(p) for p in payloads])
-    ours = float(np.mean(psnr(images, decoded)))
-    batch = enc.encode(images)
-    path = cfg.out / "validation.eae"
-    path.write_bytes(batch)
-    # One evaluation serves this table and the report: every bundle and every JPEG/WebP quality, same images.
+    # One evaluation serves this table and the report: every bundle through the runtime's Encoder/Decoder
+    # (one payload per image) and every JPEG/WebP quality, on the same images.
     ev = evaluate([bundle, *family, *codecs], images, labels=["conv"] * (1 + len(family)) + ["codec"] * len(codecs),
                   progress=False, keep=6)
-    rows = [("edgeae conv (1 payload/img)", sizes.mean(), ours), ("edgeae conv (1 batch)", len(batch) / n, ours)]
+    main = next(p for p in ev.points if p.codec == "edgeae" and p.setting == bundle.name and p.precision == "fp32")
+    ours = main.mean_psnr
+    batch = Encoder(bundle).encode(images)
+    path = write_atomic(cfg.out / "validation.eae", batch)
+    rows = [("edgeae conv (1 payload/img)", main.mean_bytes, ours), ("edgeae conv (1 batch)", len(batch) / n, ours)]
     rows += [(f"edgeae codec {p.setting}", p.mean_bytes, p.mean_psnr) for p in ev.points
              if p.curve.startswith("codec") and p.precision == "fp32"]
     for codec in ("jpeg", "webp"):
@@ -154,7 +151,7 @@ def _profile_stage(cfg: DemoConfig, bundle: Path) -> None:
     cfg.echo(quick_profile(bundle))
 
 
-def _eval_stage(cfg: DemoConfig, ev, bundle: Path) -> Path:
+def _eval_stage(cfg: DemoConfig, ev, images: np.ndarray) -> Path:
     from edgeae.evaluate.report import write_report
 
     _heading(cfg, "5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
@@ -164,6 +161,6 @@ def _eval_stage(cfg: DemoConfig, ev, bundle: Path) -> Path:
             cfg.echo(f"{p.curve:<16} {p.setting:<22} {p.mean_bytes:>7.1f} {p.mean_bpp:>6.2f} {p.mean_psnr:>6.2f}")
     for c in ev.comparisons:
         cfg.echo(f"BD-rate {c.curve} vs {c.codec}: {c.bd_rate}")
-    report = write_report(ev, cfg.out / "report", _validation_images(bundle))
+    report = write_report(ev, cfg.out / "report", images)
     cfg.echo(f"report: {report} (with rd.png, grid.png, rd.json beside it)")
     return report

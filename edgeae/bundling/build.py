@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,7 @@ class ExportOptions:
     latent_bits: int = 8
     device: str | None = None  # device profile name or TOML path (int8 preset)
     max_int8_drop_db: float = 0.5
-    # Per graph role, compute nodes left in fp32 by --int8 ("first" / "last"); None: the model family's
-    # default (`int8_keep_fp32` on the model; the codec keeps its encoder's latent projection in fp32).
+    # Per graph role, compute nodes --int8 leaves in fp32 ("first" / "last"); none by default.
     int8_keep_fp32: dict[str, tuple[str, ...]] | None = None
     input_size: tuple[int, int] | None = None  # fully convolutional families only
     calibration_data: Path | None = None  # .npy of training-like images (N, C, H, W) in [0, 1]
@@ -150,9 +150,16 @@ def _build(run: LoadedRun, model, train, val, opts: ExportOptions, tmp: Path) ->
 
     val_latent = graphs.torch_run(model.encoder, val)
     checks = _verify(specs, modules, tmp, val, val_latent)
-    quality = _quality(model, tmp, specs, val, latent)
-    keep = opts.int8_keep_fp32 if opts.int8_keep_fp32 is not None else getattr(model, "int8_keep_fp32", {})
-    int8 = _int8(specs, tmp, train, val, latent, quality, opts, checks, modules, meta, keep) if opts.int8 else None
+    # Quality is judged the way devices run: encoder -> the runtime's latent quantisation -> decoder.
+    q = quantizer(latent)
+
+    def requant(z: np.ndarray) -> np.ndarray:
+        return q.dequantize(q.quantize(z))
+
+    y = _run_graph(tmp / specs["encoder"].file, val)
+    quality = _quality(model, tmp, specs, val, y, requant)
+    int8 = _int8(specs, tmp, train, val, y, requant, latent, quality, opts, checks, modules, meta) \
+        if opts.int8 else None
     failures = [f for c in checks for f in c.failures]
     if failures:
         raise ExportError("export verification failed", failures)
@@ -220,11 +227,10 @@ def _verify(specs, modules, tmp: Path, val: np.ndarray, val_latent: np.ndarray) 
     ]
 
 
-def _quality(model, tmp: Path, specs, val: np.ndarray, latent: dict[str, Any]) -> dict[str, Any]:
-    """Validation PSNR (dB, [0, 1] scale): PyTorch, ONNX fp32, and ONNX fp32 with the latent quantised."""
-    y = _run_graph(tmp / specs["encoder"].file, val)
-    q = quantizer(latent)
-    y_hat = q.dequantize(q.quantize(y))
+def _quality(model, tmp: Path, specs, val: np.ndarray, y: np.ndarray, requant: Callable) -> dict[str, Any]:
+    """Validation PSNR (dB, [0, 1] scale): PyTorch, ONNX fp32, and ONNX fp32 with the latent quantised.
+    `y`: the fp32 encoder's latents of `val`; `requant`: the runtime's quantise-dequantise."""
+    y_hat = requant(y)
     with torch.no_grad():
         torch_rec = model(torch.from_numpy(val)).x_hat.numpy()
     return {
@@ -244,21 +250,19 @@ def _preset(device: str | None) -> tuple[Int8Preset, str]:
     return Int8Preset.from_any(profile.int8), profile.name
 
 
-def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, latent, quality, opts: ExportOptions,
-          checks: list[GraphCheck], modules, meta, keep: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+def _int8(specs: dict[str, GraphSpec], tmp: Path, train, val, y, requant: Callable, latent, quality,
+          opts: ExportOptions, checks: list[GraphCheck], modules, meta) -> dict[str, Any]:
     preset, preset_name = _preset(opts.device)
     n = max(1, min(opts.calibration_samples, len(train)))
     calib_x = train[:n]
     calib = {"encoder": calib_x, "decoder": _run_graph(tmp / specs["encoder"].file, calib_x)}
     report: dict[str, Any] = {"preset": {"name": preset_name, **preset.to_dict()}, "calibration_samples": n,
                               "max_drop_db": opts.max_int8_drop_db, "graphs": {}}
-    # Quality is judged the way devices run: encoder -> the runtime's latent quantisation -> decoder. The
-    # reference is the fp32 pipeline with the same quantisation (quality["psnr_fp32_quantized_latent"]).
-    q = quantizer(latent)
-    requant = lambda z: q.dequantize(q.quantize(z))  # noqa: E731
-    y = _run_graph(tmp / specs["encoder"].file, val)
+    # One graph int8, the other fp32, both around the runtime's latent quantisation; the reference is the
+    # fp32 pipeline with the same quantisation.
     y_hat = requant(y)
     reference = quality["psnr_fp32_quantized_latent"]
+    keep = opts.int8_keep_fp32 or {}
     for role, spec in specs.items():
         fp32, int8 = tmp / spec.file, tmp / spec.int8_file
         grid = latent_grid(latent, preset.activation_type) if role == "encoder" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -90,16 +91,15 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     """Encode images (files, or folders of them) into .eae payloads: one per image, or one with --batch."""
     import numpy as np
 
-    global _spool
     if send and not spool:
         raise click.UsageError("--send needs --spool DIR (payloads are spooled durably before upload)")
-    _spool = None
+    spooled = None  # edgeae.serve.uploader.Spool with --spool
     if spool:
         from edgeae.serve.uploader import Spool, ingest_url
 
         if send:
             ingest_url(send)  # refuse a bad URL before encoding anything
-        _spool = Spool(spool)
+        spooled = Spool(spool)
 
     from edgeae.runtime.codec import Encoder
     from edgeae.runtime.images import IMAGE_SUFFIXES
@@ -114,7 +114,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         if len(encoded) > enc.packer.max_items:
             raise click.UsageError(f"{len(encoded)} images exceed one payload's {enc.packer.max_items}; drop --batch")
         payload = enc.pack([body for _, body in encoded])
-        _deliver(out_dir / BATCH_NAME, payload)
+        _deliver(out_dir / BATCH_NAME, payload, spooled)
         for i, (job, _) in enumerate(encoded):
             click.echo(f"item {i}: {job.source}")
         click.echo(f"{len(encoded)} images -> {out_dir / BATCH_NAME}  {len(payload)} bytes")
@@ -124,7 +124,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         for job, body in encoded:
             payload = enc.pack([body])
             target = job.output(out_dir, ".eae")
-            _deliver(target, payload)
+            _deliver(target, payload, spooled)
             total += len(payload)
             click.echo(f"{job.source} -> {target}  {len(payload)} bytes  {8 * len(payload) / pixels:.3f} bpp")
     if encoded:
@@ -133,8 +133,8 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     if send:
         from edgeae.serve.uploader import upload_spool
 
-        assert _spool is not None  # --send without --spool was refused above
-        r = upload_spool(_spool, send, log=lambda line: click.echo(line, err=True))
+        assert spooled is not None  # --send without --spool was refused above
+        r = upload_spool(spooled, send, log=lambda line: click.echo(line, err=True))
         click.echo(f"sent {r.sent} payload(s) to {send} ({r.new} new), rejected {len(r.rejected)}, "
                    f"still spooled {r.remaining}")
         if r.remaining:
@@ -161,14 +161,11 @@ def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Jo
             yield from zip((job for job, _ in loaded), bodies, strict=True)
 
 
-_spool = None  # edgeae.serve.uploader.Spool while `encode --spool` runs
-
-
-def _deliver(target: Path, payload: bytes) -> None:
+def _deliver(target: Path, payload: bytes, spool: Any = None) -> None:
     """Where a finished payload goes: a file under --out and, with --spool, the upload spool."""
     write_atomic(target, payload)
-    if _spool is not None:
-        _spool.put(payload)
+    if spool is not None:
+        spool.put(payload)
 
 
 @main.command()

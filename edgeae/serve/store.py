@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeae.fsutil import fsync_dir
+from edgeae.fsutil import TEMP_PREFIX, fsync_dir
 from edgeae.runtime.images import png_bytes
 
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = TEMP_PREFIX  # entries being built; swept at start-up
 PAYLOAD_NAME = "payload.eae"
 
 

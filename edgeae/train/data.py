@@ -189,9 +189,9 @@ def _photos(spec: DataSpec):
     strides = {"train": max(1, spec.patch // 2), "val": spec.patch}
     parts = {s: [_patches(load_photo(n, spec.color), spec.patch, strides[s]) for n in photo_names(s)]
              for s in ("train", "val")}
-    if not len(np.concatenate(parts["val"])):
-        raise DataError(f"photos patch size {spec.patch} is larger than every held-out photograph; use at most 300")
     train, val = np.concatenate(parts["train"]), np.concatenate(parts["val"])
+    if not len(val):
+        raise DataError(f"photos patch size {spec.patch} is larger than every held-out photograph; use at most 300")
     # Held-out photos come last and form the whole validation split.
     images = np.concatenate([train, val]).astype(np.float32) / 255.0
     return images, None, "L" if spec.color == "gray" else "RGB", len(val)
