@@ -15,7 +15,7 @@ from edgeae.errors import BundleError, CorruptStream, FingerprintMismatch, Input
 from edgeae.runtime import payload as wire
 from edgeae.runtime.bundle import Bundle
 from edgeae.runtime.entropy import SymbolCoder
-from edgeae.runtime.images import ImageAdapter, to_uint8
+from edgeae.runtime.images import input_adapter
 from edgeae.runtime.quantize import Quantizer
 from edgeae.runtime.session import make_session
 
@@ -43,6 +43,7 @@ class _Codec:
         self.latent_shape = m.latent.shape
         self.bits = m.latent.quantization.bits
         self.coder_id = wire.CODER_IDS[m.entropy.coder]
+        self.images = input_adapter(m.input)  # user input <-> graph space (the manifest's normalisation)
 
     def _run(self, x: np.ndarray, expect: tuple[int, ...]) -> np.ndarray:
         out = self.session.run(self._outputs, {self._input: x})[0]
@@ -58,9 +59,11 @@ class Encoder(_Codec):
     role = "encoder"
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, convert: bool = False) -> None:
+        """`convert`: let Pillow convert image files / PIL images of the other channel kind (gray <-> RGB)
+        instead of refusing them."""
         super().__init__(bundle, precision, device, threads)
-        self.images = ImageAdapter(self.manifest.input)
+        self.images = input_adapter(self.manifest.input, convert=convert)
         self.packer = wire.Packer(self.fingerprint, self.latent_shape, bits=self.bits, coder=self.coder_id)
 
     # The steps, in order; `encode` is exactly their composition.
@@ -114,16 +117,16 @@ class Decoder(_Codec):
         return self.coder.decode(self.parse(data).bodies)
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:
-        """Latents (N, *latent_shape) -> float32 images (N, C, H, W) in [0, 1], in graph-sized chunks."""
+        """Latents (N, *latent_shape) -> the decoder graph's float32 output (graph space), in graph-sized chunks."""
         image_shape = self.manifest.input.shape
         parts = [self._run(np.ascontiguousarray(y[i : i + DECODE_BATCH], np.float32), image_shape)
                  for i in range(0, len(y), DECODE_BATCH)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def from_symbols(self, q: np.ndarray, as_float: bool = False) -> np.ndarray:
-        """int symbols -> images: uint8 (N, H, W) / (N, H, W, C), or float32 (N, C, H, W) with as_float."""
-        x = self.reconstruct(self.quantizer.dequantize(q))
-        return x if as_float else to_uint8(x)
+        """int symbols -> images: uint8 (N, H, W) / (N, H, W, C), or float32 (N, C, H, W) in [0, 1] with
+        as_float; tensor bundles give float32 (N, *shape) in the user's units."""
+        return self.images.postprocess(self.reconstruct(self.quantizer.dequantize(q)), as_float=as_float)
 
     def decode(self, data: bytes | bytearray | memoryview, as_float: bool = False) -> np.ndarray:
         """Payload -> uint8 images (N, H, W) for gray or (N, H, W, C); float32 (N, C, H, W) with as_float."""

@@ -17,24 +17,71 @@ MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
 MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
-ROLES = ("encoder", "decoder")
+ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
 CHANNELS = {"L": 1, "RGB": 3}
+KINDS = ("image", "tensor")
+MAX_EXTRA_GRAPHS = 8
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
           "quality", "int8", "source", "tools")
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    shape: tuple[int, int, int]  # C, H, W
-    channel_order: str  # "L" or "RGB"
-    scale: float  # graph input = uint8 pixel * scale + offset
-    offset: float
+    """What the encoder graph takes and the decoder graph gives back (docs/MANIFEST.md, "input").
+
+    kind "image": shape (C, H, W), uint8 pixels p map to the graph as p * scale[c] + offset[c] (float images in
+    [0, 1] are read as p / 255); the decoder output maps back by the inverse, clipped to 0..255.
+    kind "tensor": shape (C, ...) of raw floats x (a sensor window (C, L), a feature vector (D,)), mapped as
+    x * scale[c] + offset[c] and back by the inverse, unclipped. `scale` / `offset` are one number for every
+    channel or one per channel. `size_multiple` > 0: the graphs take any H, W (images padded to a multiple).
+    """
+
+    shape: tuple[int, ...]  # C, H, W for images; (C, ...) for tensors
+    channel_order: str | None  # "L" or "RGB" for images; None for tensors
+    scale: float | tuple[float, ...]  # graph input = value * scale + offset (per channel when a tuple)
+    offset: float | tuple[float, ...]
     dtype: str = "float32"
     layout: str = "NCHW"
+    kind: str = "image"  # "image" or "tensor"
+    size_multiple: int = 0  # images only: 0 = fixed size; else any H, W, padded by the runtime to this multiple
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The scale of each channel."""
+        return _per_channel(self.scale, self.channels)
+
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        return _per_channel(self.offset, self.channels)
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.kind == "image" and self.size_multiple > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
-                "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.kind != "image":
+            d = {"kind": self.kind, **d}
+        if self.channel_order is not None:
+            d["channel_order"] = self.channel_order
+        d["scale"] = list(self.scale) if isinstance(self.scale, tuple) else self.scale
+        d["offset"] = list(self.offset) if isinstance(self.offset, tuple) else self.offset
+        if self.size_multiple:
+            d["size_multiple"] = self.size_multiple
+        return d
+
+
+def _per_channel(v: float | tuple[float, ...], channels: int) -> tuple[float, ...]:
+    return tuple(v) if isinstance(v, tuple) else (float(v),) * channels
+
+
+def tensor_layout(ndim: int) -> str:
+    """The layout name of a tensor input with `ndim` axes besides the batch: NC, NCL, NCHW, NCDHW."""
+    return {1: "NC", 2: "NCL", 3: "NCHW", 4: "NCDHW"}[ndim]
 
 
 @dataclass(frozen=True)
@@ -63,9 +110,10 @@ class Quantization:
 
 @dataclass(frozen=True)
 class LatentSpec:
-    shape: tuple[int, ...]  # without the batch axis
+    shape: tuple[int, ...]  # without the batch axis; at the reference input size when `stride` > 0
     channel_axis: int  # axis of the *batched* latent that indexes channels (>= 1)
     quantization: Quantization
+    stride: int = 0  # > 0: spatial downsampling of (C, H, W) latents; latent H, W = padded input H, W / stride
 
     @property
     def channels(self) -> int:
@@ -77,8 +125,10 @@ class LatentSpec:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "channel_axis": self.channel_axis,
-                "quantization": self.quantization.to_dict()}
+        d = {"shape": list(self.shape), "channel_axis": self.channel_axis}
+        if self.stride:
+            d["stride"] = self.stride
+        return {**d, "quantization": self.quantization.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -234,9 +284,13 @@ class _Validator:
         files = self.files(req["files"])
         graphs = self.graphs(req["graphs"], files)
         int8 = d.get("int8")
+        spec = self.input(req["input"])
+        if spec.size_multiple and not (latent.stride and spec.size_multiple % latent.stride == 0):
+            raise self.fail("latent.stride", f"must divide input.size_multiple = {spec.size_multiple} "
+                            f"when the graphs take any size, got {latent.stride}")
         return Manifest(
             name=self.text(req["name"], "name"),
-            input=self.input(req["input"]),
+            input=spec,
             graphs=graphs,
             latent=latent,
             entropy=entropy,
@@ -257,25 +311,54 @@ class _Validator:
 
     def input(self, d: Any) -> InputSpec:
         d = self.obj(d, "input")
-        shape = self.array(self.need(d, "shape", "input"), "input.shape", 3)
-        c, h, w = (self.integer(v, f"input.shape[{i}]", 1, 1 << 16) for i, v in enumerate(shape))
-        order = self.text(self.need(d, "channel_order", "input"), "input.channel_order", tuple(CHANNELS))
-        if CHANNELS[order] != c:
-            raise self.fail("input.channel_order", f"is {order!r} but input.shape has {c} channels")
+        kind = self.text(d.get("kind", "image"), "input.kind", KINDS)
+        raw = self.need(d, "shape", "input")
+        shape_l = self.array(raw, "input.shape", 3) if kind == "image" else self.array(raw, "input.shape")
+        if not 1 <= len(shape_l) <= 4:
+            raise self.fail("input.shape", f"must have 1 to 4 dimensions, got {len(shape_l)}")
+        shape = tuple(self.integer(v, f"input.shape[{i}]", 1, 1 << 16) for i, v in enumerate(shape_l))
+        c = shape[0]
+        order: str | None = None
+        if kind == "image":
+            order = self.text(self.need(d, "channel_order", "input"), "input.channel_order", tuple(CHANNELS))
+            if CHANNELS[order] != c:
+                raise self.fail("input.channel_order", f"is {order!r} but input.shape has {c} channels")
+            layout = self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",))
+        else:
+            if "channel_order" in d:
+                raise self.fail("input.channel_order", "is for images only (input.kind is 'tensor')")
+            layout = self.text(d.get("layout", tensor_layout(len(shape))), "input.layout", (tensor_layout(len(shape)),))
+        multiple = self.integer(d.get("size_multiple", 0), "input.size_multiple", 0, 1 << 12)
+        if multiple and kind != "image":
+            raise self.fail("input.size_multiple", "is for images only (input.kind is 'tensor')")
         return InputSpec(
-            shape=(c, h, w), channel_order=order,
-            scale=self.number(self.need(d, "scale", "input"), "input.scale", positive=True),
-            offset=self.number(self.need(d, "offset", "input"), "input.offset"),
+            shape=shape, channel_order=order,
+            scale=self.per_channel(self.need(d, "scale", "input"), "input.scale", c, positive=True),
+            offset=self.per_channel(self.need(d, "offset", "input"), "input.offset", c),
             dtype=self.text(d.get("dtype", "float32"), "input.dtype", ("float32",)),
-            layout=self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",)),
+            layout=layout, kind=kind, size_multiple=multiple,
         )
+
+    def per_channel(self, v: Any, path: str, channels: int, positive: bool = False) -> float | tuple[float, ...]:
+        """One number, or a list of one number per channel."""
+        if isinstance(v, list):
+            self.array(v, path, channels)
+            return tuple(self.number(x, f"{path}[{i}]", positive) for i, x in enumerate(v))
+        return self.number(v, path, positive)
 
     def graphs(self, d: Any, files: dict[str, FileEntry]) -> dict[str, GraphEntry]:
         d = self.obj(d, "graphs")
-        out = {}
         for role in ROLES:
-            g = self.obj(self.need(d, role, "graphs"), f"graphs.{role}")
+            self.need(d, role, "graphs")
+        extra = [r for r in d if r not in ROLES]
+        if len(extra) > MAX_EXTRA_GRAPHS:
+            raise self.fail("graphs", f"lists {len(extra)} extra graphs; at most {MAX_EXTRA_GRAPHS}")
+        out = {}
+        for role in (*ROLES, *extra):
             p = f"graphs.{role}"
+            if not (isinstance(role, str) and role.isidentifier() and role.isascii() and len(role) <= 64):
+                raise self.fail(p, "must be named by a short identifier (letters, digits, _)")
+            g = self.obj(d[role], p)
             int8 = g.get("int8_file")
             entry = GraphEntry(
                 file=self.text(self.need(g, "file", p), f"{p}.file"),
@@ -298,6 +381,9 @@ class _Validator:
             raise self.fail("latent.shape", f"must have 1 to 6 dimensions, got {len(shape)}")
         shape_t = tuple(self.integer(v, f"latent.shape[{i}]", 1, 1 << 24) for i, v in enumerate(shape))
         axis = self.integer(self.need(d, "channel_axis", "latent"), "latent.channel_axis", 1, len(shape_t))
+        stride = self.integer(d.get("stride", 0), "latent.stride", 0, 1 << 12)
+        if stride and (len(shape_t) != 3 or axis != 1):
+            raise self.fail("latent.stride", "needs a (C, H, W) latent with channel_axis 1")
         channels = shape_t[axis - 1]
         q = self.obj(self.need(d, "quantization", "latent"), "latent.quantization")
         p = "latent.quantization"
@@ -310,7 +396,7 @@ class _Validator:
             offset=tuple(self.number(v, f"{p}.offset[{i}]") for i, v in enumerate(offset)),
             step=tuple(self.number(v, f"{p}.step[{i}]", positive=True) for i, v in enumerate(step)),
         )
-        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant)
+        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant, stride=stride)
 
     def entropy(self, d: Any, latent: LatentSpec) -> EntropySpec:
         d = self.obj(d, "entropy")
