@@ -479,11 +479,15 @@ def _convert(a: np.ndarray, adapter: ImageAdapter | TensorAdapter, what: str) ->
             raise CalibrationError(f"{what} tensors have shape {a.shape[1:]} but the model takes {adapter.shape}; "
                                    f"pass (N, {', '.join(map(str, adapter.shape))}) float arrays")
         return adapter(a)
-    c, h, w = adapter.chw
-    if a.ndim == 4 and a.shape[1:] not in (adapter.chw, adapter.hwc):
-        raise CalibrationError(f"{what} images have shape {a.shape[1:]} but the model takes {(c, h, w)} (C, H, W); "
-                               f"pass {what} data of the model's input shape")
-    return adapter(a)
+    try:
+        return adapter(a)
+    except InputError as exc:
+        if not str(exc).startswith("image array of shape"):
+            raise
+        item = a.shape[1:] if a.ndim >= 3 else a.shape
+        raise CalibrationError(f"{what} images have shape {item} but the model takes (C, H, W) = {adapter.chw}; "
+                               f"pass {what} data of the model's input shape: (N, C, H, W), (N, H, W, C)"
+                               + (" or (N, H, W)" if adapter.chw[0] == 1 else "")) from None
 
 
 def _from_path(p: Path, adapter: ImageAdapter | TensorAdapter, what: str, limit: int) -> np.ndarray:

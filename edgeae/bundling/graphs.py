@@ -6,7 +6,11 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: torch.Tensor
     UnsupportedOperatorError: an operator the opset cannot express."""
     buf = io.BytesIO()
     module.eval()
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _quiet():
         # The TorchScript exporter is deprecated in favour of dynamo, but it is 400x faster here and
         # exports these plain Conv/Linear/Resize graphs at any opset from 13 up.
         warnings.simplefilter("always")
@@ -50,6 +53,26 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: torch.Tensor
                              "so a traced graph would keep one branch for every input; write the branch with "
                              "tensor ops (torch.where, masks) or decide it outside forward")
     return onnx.load_model_from_string(buf.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence stdout/stderr at the file-descriptor level: on failure the exporter's C++ side prints the whole
+    TorchScript graph, which must not reach a CLI user (the typed error says what matters)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _first(exc: BaseException) -> str:
