@@ -34,7 +34,8 @@ _fake_cpuinfo() {
 run_arm() {
     [ -f "$ROOT/proc/cpuinfo" ] && grep -q "^# $ARM_CPU$" "$ROOT/proc/.cpu" 2>/dev/null \
         || { _fake_cpuinfo && echo "# $ARM_CPU" >"$ROOT/proc/.cpu"; }
-    "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
+    # The guest imports what is installed in its venv, never this checkout (PYTHONPATH is for the host side).
+    env -u PYTHONPATH -u PYTHONHOME "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
 }
 
 # arm_python ARGS...: the device venv's Python; arm_edgeae ARGS...: its installed `edgeae` console script
