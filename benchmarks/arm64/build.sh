@@ -108,8 +108,7 @@ rm -rf "$VENV"
 run_arm "$ROOT/usr/bin/python3.11" -m venv --copies --without-pip "$VENV"
 log "installing $(basename "$WHEEL") on emulated arm64 (offline: --no-index --find-links index/)"
 start=$(date +%s)
-# PIP_CONFIG_FILE=/dev/null: qemu would otherwise let the guest pip read this host's /etc/pip.conf and friends.
-if ! PIP_CONFIG_FILE=/dev/null arm_python "$PIP_WHL/pip" install --no-cache-dir --disable-pip-version-check \
+if ! arm_python "$PIP_WHL/pip" install --no-cache-dir --disable-pip-version-check \
         --no-index --find-links "$CACHE/index" "$WHEEL" >"$CACHE/install.log" 2>&1; then
     log "install FAILED ($(( $(date +%s) - start )) s); the end of $CACHE/install.log:"
     tail -5 "$CACHE/install.log" | sed 's/^/    /'

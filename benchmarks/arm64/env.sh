@@ -34,8 +34,12 @@ _fake_cpuinfo() {
 run_arm() {
     [ -f "$ROOT/proc/cpuinfo" ] && grep -q "^# $ARM_CPU$" "$ROOT/proc/.cpu" 2>/dev/null \
         || { _fake_cpuinfo && echo "# $ARM_CPU" >"$ROOT/proc/.cpu"; }
-    # The guest imports what is installed in its venv, never this checkout (PYTHONPATH is for the host side).
-    env -u PYTHONPATH -u PYTHONHOME "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
+    # The guest sees a device's environment: it imports what is installed in its venv, never this checkout
+    # (PYTHONPATH is for the host side), and its pip reads neither this host's PIP_* variables (find-links,
+    # indexes) nor its pip.conf (qemu would show the guest the host's /etc/pip.conf).
+    local clean=(-u PYTHONPATH -u PYTHONHOME -u PYTHONDONTWRITEBYTECODE) v
+    for v in $(compgen -e | grep '^PIP_' || true); do clean+=(-u "$v"); done
+    env "${clean[@]}" PIP_CONFIG_FILE=/dev/null "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
 }
 
 # arm_python ARGS...: the device venv's Python; arm_edgeae ARGS...: its installed `edgeae` console script

@@ -194,9 +194,10 @@ def run_doctor(bundle: str | os.PathLike[str] | None = None, run_self_test: bool
     env = environment()
     show(env)
     machine = platform.machine().lower()
-    if machine in _NO_ORT_WHEEL:
-        echo(f"{'note':<14}{machine} is a 32-bit platform: onnxruntime publishes no wheel for it; install a "
-             "64-bit OS (aarch64) on this board")
+    if machine in _NO_ORT_WHEEL or platform.architecture()[0] == "32bit":
+        # A 32-bit userland on a 64-bit kernel reports aarch64 but installs armv7l wheels.
+        echo(f"{'note':<14}this is a 32-bit Python ({machine}): onnxruntime publishes no 32-bit ARM wheel; "
+             "install a 64-bit OS (aarch64) on this board (docs/DEVICES.md)")
     problems = [f"{label}: {value}" for label, value in env if "NOT IMPORTABLE" in value or "INVALID" in value
                 or value.startswith("none (")]
     if problems:
