@@ -787,14 +787,17 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
               quality: dict[str, Any], int8: dict[str, Any] | None, checks: list[GraphCheck],
               extras: list[ExtraGraph], tmp: Path) -> dict[str, Any]:
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
+    # "digest": the metadata-free sha256 that enters the fingerprint, so one side of a bundle can be verified
+    # alone (the runtime keeps it once its GraphEntry knows the field).
     graph_section: dict[str, Any] = {
         role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
-               "int8_file": s.int8_file if int8 else None} for role, s in specs.items()}
+               "int8_file": s.int8_file if int8 else None,
+               "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
     for g in sorted(extras, key=lambda g: g.role):
         proto = onnx.load(str(tmp / g.file))
         opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=job.opset)
         graph_section[g.role] = {"file": g.file, "input": g.input_name, "output": g.output_name,
-                                 "opset": int(opset), "int8_file": None}
+                                 "opset": int(opset), "int8_file": None, "digest": graphs.graph_digest(proto)}
     parity = {}
     for c in checks:
         parity[c.role + ("" if c.precision == "fp32" else ".int8")] = c.to_dict()
