@@ -53,7 +53,7 @@ RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "no_progress"
 @click.option("--crops-per-image", type=int, default=1, show_default=True, help="With --crop: crops per image per "
               "epoch.")
 @click.option("--val-crop", type=int, help="With --crop: side of the centre crop of each validation image "
-              "(default: the smallest validation image side rounded down to a multiple of 64, at most 256).")
+              "(default: --crop, the model's input shape, which export validates on).")
 @click.option("--latent", type=int, help="Latent size (dense/vae/sparse) or latent channels (conv/codec).")
 @click.option("--hidden", help="Hidden layer sizes, e.g. 128 or 256,128 (dense/vae/sparse).")
 @click.option("--channels", help="Conv widths per stage, e.g. 16,8 (conv) or the codec's width.")
@@ -158,8 +158,13 @@ def _model_options(family: str, latent, hidden, channels, loss, lmbda) -> dict[s
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(as_json: bool) -> None:
-    """List the model families with their default options."""
+@click.option("--pretrained", is_flag=True, help="List the trained bundles shipped with edgeae (no torch needed): "
+              "use one with --bundle MODEL:QUALITY or Encoder(\"MODEL:QUALITY\").")
+def models(as_json: bool, pretrained: bool) -> None:
+    """List the model families with their default options, or (--pretrained) the shipped bundles."""
+    if pretrained:
+        _pretrained(as_json)
+        return
     from edgeae.train.models import families
 
     table = {name: cfg_cls().to_dict() for name, (cfg_cls, _) in sorted(families().items())}
@@ -170,3 +175,26 @@ def models(as_json: bool) -> None:
         doc = (families()[name][1].__doc__ or "").strip().splitlines()[0]
         click.echo(f"{name:8s} {doc}")
         click.echo("         " + ", ".join(f"{k}={v}" for k, v in defaults.items() if k != "in_shape"))
+
+
+def _pretrained(as_json: bool) -> None:
+    from edgeae import zoo
+
+    rows = zoo.pretrained()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no pretrained bundles in this install")
+        return
+
+    def fmt(v: Any, spec: str) -> str:
+        return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+    click.echo(f"{'name':10s} {'family':11s} {'lambda':>7s} {'bpp':>6s} {'PSNR dB':>8s} {'MS-SSIM':>8s} "
+               f"{'int8 dB':>8s}  measured on")
+    for r in rows:
+        click.echo(f"{r['name']:10s} {str(r.get('family') or '-'):11s} {fmt(r.get('lmbda'), '7.4f')} "
+                   f"{fmt(r.get('bpp'), '6.3f')} {fmt(r.get('psnr'), '8.2f')} {fmt(r.get('ms_ssim'), '8.4f')} "
+                   f"{fmt(r.get('psnr_int8'), '8.2f')}  {r.get('measured_on', '-')}")
+    click.echo("use: edgeae encode IMAGE --bundle NAME   (model cards: docs/MODELS.md)")

@@ -40,7 +40,7 @@ class DataSpec:
     val_data: str | None = None  # validate on this path (same loader) instead of a split of `data`
     crop: int | None = None  # images: whole images, `crop`x`crop` random crops drawn anew every epoch
     crops_per_image: int = 1  # random crops per training image per epoch
-    val_crop: int | None = None  # crop mode: side of the validation images' centre crops (default: <= 256)
+    val_crop: int | None = None  # crop mode: side of the validation images' centre crops (default: crop)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,7 +192,7 @@ def _crop_dataset(spec: DataSpec) -> Dataset:
         n_val = max(1, int(round(len(images) * spec.val_fraction)))
         val_images = [images[i] for i in idx[len(images) - n_val :]]
         images = [images[i] for i in idx[: len(images) - n_val]]
-    side = spec.val_crop or min(256, min(min(v.shape[:2]) for v in val_images) // 64 * 64 or 64)
+    side = spec.val_crop or spec.crop  # by default the model's input shape (what export validates on)
     if not 8 <= side <= MAX_PATCH:
         raise DataError(f"validation crop size must be in [8, {MAX_PATCH}], got {side}")
     val = np.stack([_centre_crop(_at_least(v, side), side) for v in val_images]).astype(np.float32) / 255.0
