@@ -513,6 +513,15 @@ def test_each_export_error_is_typed_with_a_one_line_message_and_leaves_nothing(t
         edgeae.export(model=base, out=tmp_path / "c", input=_spec(), calibration=unit(images) * 255)
     with pytest.raises(CalibrationError, match="holds no image files"):
         edgeae.export(model=base, out=tmp_path / "c", input=_spec(), calibration=tmp_path)
+    fixed = nn.Sequential(nn.Conv2d(2, 1, 3, padding=1), nn.Upsample(size=(28, 28)))
+    with pytest.raises(ShapeMismatchError, match=r"dynamic_size: at 30x32 the decoder gives \(1, 28, 28\)"):
+        edgeae.export(encoder=base.encoder, decoder=fixed, out=tmp_path / "c", calibration=images,
+                      input=edgeae.InputSpec(channels=1, height=28, width=28, dynamic_size=True))
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+    with pytest.raises(ShapeMismatchError, match=r"dynamic_size needs a \(C, H/s, W/s\) latent"):
+        edgeae.export(encoder=dense, decoder=nn.Sequential(nn.Linear(4, 784), nn.Unflatten(1, (1, 28, 28))),
+                      out=tmp_path / "c", calibration=images,
+                      input=edgeae.InputSpec(channels=1, height=28, width=28, dynamic_size=True))
     with pytest.raises(ExportError, match="opset 7 is not supported"):
         edgeae.export(model=base, out=tmp_path / "c", input=_spec(), calibration=images, opset=7)
     assert not (tmp_path / "c").exists()

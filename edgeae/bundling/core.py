@@ -660,8 +660,20 @@ def _verify(job: Job, specs: dict[str, GraphSpec], modules: dict[str, nn.Module]
     if job.input.dynamic_size:
         m = job.input.size_multiple
         other = np.pad(_at_least_two(val[:2]), ((0, 0), (0, 0), (0, m), (0, 2 * m)), mode="edge")
+        size = f"{other.shape[2]}x{other.shape[3]}"
+        try:
+            z = graphs.torch_run(modules["encoder"], other)
+            r = graphs.torch_run(modules["decoder"], z)
+        except Exception as exc:  # the user's forward at another size
+            raise ShapeMismatchError(f"dynamic_size: the model does not run at {size} in PyTorch "
+                                     f"({type(exc).__name__}: {graphs._first(exc)}); it is not fully "
+                                     "convolutional, export it without dynamic_size") from None
+        if r.shape != other.shape:
+            raise ShapeMismatchError(f"dynamic_size: at {size} the decoder gives {r.shape[1:]} for a {other.shape[1:]} "
+                                     "input (a fixed-size layer such as Upsample(size=...)); export it without "
+                                     "dynamic_size")
         enc_batches.append(other)
-        dec_batches.append(graphs.torch_run(modules["encoder"], other))
+        dec_batches.append(z)
     latent_range = float(max(1.0, np.abs(val_latent).max()))
     checks = [
         check_graph(specs["encoder"], tmp / specs["encoder"].file, _torch_ref(modules["encoder"]), enc_batches,
