@@ -314,9 +314,10 @@ def test_each_step_composes_to_the_round_trip(handmade, kind):
     enc, dec = Encoder(b), Decoder(Bundle.open(b))
     x = _digits(5, channels=kind.get("channels", 1))
     payload = enc.encode(x)
-    q = enc.quantizer.quantize(enc.latents(enc.preprocess(x)))
+    q = enc.entropy.quantize(enc.latents(enc.preprocess(x)))
     np.testing.assert_array_equal(dec.symbols(payload), q)
-    expect = dec.reconstruct(dec.quantizer.dequantize(q))
+    np.testing.assert_array_equal(dec.latents(payload), dec.entropy.dequantize(q))
+    expect = dec.reconstruct(dec.entropy.dequantize(q))
     np.testing.assert_array_equal(dec.decode(payload, as_float=True), expect)
     out = dec.decode(payload)
     assert out.dtype == np.uint8 and out.shape == x.shape
@@ -372,10 +373,15 @@ def test_payload_from_another_bundle_is_refused(tiny_bundle, other_bundle, handm
 
 def test_header_that_contradicts_its_bundle_is_corrupt(handmade):
     dec = Decoder(handmade())
-    body = Encoder(handmade()).coder.encode(np.zeros((1, 4, 4, 4), np.int32))[0]
-    for shape, bits in (((4, 4, 5), 8), ((4, 4, 4), 7)):
+    body = Encoder(handmade()).entropy.encode_symbols(np.zeros((1, 4, 4, 4), np.int32))[0]
+    good = wire.Item(8, 8, (body,))
+    for kwargs, item in (({"bits": 7}, good), ({"bits": 8, "model": wire.MODEL_HYPERPRIOR}, wire.Item(8, 8, (body, body, b""))),
+                         ({"bits": 8}, wire.Item(8, 9, (body,)))):
+        with pytest.raises(CorruptStream, match="contradicts its bundle|takes only 8x8"):
+            dec.decode(wire.pack(dec.fingerprint, [item], **kwargs))
+    for shape, bits in (((4, 4, 5), 8), ((4, 4, 4), 7)):  # version 1 headers too
         with pytest.raises(CorruptStream, match="contradicts its bundle"):
-            dec.decode(wire.pack(dec.fingerprint, shape, [body], bits=bits))
+            dec.decode(wire.pack_v1(dec.fingerprint, shape, [body], bits=bits))
 
 
 def test_symbols_are_integer_exact_across_thread_settings(tiny_bundle):
