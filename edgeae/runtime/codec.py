@@ -84,8 +84,8 @@ class _Codec:
         self.coder_id = wire.CODER_IDS[m.entropy.coder]
         self.model_id = self.entropy.model_id
         self.images = ImageAdapter(m.input)
-        self.size_multiple = int(getattr(m.input, "size_multiple", 0) or 0)
-        self.stride = int(getattr(m.latent, "stride", 0) or 0)
+        self.size_multiple = m.input.size_multiple
+        self.stride = m.latent.stride
         self.any_size = self.size_multiple > 0
         shape = m.input.shape
         self.fixed_size = (1, 1) if len(shape) < 2 else ((1, shape[1]) if len(shape) == 2 else tuple(shape[-2:]))

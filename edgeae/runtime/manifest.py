@@ -17,8 +17,9 @@ MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
 MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
-ROLES = ("encoder", "decoder")
+ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
 CHANNELS = {"L": 1, "RGB": 3}
+MAX_EXTRA_GRAPHS = 8
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
           "quality", "int8", "source", "tools")
 
@@ -31,10 +32,18 @@ class InputSpec:
     offset: float
     dtype: str = "float32"
     layout: str = "NCHW"
+    size_multiple: int = 0  # images only: 0 = fixed size; else any H, W, padded by the runtime to this multiple
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.size_multiple > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
-                "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        d = {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
+             "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        if self.size_multiple:
+            d["size_multiple"] = self.size_multiple
+        return d
 
 
 @dataclass(frozen=True)
@@ -63,9 +72,10 @@ class Quantization:
 
 @dataclass(frozen=True)
 class LatentSpec:
-    shape: tuple[int, ...]  # without the batch axis
+    shape: tuple[int, ...]  # without the batch axis; at the reference input size when `stride` > 0
     channel_axis: int  # axis of the *batched* latent that indexes channels (>= 1)
     quantization: Quantization
+    stride: int = 0  # > 0: spatial downsampling of (C, H, W) latents; latent H, W = padded input H, W / stride
 
     @property
     def channels(self) -> int:
@@ -77,8 +87,10 @@ class LatentSpec:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "channel_axis": self.channel_axis,
-                "quantization": self.quantization.to_dict()}
+        d = {"shape": list(self.shape), "channel_axis": self.channel_axis}
+        if self.stride:
+            d["stride"] = self.stride
+        return {**d, "quantization": self.quantization.to_dict()}
 
 
 ENTROPY_MODELS = ("factorized", "hyperprior")
@@ -270,9 +282,13 @@ class _Validator:
         files = self.files(req["files"])
         graphs = self.graphs(req["graphs"], files)
         int8 = d.get("int8")
+        spec = self.input(req["input"])
+        if spec.size_multiple and not (latent.stride and spec.size_multiple % latent.stride == 0):
+            raise self.fail("latent.stride", f"must divide input.size_multiple = {spec.size_multiple} "
+                            f"when the graphs take any size, got {latent.stride}")
         return Manifest(
             name=self.text(req["name"], "name"),
-            input=self.input(req["input"]),
+            input=spec,
             graphs=graphs,
             latent=latent,
             entropy=entropy,
@@ -304,14 +320,22 @@ class _Validator:
             offset=self.number(self.need(d, "offset", "input"), "input.offset"),
             dtype=self.text(d.get("dtype", "float32"), "input.dtype", ("float32",)),
             layout=self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",)),
+            size_multiple=self.integer(d.get("size_multiple", 0), "input.size_multiple", 0, 1 << 12),
         )
 
     def graphs(self, d: Any, files: dict[str, FileEntry]) -> dict[str, GraphEntry]:
         d = self.obj(d, "graphs")
-        out = {}
         for role in ROLES:
-            g = self.obj(self.need(d, role, "graphs"), f"graphs.{role}")
+            self.need(d, role, "graphs")
+        extra = [r for r in d if r not in ROLES]
+        if len(extra) > MAX_EXTRA_GRAPHS:
+            raise self.fail("graphs", f"lists {len(extra)} extra graphs; at most {MAX_EXTRA_GRAPHS}")
+        out = {}
+        for role in (*ROLES, *extra):
             p = f"graphs.{role}"
+            if not (isinstance(role, str) and role.isidentifier() and role.isascii() and len(role) <= 64):
+                raise self.fail(p, "must be named by a short identifier (letters, digits, _)")
+            g = self.obj(d[role], p)
             int8 = g.get("int8_file")
             entry = GraphEntry(
                 file=self.text(self.need(g, "file", p), f"{p}.file"),
@@ -334,6 +358,9 @@ class _Validator:
             raise self.fail("latent.shape", f"must have 1 to 6 dimensions, got {len(shape)}")
         shape_t = tuple(self.integer(v, f"latent.shape[{i}]", 1, 1 << 24) for i, v in enumerate(shape))
         axis = self.integer(self.need(d, "channel_axis", "latent"), "latent.channel_axis", 1, len(shape_t))
+        stride = self.integer(d.get("stride", 0), "latent.stride", 0, 1 << 12)
+        if stride and (len(shape_t) != 3 or axis != 1):
+            raise self.fail("latent.stride", "needs a (C, H, W) latent with channel_axis 1")
         channels = shape_t[axis - 1]
         q = self.obj(self.need(d, "quantization", "latent"), "latent.quantization")
         p = "latent.quantization"
@@ -346,7 +373,7 @@ class _Validator:
             offset=tuple(self.number(v, f"{p}.offset[{i}]") for i, v in enumerate(offset)),
             step=tuple(self.number(v, f"{p}.step[{i}]", positive=True) for i, v in enumerate(step)),
         )
-        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant)
+        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant, stride=stride)
 
     def entropy(self, d: Any, latent: LatentSpec) -> EntropySpec:
         d = self.obj(d, "entropy")
