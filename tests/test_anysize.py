@@ -16,7 +16,12 @@ import pytest
 from edgeae.errors import BundleError, CorruptStream, InputError, PayloadError
 from edgeae.runtime import Decoder, Encoder
 from edgeae.runtime import payload as wire
-from edgeae.runtime.entropy_models.conditional import MAX_VALUE, ConditionalTables, EscapeReader, write_escapes
+from edgeae.runtime.entropy_models.conditional import (
+    MAX_VALUE,
+    ConditionalTables,
+    EscapeReader,
+    write_escapes,
+)
 from edgeae.runtime.manifest import (
     EntropySpec,
     FileEntry,
@@ -285,28 +290,37 @@ def test_conditional_coder_round_trips_any_int32_value_through_escapes():
     t = _tables()
     rng = np.random.default_rng(0)
     extreme = np.array([MAX_VALUE, -MAX_VALUE, 0, 3, 4, -3, -4, 1 << 20, -(1 << 27), 127, -128], np.int64)
-    values = np.concatenate([rng.laplace(0, 2, 5000).round().astype(np.int64), extreme])
-    index = rng.integers(0, len(t), len(values))
-    order = t.order(index)
-    body, esc = t.encode(values[order], index[order])
-    assert len(esc) >= len(extreme) - 3  # all out-of-range values escape
-    part = write_escapes([esc])
-    reader = EscapeReader(part)
-    back = np.empty_like(values)
-    back[order] = t.decode(body, index[order], reader, "test")
-    reader.finish()
-    np.testing.assert_array_equal(back, values)
-    # runs: one coder call per table used, not one per symbol
-    assert len(t.tables.plan(index[order]).runs) == len(t)
+    streams, originals = [], []
+    for n in (5000, 20000, 1):  # one lane, several lanes, a single symbol
+        values = np.concatenate([rng.laplace(0, 2, n).round().astype(np.int64), extreme])
+        index = rng.integers(0, len(t), len(values))
+        order = t.order(index)
+        streams.append((values[order], index[order]))
+        originals.append((values, index, order))
+    bodies, escaped = t.encode(streams)
+    assert all(len(e) >= len(extreme) - 3 for e in escaped)  # out-of-range values escape
+    readers = [EscapeReader(write_escapes([e])) for e in escaped]
+    back = t.decode(bodies, [s[1] for s in streams], readers, ["a", "b", "c"])
+    for (values, _, order), b, r in zip(originals, back, readers, strict=True):
+        restored = np.empty_like(values)
+        restored[order] = b
+        np.testing.assert_array_equal(restored, values)
+        r.finish()
 
 
 def test_escape_part_is_parsed_strictly():
     t = _tables()
     values = np.array([100, -100, 1], np.int64)
     index = np.zeros(3, np.int64)
-    body, esc = t.encode(values, index)
+    (body,), (esc,) = t.encode([(values, index)])
     part = write_escapes([esc])
     assert len(esc) == 2 and len(part) == 4  # zigzag 200 and 199: two bytes each
+
+    def decode(escapes: bytes) -> EscapeReader:
+        reader = EscapeReader(escapes)
+        t.decode([body], [index], [reader], ["y"])
+        return reader
+
     with pytest.raises(CorruptStream, match="ends inside a varint"):
         EscapeReader(part[:-1])
     with pytest.raises(CorruptStream, match="non-canonical"):
@@ -314,13 +328,12 @@ def test_escape_part_is_parsed_strictly():
     with pytest.raises(CorruptStream, match="outside int32"):
         EscapeReader(b"\xff\xff\xff\xff\x1f")
     with pytest.raises(CorruptStream, match="fewer values"):
-        t.decode(body, index, EscapeReader(part[:2]), "y")
-    reader = EscapeReader(part + b"\x05")
-    t.decode(body, index, reader, "y")
+        decode(part[:2])
     with pytest.raises(CorruptStream, match="no stream escapes"):
-        reader.finish()
+        decode(part + b"\x05").finish()
     with pytest.raises(CorruptStream, match="inside its table's range"):  # an escape must not code an in-range value
-        t.decode(body, index, EscapeReader(write_escapes([np.array([0, 100])])), "y")
+        decode(write_escapes([np.array([0, 100])]))
+    decode(part).finish()
 
 
 def test_hyperprior_round_trips_extreme_latents_exactly(bundles):
@@ -379,3 +392,28 @@ def test_a_hyper_decoder_giving_bad_indices_is_a_bundle_error(tmp_path):
     model.y = _tables(k=2)  # the graph gives indices up to 7: more tables than this
     with pytest.raises(BundleError, match="indices outside 0..1"):
         enc.encode(_image(16, 16))
+
+
+# --- inspect ---------------------------------------------------------------------------------------------------
+
+
+def test_inspect_shows_graphs_entropy_model_tables_and_sizes(bundles, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["inspect", str(bundles["hyperprior"])])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "encoder encoder.onnx" in out and "hyper_encoder hyper_encoder.onnx" in out and "hyper_decoder" in out
+    assert "hyperprior, range coder" in out and "z 3 tables" in out and "y 8 tables indexed by the hyper-decoder" in out
+    assert "any HxW, 1 channel(s) (padded to a multiple of 4; latent stride 2" in out
+    res = runner.invoke(main, ["inspect", str(bundles["rgb"])])
+    assert "factorized, range coder: 4 tables (one per channel) x 256 entries" in res.output
+    fixed = factorized_bundle(tmp_path / "fixed", multiple=0)
+    assert "fixed 8x8 only" in runner.invoke(main, ["inspect", str(fixed)]).output
+    payload = tmp_path / "p.eae"
+    payload.write_bytes(Encoder(bundles["hyperprior"]).encode(_image(33, 47)))
+    res = runner.invoke(main, ["inspect", str(payload)])
+    assert res.exit_code == 0 and "hyperprior" in res.output and "33x47" in res.output

@@ -33,7 +33,7 @@ def payload_items(draw):
     model = draw(st.sampled_from(sorted(wire.MODELS)))
     minimum = wire.MODELS[model][1]
     n = draw(st.integers(1, 12))
-    side = st.integers(1, 3000)
+    side = st.integers(1, 2000)  # 12 items x 2000 x 2000 stay under MAX_PAYLOAD_PIXELS
     shared = draw(st.booleans())
     size = (draw(side), draw(side))
     items = []

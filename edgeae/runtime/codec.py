@@ -260,10 +260,11 @@ class Decoder(_Codec):
         """Payload -> (one float32 latent (*latent_shape_i) per item, each item's original (height, width)).
 
         Entropy decoding only (plus the hyper-decoder); `render` runs the decoder graph on any list of them."""
-        items = self.parse(data).items
+        p = self.parse(data)
+        items, lanes = p.items, p.header.version >= 2  # version-1 bodies are single streams
         latents: list[np.ndarray] = [np.empty(0)] * len(items)
         for shape, idx in _group([self.latent_shape_for(it.height, it.width) for it in items]).items():
-            y = self.entropy.decode([items[i].parts for i in idx], shape)
+            y = self.entropy.decode([items[i].parts for i in idx], shape, lanes)
             for i, yi in zip(idx, y, strict=True):
                 latents[i] = yi
         return latents, [(it.height, it.width) for it in items]
@@ -275,12 +276,13 @@ class Decoder(_Codec):
 
     def symbols(self, data: bytes | bytearray | memoryview) -> np.ndarray:
         """Payload -> int32 symbols (N, *latent_shape) (factorized entropy model, items of one size)."""
-        quantize = getattr(self.entropy, "quantize", None)
-        y = self.latents(data)
-        if quantize is None or isinstance(y, list):
+        decode_symbols = getattr(self.entropy, "decode_symbols", None)
+        p = self.parse(data)
+        shapes = {self.latent_shape_for(it.height, it.width) for it in p.items}
+        if decode_symbols is None or len(shapes) != 1:
             raise CorruptStream("this payload has no single symbol array (several sizes, or not factorized); "
                                 "use Decoder.latents or Decoder.items")
-        return quantize(y)
+        return decode_symbols([it.parts[0] for it in p.items], shapes.pop(), p.header.version >= 2)
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:
         """Latents (N, *latent_shape) of one size -> the decoder graph's float32 output (N, C, H, W), padded

@@ -60,7 +60,7 @@ class ImageAdapter:
             return False
         if not self.any_size:
             return shape == want
-        return all(s == w or (i in hw and 1 <= s <= MAX_SIDE) for i, (s, w) in enumerate(zip(shape, want)))
+        return all(s == w or (i in hw and 1 <= s <= MAX_SIDE) for i, (s, w) in enumerate(zip(shape, want, strict=True)))
 
     def _nchw(self, a: np.ndarray) -> np.ndarray:
         """A view of `a` as (N, C, H, W) by matching the bundle's (C, H, W); an InputError if it cannot match."""

@@ -41,8 +41,9 @@ class EntropyModel:
         """Float latents (n, *shape) of n items of one size -> each item's coded parts."""
         raise NotImplementedError
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...]) -> np.ndarray:
-        """Coded parts of n items with latent `shape` -> float32 latents (n, *shape); CorruptStream if invalid."""
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
+        """Coded parts of n items with latent `shape` -> float32 latents (n, *shape); CorruptStream if invalid.
+        `lanes` False: version-1 bodies (one stream each, no lane framing)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

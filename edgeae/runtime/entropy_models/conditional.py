@@ -41,33 +41,45 @@ class ConditionalTables:
         """The coding order of a flat index array: grouped by table, otherwise in array order."""
         return np.argsort(index, kind="stable")
 
-    def encode(self, values: np.ndarray, index: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """Integer values + their table index (flat, in coding order) -> (body, escaped values in order)."""
-        v = np.asarray(values, np.int64)
-        t = np.asarray(index, np.int64)
-        if len(v) and np.abs(v).max() > MAX_VALUE:
-            raise ValueError(f"values must be within +-{MAX_VALUE}")
-        plan = self.tables.plan(t)
-        s = v - self.offsets[t]
-        esc = self.escape[t]
-        out = (s < 0) | (s >= esc)
-        s[out] = esc[out]
-        return self.tables.encode(s.astype(np.int32), plan), v[out]
+    def encode(self, streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[list[bytes], list[np.ndarray]]:
+        """(integer values, table index) per stream (flat, in coding order) -> (bodies, escaped values of
+        each stream in order)."""
+        coded, escaped = [], []
+        for values, index in streams:
+            v = np.asarray(values, np.int64).reshape(-1)
+            t = np.asarray(index, np.int64).reshape(-1)
+            if len(v) and np.abs(v).max() > MAX_VALUE:
+                raise ValueError(f"values must be within +-{MAX_VALUE}")
+            if len(t) and (t.min() < 0 or t.max() >= len(self)):
+                raise ValueError(f"table indices must be in 0..{len(self) - 1}")
+            s = v - self.offsets[t]
+            esc = self.escape[t]
+            out = (s < 0) | (s >= esc)
+            s[out] = esc[out]
+            coded.append((s, t))
+            escaped.append(v[out])
+        return self.tables.encode(coded), escaped
 
-    def decode(self, body: bytes, index: np.ndarray, escapes: EscapeReader, what: str) -> np.ndarray:
-        """Body + table index (flat, coding order) -> int64 values; escaped values are read from `escapes`."""
-        t = np.asarray(index, np.int64)
-        s = self.tables.decode(body, self.tables.plan(t), what).astype(np.int64)
-        v = s + self.offsets[t]
-        out = s == self.escape[t]
-        if out.any():
-            e = escapes.take(int(out.sum()), what)
-            lo = self.offsets[t[out]]
-            inside = (e >= lo) & (e < lo + self.escape[t[out]])
-            if inside.any():
-                raise CorruptStream(f"{what}: an escaped value lies inside its table's range; the payload is damaged")
-            v[out] = e
-        return v
+    def decode(self, bodies: Sequence[bytes], indices: Sequence[np.ndarray], escapes: Sequence[EscapeReader],
+               what: Sequence[str]) -> list[np.ndarray]:
+        """Bodies + table index per stream (flat, coding order) -> int64 values per stream; escaped values are
+        read from each stream's EscapeReader."""
+        symbols = self.tables.decode(bodies, indices, what=what)
+        out = []
+        for s, index, reader, name in zip(symbols, indices, escapes, what, strict=True):
+            t = np.asarray(index, np.int64).reshape(-1)
+            s = s.astype(np.int64)
+            v = s + self.offsets[t]
+            esc = s == self.escape[t]
+            if esc.any():
+                e = reader.take(int(esc.sum()), name)
+                lo = self.offsets[t[esc]]
+                if ((e >= lo) & (e < lo + self.escape[t[esc]])).any():
+                    raise CorruptStream(f"{name}: an escaped value lies inside its table's range; the payload "
+                                        "is damaged")
+                v[esc] = e
+            out.append(v)
+        return out
 
 
 def write_escapes(values: Sequence[np.ndarray]) -> bytes:

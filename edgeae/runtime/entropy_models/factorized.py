@@ -15,7 +15,7 @@ import numpy as np
 from edgeae.errors import CorruptStream
 from edgeae.runtime import payload as wire
 from edgeae.runtime.entropy_models import EntropyModel, Graphs
-from edgeae.runtime.entropy_models.streams import Plan, Tables
+from edgeae.runtime.entropy_models.streams import Tables
 from edgeae.runtime.manifest import Manifest
 from edgeae.runtime.quantize import Quantizer
 
@@ -32,18 +32,18 @@ class Factorized(EntropyModel):
         self.axis = latent.channel_axis
         self.channels = latent.channels
         self.tables = Tables(manifest.entropy.frequencies, manifest.entropy.precision)
-        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._index: dict[tuple[int, ...], np.ndarray] = {}
 
-    def _plan(self, shape: tuple[int, ...]) -> Plan:
-        plan = self._plans.get(shape)
-        if plan is None:
-            if shape[self.axis - 1] != self.channels:
+    def _plan(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The table index of every symbol of one item, in coding order (channel-major)."""
+        index = self._index.get(shape)
+        if index is None:
+            if len(shape) != len(self.manifest.latent.shape) or shape[self.axis - 1] != self.channels:
                 raise ValueError(f"a latent of shape {shape} does not have the bundle's {self.channels} channels")
-            per_channel = int(np.prod(shape)) // self.channels
-            plan = self._plans[shape] = self.tables.plan(np.repeat(np.arange(self.channels), per_channel))
-            if len(self._plans) > 64:  # many image sizes: keep the cache small
-                self._plans.pop(next(iter(self._plans)))
-        return plan
+            index = self._index[shape] = np.repeat(np.arange(self.channels), int(np.prod(shape)) // self.channels)
+            if len(self._index) > 64:  # many image sizes: keep the cache small
+                self._index.pop(next(iter(self._index)))
+        return index
 
     def _rows(self, q: np.ndarray) -> np.ndarray:
         if self.axis != 1:
@@ -57,20 +57,19 @@ class Factorized(EntropyModel):
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return self.quantizer.dequantize(q)
 
-    def encode_symbols(self, q: np.ndarray) -> list[bytes]:
-        """int symbols (n, *shape), each in 0 .. levels-1 -> one body per item."""
-        plan = self._plan(tuple(q.shape[1:]))
+    def encode_symbols(self, q: np.ndarray, lanes: bool = True) -> list[bytes]:
+        """int symbols (n, *shape), each in 0 .. levels-1 -> one body per item (`lanes`: v2 framing)."""
+        index = self._plan(tuple(q.shape[1:]))
         try:
-            return [self.tables.encode(row, plan) for row in self._rows(q)]
+            return self.tables.encode([(row, index) for row in self._rows(q)], lanes=lanes)
         except ValueError:
             raise ValueError(f"symbols must be integers in 0..{self.levels - 1}; quantise the latent first") from None
 
-    def decode_symbols(self, bodies: Sequence[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    def decode_symbols(self, bodies: Sequence[bytes], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
         """One body per item -> int32 symbols (n, *shape); CorruptStream for any invalid body."""
-        plan = self._plan(shape)
-        rows = np.empty((len(bodies), len(plan.index)), np.int32)
-        for i, body in enumerate(bodies):
-            rows[i] = self.tables.decode(body, plan, f"item {i}")
+        index = self._plan(shape)
+        rows = np.stack(self.tables.decode(bodies, [index] * len(bodies), lanes=lanes)) if len(bodies) else \
+            np.zeros((0, len(index)), np.int32)
         moved = list(shape)
         moved.insert(0, moved.pop(self.axis - 1))
         q = rows.reshape(len(bodies), *moved)
@@ -79,10 +78,10 @@ class Factorized(EntropyModel):
     def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
         return [(body,) for body in self.encode_symbols(self.quantize(y))]
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...]) -> np.ndarray:
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
         if any(len(p) != 1 for p in parts):
             raise CorruptStream("a factorized item has exactly one coded part")
-        return self.dequantize(self.decode_symbols([p[0] for p in parts], shape))
+        return self.dequantize(self.decode_symbols([p[0] for p in parts], shape, lanes))
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "tables": self.channels, "table_size": self.levels,

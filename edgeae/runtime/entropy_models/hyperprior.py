@@ -106,31 +106,34 @@ class Hyperprior(EntropyModel):
         index, mean = self.hyper_decode(zi, shape)
         values = yi if mean is None else yi - mean
         zidx = self._zindex(zshape)
-        out = []
+        z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(y))])
+        ys = []
         for i in range(len(y)):
-            body_z, esc_z = self.z.encode(zi[i].reshape(-1), zidx)
             idx = index[i].reshape(-1)
             order = self.y.order(idx)
-            body_y, esc_y = self.y.encode(values[i].reshape(-1)[order], idx[order])
-            out.append((body_z, body_y, write_escapes([esc_z, esc_y])))
-        return out
+            ys.append((values[i].reshape(-1)[order], idx[order]))
+        y_bodies, y_esc = self.y.encode(ys)
+        return [(bz, by, write_escapes([ez, ey])) for bz, by, ez, ey in zip(z_bodies, y_bodies, z_esc, y_esc,
+                                                                             strict=True)]
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...]) -> np.ndarray:
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
         if any(len(p) != 3 for p in parts):
             raise CorruptStream("a hyperprior item has exactly three parts (z, y, escapes)")
+        n = len(parts)
         zshape = self.z_shape(shape)
         zidx = self._zindex(zshape)
         readers = [EscapeReader(p[2]) for p in parts]
-        z = np.stack([self.z.decode(p[0], zidx, r, f"item {i} z").reshape(zshape)
-                      for i, (p, r) in enumerate(zip(parts, readers, strict=True))])
-        index, mean = self.hyper_decode(z, shape)
-        y = np.empty((len(parts), int(np.prod(shape))), np.int64)
-        for i, (p, r) in enumerate(zip(parts, readers, strict=True)):
-            idx = index[i].reshape(-1)
-            order = self.y.order(idx)
-            y[i, order] = self.y.decode(p[1], idx[order], r, f"item {i} y")
+        z = self.z.decode([p[0] for p in parts], [zidx] * n, readers, [f"item {i} z" for i in range(n)])
+        index, mean = self.hyper_decode(np.stack(z).reshape(n, *zshape), shape)
+        flat = index.reshape(n, -1)
+        orders = [self.y.order(idx) for idx in flat]
+        values = self.y.decode([p[1] for p in parts], [idx[o] for idx, o in zip(flat, orders, strict=True)],
+                               readers, [f"item {i} y" for i in range(n)])
+        y = np.empty((n, flat.shape[1]), np.int64)
+        for i, (o, v, r) in enumerate(zip(orders, values, readers, strict=True)):
+            y[i, o] = v
             r.finish()
-        y_hat = y.reshape(len(parts), *shape)
+        y_hat = y.reshape(n, *shape)
         if mean is not None:
             y_hat += mean
         return y_hat.astype(np.float32)
