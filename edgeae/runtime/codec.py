@@ -44,7 +44,8 @@ class _Graph:
         if role not in ("encoder", "decoder") and entry.int8_file is None:
             precision = "fp32"  # extra graphs without an int8 variant (the integer hyper-decoder) run as they are
         self.role = role
-        self.session = make_session(bundle.graph_path(role, precision), profile=device, threads=threads)
+        self.path = bundle.graph_path(role, precision)
+        self.session = make_session(self.path, profile=device, threads=threads)
         inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [entry.input] or entry.output not in self.outputs:
@@ -88,7 +89,9 @@ class _Codec:
         self.stride = m.latent.stride
         self.any_size = self.size_multiple > 0
         shape = m.input.shape
-        self.fixed_size = (1, 1) if len(shape) < 2 else ((1, shape[1]) if len(shape) == 2 else tuple(shape[-2:]))
+        # the (height, width) a payload carries for a fixed-size input: its last two axes, 1 for a missing one
+        self.fixed_size: tuple[int, int] = (1, 1) if len(shape) < 2 else \
+            ((1, shape[1]) if len(shape) == 2 else (shape[-2], shape[-1]))
 
     def _graph(self, role: str) -> _Graph:
         g = self._graphs.get(role)
@@ -194,7 +197,7 @@ class Encoder(_Codec):
 
     def _wire_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
         if not self.any_size:
-            return self.fixed_size  # type: ignore[return-value]
+            return self.fixed_size
         h, w = int(shape[-2]), int(shape[-1])
         if h * w > wire.MAX_ITEM_PIXELS or max(h, w) > wire.MAX_SIDE:
             raise InputError(f"an image of {h}x{w} pixels exceeds the format's limits (sides up to "
@@ -223,10 +226,16 @@ class Decoder(_Codec):
     role = "decoder"
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, verify: bool = False) -> None:
+        """`verify`: check the entropy model's integer graph against its numpy reference on every payload
+        (hyperprior: the hyper-decoder's table indices; a BundleError if they differ on this machine)."""
         super().__init__(bundle, precision, device, threads)
         for role in self.entropy.graph_roles[1:]:  # the decoder side runs the hyper-decoder only
             self._graph(role)
+        if verify:
+            if not hasattr(self.entropy, "verify"):
+                raise InputError(f"the {self.entropy.name} entropy model has no integer graph to verify")
+            self.entropy.verify = True
 
     def parse(self, data: bytes | bytearray | memoryview) -> wire.Payload:
         """Strict parse, then check the payload belongs to this bundle and fits its sizes and symbol limits."""
@@ -288,8 +297,8 @@ class Decoder(_Codec):
         """Latents (N, *latent_shape) of one size -> the decoder graph's float32 output (N, C, H, W), padded
         size, in chunks of at most DECODE_BATCH items / GRAPH_PIXELS pixels."""
         if self.any_size:
-            c, h, w = y.shape[1:]
-            expect = (self.manifest.input.shape[0], h * self.stride, w * self.stride)
+            h, w = y.shape[-2:]
+            expect: tuple[int, ...] = (self.manifest.input.shape[0], h * self.stride, w * self.stride)
         else:
             expect = tuple(self.manifest.input.shape)
         parts = []

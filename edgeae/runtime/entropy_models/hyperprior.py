@@ -53,6 +53,10 @@ class Hyperprior(EntropyModel):
         self.z_channels = len(e.z.offsets)
         self.y_channels = manifest.latent.channels
         self._z_index: dict[tuple[int, ...], np.ndarray] = {}
+        # verify: check every hyper_decoder run against the numpy int64 reference (edgeae.runtime.inthyper),
+        # BundleError on any differing index (`edgeae decode --verify`)
+        self.verify = False
+        self._reference: Any = None
 
     def _graph(self, role: str) -> Any:
         if self.graphs is None:
@@ -84,11 +88,21 @@ class Hyperprior(EntropyModel):
                               "re-export the bundle")
         if index.dtype.kind not in "iu" or (mean is not None and mean.dtype.kind not in "iu"):
             raise BundleError("the hyper_decoder graph must give integer index and mean; re-export the bundle")
+        if self.verify:
+            self._check_reference(z, index)
         index = index.astype(np.int64)
         if index.size and (index.min() < 0 or index.max() >= len(self.y)):
             raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) - 1}; "
                               "re-export the bundle")
         return index, None if mean is None else mean.astype(np.int64)
+
+    def _check_reference(self, z: np.ndarray, index: np.ndarray) -> None:
+        from edgeae.runtime import inthyper
+
+        if self._reference is None:
+            graph = self._graph("hyper_decoder")
+            self._reference = inthyper.IntHyperDecoder.load(graph.path)
+        inthyper.verify(self._reference, z, index)
 
     def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float latents (n, C, h, w) -> the int z values and int y values the encoder codes (before means)."""
