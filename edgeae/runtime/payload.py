@@ -273,10 +273,10 @@ def parse_header(data: bytes | bytearray | memoryview) -> Header:
     coder, bits = coder_bits >> 5, coder_bits & 0x1F
     if coder not in CODERS:
         raise CorruptStream(f"payload uses unknown coder id {coder}; the payload is damaged or from a newer edgeae")
-    header = (_fields_v1 if version == 1 else _fields_v2)(h, fingerprint, coder, bits)
+    fields = (_fields_v1 if version == 1 else _fields_v2)(h, fingerprint, coder, bits)
     if h.pos != end:
         raise CorruptStream(f"payload header has {end - h.pos} unexplained bytes; the payload is damaged")
-    header = Header(**header, version=version, size=end)
+    header = Header(**fields, version=version, size=end)
     if header.total_size > MAX_PAYLOAD_BYTES:
         raise CorruptStream(f"payload announces {header.total_size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
     return header
