@@ -16,7 +16,8 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
-MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
+MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises probabilities to 24 bits
+MAX_TABLE = (1 << 24) - 2  # symbols of one entropy table: constriction's limit (rangecoder.MAX_TABLE)
 ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
 CHANNELS = {"L": 1, "RGB": 3}
 MAX_EXTRA_GRAPHS = 8
@@ -391,8 +392,11 @@ class _Validator:
         if latent.channels * latent.quantization.levels > MAX_TABLE_ENTRIES:
             raise self.fail("entropy.frequencies", f"hold more than {MAX_TABLE_ENTRIES} entries")
         rows = self.array(self.need(d, "frequencies", "entropy"), "entropy.frequencies", latent.channels)
-        out = [self.row(row, f"entropy.frequencies[{c}]", precision, latent.quantization.levels)
-               for c, row in enumerate(rows)]
+        levels = latent.quantization.levels
+        if levels > MAX_TABLE:
+            raise self.fail("latent.quantization.levels", f"the range coder takes at most {MAX_TABLE} symbols "
+                            f"(2**24 - 2), got {levels}")
+        out = [self.row(row, f"entropy.frequencies[{c}]", precision, levels) for c, row in enumerate(rows)]
         return EntropySpec(coder=coder, precision=precision, frequencies=tuple(out))
 
     def row(self, row: Any, path: str, precision: int, length: int | None = None) -> tuple[int, ...]:
