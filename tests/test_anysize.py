@@ -417,3 +417,19 @@ def test_inspect_shows_graphs_entropy_model_tables_and_sizes(bundles, tmp_path):
     payload.write_bytes(Encoder(bundles["hyperprior"]).encode(_image(33, 47)))
     res = runner.invoke(main, ["inspect", str(payload)])
     assert res.exit_code == 0 and "hyperprior" in res.output and "33x47" in res.output
+
+
+@pytest.mark.parametrize("kind", ["factorized", "hyperprior"])
+def test_numpy_and_constriction_coders_write_the_same_payloads(bundles, kind, monkeypatch):
+    pytest.importorskip("constriction")
+    images = [_image(120, 200, seed=1), _image(33, 47, seed=2)]  # the first needs several lanes
+    payloads = {}
+    for backend in ("numpy", "constriction"):
+        monkeypatch.setenv("EDGEAE_CODER", backend)
+        enc = Encoder(bundles[kind])
+        assert enc.entropy.describe()
+        payloads[backend] = enc.encode(images)
+        dec = Decoder(bundles[kind])
+        out = dec.decode(payloads["numpy"])
+        np.testing.assert_array_equal(out[0], Decoder(bundles[kind]).decode(enc.encode(images[0]))[0])
+    assert payloads["numpy"] == payloads["constriction"]
