@@ -62,7 +62,7 @@ class Bundle:
         return fingerprint_prefix(self.manifest.fingerprint)
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
-        """The verified file of a graph (encoder, decoder, or an entropy model's extra role), fp32 or int8."""
+        """The verified file of one of the bundle's graphs (encoder, decoder or an extra role), fp32 or int8."""
         if role not in self.manifest.graphs:
             raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")
         if precision not in PRECISIONS:
