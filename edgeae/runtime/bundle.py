@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgeae.errors import BundleError
-from edgeae.runtime.manifest import MANIFEST_NAME, ROLES, Manifest, load_manifest
+from edgeae.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from edgeae.runtime.payload import fingerprint_prefix
 
 PRECISIONS = ("fp32", "int8")
@@ -62,9 +62,9 @@ class Bundle:
         return fingerprint_prefix(self.manifest.fingerprint)
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
-        """The verified file of the encoder or decoder graph, fp32 or int8."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        """The verified file of one of the bundle's graphs (encoder, decoder or an extra role), fp32 or int8."""
+        if role not in self.manifest.graphs:
+            raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         graph = self.manifest.graphs[role]
