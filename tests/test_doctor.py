@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,9 +113,21 @@ def test_the_built_in_reference_is_consistent():
 
 
 def test_a_broken_coder_setting_fails_before_the_self_test():
-    import os
-
     pytest.importorskip("edgeae.runtime.rangecoder")
     res = _doctor(env={**os.environ, "EDGEAE_CODER": "nonsense"})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "entropy coder" in res.stderr and "nonsense" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EDGEAE_ARM64_TESTS") != "1",
+                    reason="emulated arm64: run `bash benchmarks/arm64/build.sh`, then set EDGEAE_ARM64_TESTS=1")
+def test_doctor_on_the_emulated_arm64_install():
+    """The CI-sized smoke of benchmarks/arm64: the wheel installed there (no constriction) passes its doctor."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", "-c", f"source {root}/benchmarks/arm64/env.sh && arm_edgeae doctor"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _rows(res.stdout)
+    assert "(aarch64, 64bit)" in rows["platform"] and rows["entropy coder"] == "numpy"
+    assert "symbols identical" in rows["decode ref"] and rows["self-test"].startswith("passed")

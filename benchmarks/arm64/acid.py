@@ -2,7 +2,7 @@
 
     acid.py prepare BUNDLE OUT [--photos 24] [--digits 256] [--max-side 512]   # host: the input images
     acid.py symbols BUNDLE PAYLOADS OUT.npz                                     # either side: decoded symbols
-    acid.py compare NAME A_DIR B_DIR [--pixels]                                 # host: file-by-file equality
+    acid.py compare NAME A_DIR B_DIR [--pixels [--near 1]]                      # host: file-by-file equality
 
 `symbols` runs on the emulated arm64 install too, so it imports only the runtime (no torch, no scikit-learn).
 """
@@ -116,11 +116,15 @@ def compare(args: argparse.Namespace) -> None:
             worst, pixels_off = max(worst, int(d.max())), pixels_off + int((d > 0).sum())
     total = sum((a / n).stat().st_size for n in names)
     what = "images pixel-identical" if args.pixels else "files byte-identical"
-    extra = f" (others: {pixels_off} pixels off, at most {worst} levels)" if same < len(names) and args.pixels else ""
-    print(f"{'PASS' if same == len(names) else 'FAIL'} {args.name}: {same}/{len(names)} {what}{extra}, "
-          f"{total:,} bytes")
-    sys.exit(0 if same == len(names) else 1)
-
+    if same == len(names):
+        verdict = "PASS"
+    elif args.pixels and worst <= args.near:
+        verdict = "NEAR"
+    else:
+        verdict = "FAIL"
+    extra = f"; the others: {pixels_off} pixel values off, by at most {worst} level(s)" if worst else ""
+    print(f"{verdict} {args.name}: {same}/{len(names)} {what}{extra} ({total:,} bytes)")
+    sys.exit(1 if verdict == "FAIL" else 0)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,6 +144,8 @@ def main() -> None:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--pixels", action="store_true")
+    p.add_argument("--near", type=int, default=0, help="with --pixels: differences up to this many levels are "
+                   "NEAR (reported, exit 0), not FAIL")
     args = ap.parse_args()
     {"prepare": prepare, "symbols": symbols, "compare": compare}[args.cmd](args)
 
