@@ -43,7 +43,7 @@ def test_doctor_passes_torch_free_with_the_built_in_bundle():
     assert "CPUExecutionProvider" in rows["onnxruntime"] and onnxruntime.__version__ in rows["onnxruntime"]
     assert rows["numpy"] == np.__version__
     assert rows["entropy coder"] == doctor.coder_backend()
-    assert rows["decode ref"].startswith("payload from x86_64") and "symbols identical" in rows["decode ref"]
+    assert rows["decode ref"] == "payloads from x86_64 (v2 165 B, v1 166 B): symbols identical"
     assert "same symbols" in rows["round trip"]
     assert rows["self-test"].startswith("passed")
     assert "imported: []" in res.stdout  # no torch, onnx or scikit-learn behind the runtime
@@ -107,7 +107,7 @@ def test_decoded_images_far_from_the_reference_fail(tmp_path, monkeypatch):
 def test_the_built_in_reference_is_consistent():
     """The shipped files agree with each other and with the shipped bundle (re-run make_selftest.py if not)."""
     rows = dict(doctor.self_test())
-    assert "payload bytes identical" in rows["encode"] and rows["decode"] == "images identical to x86_64's"
+    assert rows["encode"] == "symbols identical to x86_64's; payload byte-identical" and rows["decode"] == "images identical to x86_64's"
     images = np.load(doctor.SELFTEST / "images.npy")
     assert images.dtype == np.uint8 and images.shape == (16, 8, 8) and images.std() > 20  # real digits
 
