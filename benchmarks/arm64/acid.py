@@ -121,7 +121,7 @@ def compare(args: argparse.Namespace) -> None:
         verdict = "NEAR"
     else:
         verdict = "FAIL"
-    extra = f"; the others: {pixels_off} pixel values off, by at most {worst} level(s)" if worst else ""
+    extra = f"; in the others {pixels_off} pixel value(s) differ, by at most {worst} level(s)" if worst else ""
     print(f"{verdict} {args.name}: {same}/{len(names)} {what}{extra} ({total:,} bytes)")
     sys.exit(1 if verdict == "FAIL" else 0)
 

@@ -6,10 +6,11 @@
 #   bash benchmarks/arm64/acid.sh BUNDLE [BUNDLE ...]  # any bundles (fp32, and int8 where they have it)
 #   ACID_SKIP_BUILD=1 ...                              # reuse the device install as it is
 #   ACID_PHOTOS=24 ACID_DIGITS=256 ACID_MAX_SIDE=512   # inputs per bundle (any-size bundles keep photo sizes)
+#   ACID_REVERSE=batch                                 # arm64 decodes one --batch payload instead of x86's files
 #
 # Per bundle and precision: x86 encode and arm64 encode of the same folder (one payload per image); the
-# payloads compared byte for byte; both decoded on x86 (symbols and PNGs compared); then x86 encodes the folder
-# into one payload that arm64 decodes (symbols and PNGs against x86's decode of it). Symbols and payloads must be
+# payloads compared byte for byte; both decoded on x86 (symbols and PNGs compared); then x86's payloads decoded
+# on arm64 (symbols and PNGs against x86's decode of them). Symbols and payloads must be
 # identical. Images decoded on two different CPUs by a float decoder graph may differ by a grey level where a
 # float lands within an ulp of a rounding boundary: reported as NEAR with the count (exit 0); more than one
 # level, or any symbol or payload difference, is a FAIL (exit 1). Emulated times are sanity figures only.
@@ -54,7 +55,7 @@ status=0
 check() { "$@" || status=1; }
 
 echo "== acid test $(date -u +%FT%TZ): host $(uname -m) $(nproc --all) cores; arm64 = qemu-user $("$QEMU" --version | head -1 | awk '{print $3}') -cpu $ARM_CPU"
-echo "   device install: $(grep '^Successfully installed' "$CACHE/install.log" | cut -c 23-)"
+echo "   device install: $(grep '^Successfully installed' "$CACHE/install.log" | cut -c 24-)"
 echo "   coder: x86 $("$HOST_PY" -P -c 'from edgeae.runtime.doctor import coder_backend as c; print(c())' 2>/dev/null || echo unknown), arm64 $(arm_python -c 'from edgeae.runtime.doctor import coder_backend as c; print(c())' 2>/dev/null || echo unknown)"
 for bundle in "${BUNDLES[@]}"; do
     bundle="$(cd "$bundle" && pwd)"
@@ -84,18 +85,21 @@ for bundle in "${BUNDLES[@]}"; do
         host_edgeae decode "$p/enc-arm" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-arm-on-x86" >/dev/null
         host_edgeae decode "$p/enc-x86" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-x86-on-x86" >/dev/null
         check $ACID compare "images, x86 decode of arm64 payloads vs of x86 payloads" --pixels "$p/dec-arm-on-x86" "$p/dec-x86-on-x86"
-        # The reverse: x86 encodes, arm64 decodes. One --batch payload per folder, so the numpy coder decodes
-        # every item's stream side by side (a one-item v1 payload is a sequential loop over its symbols,
-        # ~20 s per 128x128 photo emulated); the bitstream of each item is the same as in the files above.
-        host_edgeae encode "$w/in" --bundle "$bundle" "${flag[@]}" --threads 1 --batch --out "$p/batch-x86" >/dev/null
-        t3=$(now); arm_edgeae decode "$p/batch-x86" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-batch-on-arm" >/dev/null
+        # The reverse: x86 encodes, arm64 decodes: the same per-image payloads, or with ACID_REVERSE=batch one
+        # --batch payload of the whole folder (a multi-item payload; the numpy coder decodes its items side by side).
+        src="$p/enc-x86"
+        if [ "${ACID_REVERSE:-each}" = batch ]; then
+            src="$p/batch-x86"
+            host_edgeae encode "$w/in" --bundle "$bundle" "${flag[@]}" --threads 1 --batch --out "$src" >/dev/null
+        fi
+        t3=$(now); arm_edgeae decode "$src" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-rev-on-arm" >/dev/null
         t4=$(now)
-        host_edgeae decode "$p/batch-x86" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-batch-on-x86" >/dev/null
-        arm_python "$HERE/acid.py" symbols "$bundle" "$p/batch-x86" "$p/sym-batch-on-arm.npz" >/dev/null
-        $ACID symbols "$bundle" "$p/batch-x86" "$p/sym-batch-on-x86.npz" >/dev/null
-        echo "   reverse: x86 encodes $n images into one payload, arm64 decodes it: $(secs "$t3" "$t4") s emulated"
-        check $ACID compare "symbols, arm64 decode of the x86 payload vs x86 decode" "$p/sym-batch-on-arm.npz" "$p/sym-batch-on-x86.npz"
-        check $ACID compare "images, arm64 decode of the x86 payload vs x86 decode" --pixels --near 1 "$p/dec-batch-on-arm" "$p/dec-batch-on-x86"
+        [ "$src" = "$p/enc-x86" ] || host_edgeae decode "$src" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-x86-on-x86" >/dev/null
+        arm_python "$HERE/acid.py" symbols "$bundle" "$src" "$p/sym-rev-on-arm.npz" >/dev/null
+        $ACID symbols "$bundle" "$src" "$p/sym-rev-on-x86.npz" >/dev/null
+        echo "   reverse: arm64 decodes x86's $(find "$src" -name '*.eae' | wc -l) payload(s): $(secs "$t3" "$t4") s emulated"
+        check $ACID compare "symbols, arm64 decode of x86 payloads vs x86 decode" "$p/sym-rev-on-arm.npz" "$p/sym-rev-on-x86.npz"
+        check $ACID compare "images, arm64 decode of x86 payloads vs x86 decode" --pixels --near 1 "$p/dec-rev-on-arm" "$p/dec-x86-on-x86"
     done
 done
 echo
