@@ -443,3 +443,18 @@ def test_numpy_and_constriction_coders_write_the_same_payloads(bundles, kind, mo
         np.testing.assert_array_equal(out[0], Decoder(bundles[kind]).decode(enc.encode(images[0]))[0])
     assert payloads["numpy"] == payloads["constriction"]
 
+
+
+def test_encoders_and_decoders_are_thread_safe_across_sizes(bundles):
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc, dec = Encoder(bundles["hyperprior"]), Decoder(bundles["hyperprior"])
+    images = [_image(8 + 3 * i, 60 - 2 * i, seed=i) for i in range(24)]
+    expect = [enc.encode(im) for im in images]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(enc.encode, images))
+        decoded = list(pool.map(dec.decode, got))
+    assert got == expect
+    for im, out, p in zip(images, decoded, expect, strict=True):
+        assert out.shape == (1, *im.shape)
+        np.testing.assert_array_equal(out, dec.decode(p))
