@@ -458,3 +458,35 @@ def test_encoders_and_decoders_are_thread_safe_across_sizes(bundles):
     for im, out, p in zip(images, decoded, expect, strict=True):
         assert out.shape == (1, *im.shape)
         np.testing.assert_array_equal(out, dec.decode(p))
+
+
+# --- a real fully convolutional model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codec_bundle(make_run, tmp_path_factory):
+    """The learned `codec` family, trained 1 epoch on digits and exported (any size: stride 4), fp32 + int8."""
+    build = pytest.importorskip("edgeae.bundling.build")
+    run = make_run("codec", epochs=1, lmbda=0.05, channels=16, latent_channels=8, downsamplings=2)
+    out = tmp_path_factory.mktemp("codec") / "bundle"
+    build.export_run(run, build.ExportOptions(out=out, int8=True, calibration_samples=32, measure_speed=False))
+    return out
+
+
+@pytest.mark.slow
+def test_a_real_codec_bundle_codes_every_size_like_its_padded_image(codec_bundle):
+    enc, dec = Encoder(codec_bundle), Decoder(codec_bundle)
+    assert enc.any_size and enc.size_multiple == 4 and enc.stride == 4
+    sizes = [(33, 47), (8, 8), (64, 64), (21, 90), (5, 3), (120, 77)]
+    images = [_image(h, w, seed=3) for h, w in sizes]
+    for img in images:
+        h, w = img.shape
+        out = dec.decode(enc.encode(img))[0]
+        ref = dec.decode(enc.encode(_pad(img, 4)))[0]
+        np.testing.assert_array_equal(out, ref[:h, :w])
+    batch = dec.decode(enc.encode(images))
+    assert [b.shape for b in batch] == sizes
+    # int8 encoder payloads decode on the fp32 decoder (the same tables), at any size too
+    enc8 = Encoder(codec_bundle, "int8")
+    for img in images[:2]:
+        assert dec.decode(enc8.encode(img))[0].shape == img.shape
