@@ -465,9 +465,10 @@ def test_encoders_and_decoders_are_thread_safe_across_sizes(bundles):
 
 @pytest.fixture(scope="module")
 def codec_bundle(make_run, tmp_path_factory):
-    """The learned `codec` family, trained 1 epoch on digits and exported (any size: stride 4), fp32 + int8."""
+    """The learned `codec` family on digits (the run tests/test_codec_model.py trains: shared through the
+    make_run cache), exported any-size (stride 4), fp32 + int8."""
     build = pytest.importorskip("edgeae.bundling.build")
-    run = make_run("codec", epochs=1, lmbda=0.05, channels=16, latent_channels=8, downsamplings=2)
+    run = make_run("codec", lmbda=0.05, channels=16, latent_channels=8, downsamplings=2)
     out = tmp_path_factory.mktemp("codec") / "bundle"
     build.export_run(run, build.ExportOptions(out=out, int8=True, calibration_samples=32, measure_speed=False))
     return out
