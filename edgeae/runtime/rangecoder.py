@@ -101,6 +101,7 @@ class RangeTables:
         self.sizes = np.array([len(r) for r in rows], np.int64)
         self.degenerate = self.sizes == 1  # one-symbol tables: nothing to code
         self.any_degenerate = bool(self.degenerate.any())
+        self.uniform = bool((self.sizes == self.sizes[0]).all())  # all tables of one size
         self.start = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         n_all = int(self.start[-1])
         if n_all >= 1 << 31:
@@ -119,7 +120,7 @@ class RangeTables:
         self.left, self.freq = left, freq
         # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
         self.invalid = n_all
-        self.packed_ext = np.append(left | (freq << _U64(PRECISION)), _U64(1 << PRECISION))
+        self.left_ext, self.freq_ext = np.append(left, _U64(0)), np.append(freq, _U64(1))
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
         self._models: dict[int, object] = {}
 
@@ -154,7 +155,13 @@ class RangeTables:
     def check(self, symbols: np.ndarray, index: np.ndarray) -> None:
         if len(index) and (index.min() < 0 or index.max() >= len(self)):
             raise ValueError(f"table indices must be in 0..{len(self) - 1}")
-        if len(symbols) and (symbols.min() < 0 or (symbols >= self.sizes[index]).any()):
+        if not len(symbols):
+            return
+        if self.uniform:
+            bad = symbols.min() < 0 or symbols.max() >= self.sizes[0]
+        else:
+            bad = symbols.min() < 0 or bool((symbols >= self.sizes[index]).any())
+        if bad:
             raise ValueError("symbols must be integers in 0..(table size - 1); quantise the latent first")
 
 
@@ -258,7 +265,8 @@ class ConstrictionBackend(_Backend):
 
 class _Layout:
     """Streams sorted longest first, symbols laid out position-major: position j of the k_j streams still
-    running occupies slots [start[j], start[j] + k_j), so each step of the loop works on array prefixes."""
+    running occupies slots [start[j], start[j] + k_j), so each step of the loop works on array prefixes.
+    Depends on the stream lengths only, so it is cached (a device codes the same shapes again and again)."""
 
     def __init__(self, lengths: np.ndarray) -> None:
         self.order = np.argsort(-lengths, kind="stable")
@@ -268,11 +276,32 @@ class _Layout:
         counts = np.bincount(ns, minlength=self.maxlen + 1)
         self.k = (len(ns) - np.cumsum(counts)[: self.maxlen]).astype(np.int64)  # streams longer than j
         self.start = _offsets(self.k)
-        # Slot -> index into the streams' concatenation (in the caller's stream order).
-        total = int(self.start[-1])
-        rank = np.arange(total, dtype=np.int64) - np.repeat(self.start[:-1], self.k)
-        pos = np.repeat(np.arange(self.maxlen, dtype=np.int64), self.k)
-        self.src = _offsets(lengths)[:-1][self.order][rank] + pos
+        self.off = _offsets(lengths)  # stream offsets in the caller's concatenation
+        # Slot -> index into the caller's concatenation, built per block of steps with the same k.
+        starts = self.off[:-1][self.order]
+        blocks, j = [], 0
+        self.blocks: list[tuple[int, int, int]] = []  # (j0, j1, k): steps j0 .. j1-1 run the first k streams
+        while j < self.maxlen:
+            k = int(self.k[j])
+            j1 = int(ns[k - 1])
+            self.blocks.append((j, j1, k))
+            blocks.append((starts[:k][None, :] + np.arange(j, j1, dtype=np.int64)[:, None]).reshape(-1))
+            j = j1
+        self.src = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        self.sid = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # stream of each position
+
+
+_LAYOUTS: dict[bytes, _Layout] = {}
+
+
+def _layout(lengths: np.ndarray) -> _Layout:
+    key = lengths.astype(np.int64).tobytes()
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        if len(_LAYOUTS) >= 8:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        lay = _LAYOUTS[key] = _Layout(lengths)
+    return lay
 
 
 def _drop_degenerate(tables: RangeTables, index: np.ndarray, lengths: np.ndarray):
@@ -295,7 +324,7 @@ class NumpyBackend(_Backend):
         g = tables.start[index] + symbols
         if keep is not None:
             g = g[keep]
-        lay = _Layout(lengths)
+        lay = _layout(lengths)
         freq = tables.freq[g[lay.src]]  # position-major
         nstreams, total = len(lengths), len(g)
         scale = np.empty(total, _U64)  # range >> 24 at each step
@@ -304,24 +333,27 @@ class NumpyBackend(_Backend):
         shift = np.empty(nstreams, _U64)
         c5, c24 = _U64(5), _U64(24)
         # Only the range recursion is sequential; lower is a sum over the steps, assembled afterwards.
-        for j in range(lay.maxlen):
-            k, a = int(lay.k[j]), int(lay.start[j])
-            b = a + k
-            rg, sh, sc = rng[:k], shift[:k], scale[a:b]
-            np.right_shift(rg, c24, out=sc)
-            np.multiply(sc, freq[a:b], out=rg)
-            np.less(rg, _LOW32, out=ren[a:b])
-            np.left_shift(ren[a:b], c5, out=sh)  # 32 where renormalising, else 0
-            np.left_shift(rg, sh, out=rg)
+        for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams
+            rg, sh = rng[:k], shift[:k]
+            a0, a1 = int(lay.start[j0]), int(lay.start[j1])
+            scale_b, freq_b, ren_b = (x[a0:a1].reshape(-1, k) for x in (scale, freq, ren))
+            for jj in range(j1 - j0):
+                sc, rn = scale_b[jj], ren_b[jj]
+                np.right_shift(rg, c24, out=sc)
+                np.multiply(sc, freq_b[jj], out=rg)
+                np.less(rg, _LOW32, out=rn)
+                np.left_shift(rn, c5, out=sh)  # 32 where renormalising, else 0
+                np.left_shift(rg, sh, out=rg)
         del freq
         scale_s = np.empty(total, _U64)
         scale_s[lay.src] = scale
-        ren_s = np.empty(total, np.int64)
+        ren_s = np.empty(total, np.uint8)
         ren_s[lay.src] = ren
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
         final_rng[lay.order] = rng
-        return _assemble(lengths, scale_s * tables.left[g], ren_s, final_rng)
+        np.multiply(scale_s, tables.left[g], out=scale_s)
+        return _assemble(lay, lengths, scale_s, ren_s, final_rng)
 
     def decode_flat(self, tables, words, nwords, index, lengths):
         nstreams = len(lengths)
@@ -330,10 +362,11 @@ class NumpyBackend(_Backend):
         for s in np.flatnonzero(nwords > lengths + 2):  # a valid stream has <= renormalisations + 2 words
             raise CorruptStream(f"stream {s}: the body holds more data than its {lengths[s]} coded symbols")
         coded_index = index if keep is None else index[keep]
-        lay = _Layout(lengths)
+        lay = _layout(lengths)
         lut, keys, bits = tables.lookup()
         row = _U64((1 << bits) + 1)
-        toff = coded_index[lay.src].astype(_U64) * row  # lookup row of each slot's table
+        t_pm = coded_index[lay.src]
+        toff = t_pm.astype(_U64) * row  # lookup row of each slot's table
 
         # Words of each stream (caller's order) in a zero-padded region of length + 4: reads past the end
         # give 0, as in constriction, and a stream reads at most 2 + one word per symbol.
@@ -348,41 +381,44 @@ class NumpyBackend(_Backend):
         rpos = b0 + 2
         rng = np.full(nstreams, np.iinfo(_U64).max, _U64)
         gsym = np.empty(len(lay.src), np.int32)  # global symbol index per slot; n_all = invalid quantile
-        scale, tmp, q, pk, fr, sh = (np.empty(nstreams, _U64) for _ in range(6))
+        scale, tmp, q, fr, sh = (np.empty(nstreams, _U64) for _ in range(5))
         ren = np.empty(nstreams, np.int64)
         c5, c24 = _U64(5), _U64(24)
         cbits, cmax = _U64(PRECISION - bits), _U64(1 << PRECISION)
+        left_ext, freq_ext = tables.left_ext, tables.freq_ext
         with np.errstate(divide="ignore"):  # scale >= 2**8 always; guard anyway
-            for j in range(lay.maxlen):
-                k, a = int(lay.k[j]), int(lay.start[j])
-                b = a + k
-                d, rg, sc, tp, qq, pp, ff, rn, hh = (diff[:k], rng[:k], scale[:k], tmp[:k], q[:k], pk[:k],
-                                                     fr[:k], ren[:k], sh[:k])
-                gs = gsym[a:b]
-                np.right_shift(rg, c24, out=sc)
-                np.floor_divide(d, sc, out=qq)
-                np.minimum(qq, cmax, out=qq)  # >= 2**24 is invalid data: the lookup's last bucket, a sentinel
-                np.right_shift(qq, cbits, out=tp)
-                np.add(tp, toff[a:b], out=tp)
-                np.take(lut, tp.view(np.int64), out=gs)
-                if gs.min() < 0:  # a bucket shared by two or more symbols: binary search there
-                    amb = np.flatnonzero(gs < 0)
-                    tq = (toff[a:b][amb] // row << c24) + qq[amb]
-                    gs[amb] = np.searchsorted(keys, tq, side="right") - 1
-                np.take(tables.packed_ext, gs, out=pp)
-                np.bitwise_and(pp, _MASK24, out=tp)
-                np.right_shift(pp, c24, out=ff)
-                np.multiply(tp, sc, out=tp)
-                np.subtract(d, tp, out=d)
-                np.multiply(ff, sc, out=rg)
-                np.less(rg, _LOW32, out=rn)
-                np.take(wbuf, rpos[:k], out=tp)
-                np.multiply(tp, rn.view(np.uint64), out=tp)  # the next word only where renormalising
-                np.add(rpos[:k], rn, out=rpos[:k])
-                np.left_shift(rn.view(np.uint64), c5, out=hh)
-                np.left_shift(d, hh, out=d)
-                np.left_shift(rg, hh, out=rg)
-                np.bitwise_or(d, tp, out=d)
+            for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams: views made once
+                d, rg, sc, tp, qq, ff, rn, hh, rp = (diff[:k], rng[:k], scale[:k], tmp[:k], q[:k], fr[:k],
+                                                     ren[:k], sh[:k], rpos[:k])
+                rnu = rn.view(np.uint64)
+                a0, a1 = int(lay.start[j0]), int(lay.start[j1])
+                toff_b = toff[a0:a1].reshape(-1, k)
+                gsym_b = gsym[a0:a1].reshape(-1, k)
+                for jj in range(j1 - j0):
+                    gs = gsym_b[jj]
+                    np.right_shift(rg, c24, out=sc)
+                    np.floor_divide(d, sc, out=qq)
+                    np.minimum(qq, cmax, out=qq)  # >= 2**24 is invalid data: the last bucket, a sentinel
+                    np.right_shift(qq, cbits, out=tp)
+                    np.add(tp, toff_b[jj], out=tp)
+                    np.take(lut, tp.view(np.int64), out=gs)
+                    if gs.min() < 0:  # a bucket shared by two or more symbols: binary search there
+                        amb = np.flatnonzero(gs < 0)
+                        tq = (toff_b[jj][amb] // row << c24) + qq[amb]
+                        gs[amb] = np.searchsorted(keys, tq, side="right") - 1
+                    np.take(left_ext, gs, out=tp)
+                    np.take(freq_ext, gs, out=ff)
+                    np.multiply(tp, sc, out=tp)
+                    np.subtract(d, tp, out=d)
+                    np.multiply(ff, sc, out=rg)
+                    np.less(rg, _LOW32, out=rn)
+                    np.take(wbuf, rp, out=tp)
+                    np.multiply(tp, rnu, out=tp)  # the next word only where renormalising
+                    np.add(rp, rn, out=rp)
+                    np.left_shift(rnu, c5, out=hh)
+                    np.left_shift(d, hh, out=d)
+                    np.left_shift(rg, hh, out=rg)
+                    np.bitwise_or(d, tp, out=d)
         consumed = rpos - b0  # 2 for the initial point + one per renormalisation
         exhausted = (nwords[lay.order] <= consumed) & ((lay.lengths == 0) | (diff < _MAX_DIFFERENCE))
         bad = np.zeros(nstreams, bool)  # by rank
@@ -395,7 +431,7 @@ class NumpyBackend(_Backend):
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
             raise CorruptStream(f"stream {s}: the entropy-coded body {why}")
         coded = np.empty(len(lay.src), np.int32)
-        coded[lay.src] = gsym - tables.start[coded_index[lay.src]]
+        coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
         if keep is None:
             return coded
         out = np.zeros(n_all, np.int32)
@@ -403,7 +439,7 @@ class NumpyBackend(_Backend):
         return out
 
 
-def _assemble(lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
+def _assemble(lay: _Layout, lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
               rng: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's words from its per-step record (streams concatenated in the caller's order).
 
@@ -414,13 +450,13 @@ def _assemble(lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
     bookkeeping achieves), then the seal: digit R of X + 2**32 - 1 at digit R + 1 (the point), plus a zero
     word if the top word of lower + range equals the point's (nothing for a stream that coded no symbol).
     """
-    nstreams = len(lengths)
-    off = _offsets(lengths)
-    cs = _offsets(ren)  # renormalisations before each position, all streams
+    off = lay.off
+    cs = np.zeros(len(ren) + 1, np.int64)
+    np.cumsum(ren, out=cs[1:])  # renormalisations before each position, all streams
     nren = cs[off[1:]] - cs[off[:-1]]
-    dbase = _offsets(nren + 2)  # each stream's digits 0 .. R+1
-    sid = np.repeat(np.arange(nstreams), lengths)
-    pos = dbase[:-1][sid] + cs[:-1] - cs[off[:-1]][sid]  # digit of each step's high half (nondecreasing)
+    dbase = _offsets(nren + 2)  # each stream's digits 0 .. R+1 (dbase[s] = cs[off[s]] + 2 s)
+    pos = lay.sid * 2  # digit of each step's high half: dbase[s] + renormalisations before it in s
+    pos += cs[:-1]
     digits = np.zeros(int(dbase[-1]), _U64)
     if len(pos):
         first = np.concatenate([[0], np.flatnonzero(pos[1:] != pos[:-1]) + 1])
@@ -546,7 +582,9 @@ def _flatten(streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray, np.ndar
         lengths[i] = len(symbols)
     if not streams:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
-    return np.concatenate(syms).astype(np.int64), np.concatenate(idxs).astype(np.int64), lengths
+    if len(streams) == 1:
+        return syms[0].astype(np.int64, copy=False), idxs[0].astype(np.int64, copy=False), lengths
+    return np.concatenate(syms).astype(np.int64, copy=False), np.concatenate(idxs).astype(np.int64, copy=False), lengths
 
 
 class RangeCoder:
