@@ -120,7 +120,7 @@ class RangeTables:
         self.left, self.freq = left, freq
         # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
         self.invalid = n_all
-        self.left_ext, self.freq_ext = np.append(left, _U64(0)), np.append(freq, _U64(1))
+        self.left_freq_ext = np.stack([np.append(left, _U64(0)), np.append(freq, _U64(1))])
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
         self._models: dict[int, object] = {}
 
@@ -385,12 +385,17 @@ class NumpyBackend(_Backend):
         ren = np.empty(nstreams, np.int64)
         c5, c24 = _U64(5), _U64(24)
         cbits, cmax = _U64(PRECISION - bits), _U64(1 << PRECISION)
-        left_ext, freq_ext = tables.left_ext, tables.freq_ext
+        lf = tables.left_freq_ext  # (2, entries + 1): left cumulatives over frequencies
+        # State rows: d = point - lower, range, and a temporary; `dr` shifts d and range in one call, `tr`
+        # (rows temporary, range) takes left * scale and frequency * scale in one multiply.
+        state = np.empty((3, nstreams), _U64)
+        state[0], state[1] = diff, rng
         with np.errstate(divide="ignore"):  # scale >= 2**8 always; guard anyway
             for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams: views made once
-                d, rg, sc, tp, qq, ff, rn, hh, rp = (diff[:k], rng[:k], scale[:k], tmp[:k], q[:k], fr[:k],
-                                                     ren[:k], sh[:k], rpos[:k])
+                d, rg, tp, dr, tr = state[0, :k], state[1, :k], state[2, :k], state[:2, :k], state[2:0:-1, :k]
+                sc, qq, wd, rn, hh, rp = scale[:k], q[:k], fr[:k], ren[:k], sh[:k], rpos[:k]
                 rnu = rn.view(np.uint64)
+                got = np.empty((2, k), _U64)
                 a0, a1 = int(lay.start[j0]), int(lay.start[j1])
                 toff_b = toff[a0:a1].reshape(-1, k)
                 gsym_b = gsym[a0:a1].reshape(-1, k)
@@ -401,24 +406,22 @@ class NumpyBackend(_Backend):
                     np.minimum(qq, cmax, out=qq)  # >= 2**24 is invalid data: the last bucket, a sentinel
                     np.right_shift(qq, cbits, out=tp)
                     np.add(tp, toff_b[jj], out=tp)
-                    np.take(lut, tp.view(np.int64), out=gs)
+                    np.take(lut, tp.view(np.int64), out=gs, mode="wrap")  # in bounds; 'wrap' avoids buffering
                     if gs.min() < 0:  # a bucket shared by two or more symbols: binary search there
                         amb = np.flatnonzero(gs < 0)
                         tq = (toff_b[jj][amb] // row << c24) + qq[amb]
                         gs[amb] = np.searchsorted(keys, tq, side="right") - 1
-                    np.take(left_ext, gs, out=tp)
-                    np.take(freq_ext, gs, out=ff)
-                    np.multiply(tp, sc, out=tp)
+                    np.take(lf, gs, axis=1, out=got, mode="wrap")
+                    np.multiply(got, sc, out=tr)  # tp = left * scale, rg = frequency * scale
                     np.subtract(d, tp, out=d)
-                    np.multiply(ff, sc, out=rg)
                     np.less(rg, _LOW32, out=rn)
-                    np.take(wbuf, rp, out=tp)
-                    np.multiply(tp, rnu, out=tp)  # the next word only where renormalising
+                    np.take(wbuf, rp, out=wd, mode="wrap")
+                    np.multiply(wd, rnu, out=wd)  # the next word only where renormalising
                     np.add(rp, rn, out=rp)
                     np.left_shift(rnu, c5, out=hh)
-                    np.left_shift(d, hh, out=d)
-                    np.left_shift(rg, hh, out=rg)
-                    np.bitwise_or(d, tp, out=d)
+                    np.left_shift(dr, hh, out=dr)
+                    np.bitwise_or(d, wd, out=d)
+        diff, rng = state[0], state[1]
         consumed = rpos - b0  # 2 for the initial point + one per renormalisation
         exhausted = (nwords[lay.order] <= consumed) & ((lay.lengths == 0) | (diff < _MAX_DIFFERENCE))
         bad = np.zeros(nstreams, bool)  # by rank
