@@ -318,8 +318,26 @@ class NumpyBackend(_Backend):
     """constriction's range coder in numpy, vectorised across streams (never a Python loop per symbol)."""
 
     name = "numpy"
+    # Streams are coded in groups of at most this many symbols (whole streams), which bounds the working
+    # memory (~60 bytes a symbol) at a small cost in speed for very large batches.
+    GROUP_SYMBOLS = 1 << 22
 
     def encode_flat(self, tables, symbols, index, lengths):
+        groups = _groups(lengths, self.GROUP_SYMBOLS)
+        if len(groups) > 1:
+            parts = [self._encode(tables, symbols[a:b], index[a:b], lengths[s0:s1]) for s0, s1, a, b in groups]
+            return np.concatenate([w for w, _ in parts]), np.concatenate([n for _, n in parts])
+        return self._encode(tables, symbols, index, lengths)
+
+    def decode_flat(self, tables, words, nwords, index, lengths):
+        groups = _groups(lengths, self.GROUP_SYMBOLS)
+        if len(groups) > 1:
+            woff = _offsets(nwords)
+            return np.concatenate([self._decode(tables, words[woff[s0]:woff[s1]], nwords[s0:s1], index[a:b],
+                                                lengths[s0:s1], s0) for s0, s1, a, b in groups])
+        return self._decode(tables, words, nwords, index, lengths)
+
+    def _encode(self, tables, symbols, index, lengths):
         keep, lengths = _drop_degenerate(tables, index, lengths)
         g = tables.start[index] + symbols
         if keep is not None:
@@ -355,12 +373,12 @@ class NumpyBackend(_Backend):
         np.multiply(scale_s, tables.left[g], out=scale_s)
         return _assemble(lay, lengths, scale_s, ren_s, final_rng)
 
-    def decode_flat(self, tables, words, nwords, index, lengths):
+    def _decode(self, tables, words, nwords, index, lengths, first=0):
         nstreams = len(lengths)
         n_all = len(index)
         keep, lengths = _drop_degenerate(tables, index, lengths)
         for s in np.flatnonzero(nwords > lengths + 2):  # a valid stream has <= renormalisations + 2 words
-            raise CorruptStream(f"stream {s}: the body holds more data than its {lengths[s]} coded symbols")
+            raise CorruptStream(f"stream {first + s}: the body holds more data than its {lengths[s]} coded symbols")
         coded_index = index if keep is None else index[keep]
         lay = _layout(lengths)
         lut, keys, bits = tables.lookup()
@@ -432,7 +450,7 @@ class NumpyBackend(_Backend):
         for r in np.flatnonzero(bad | ~exhausted):
             s = int(lay.order[r])
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
-            raise CorruptStream(f"stream {s}: the entropy-coded body {why}")
+            raise CorruptStream(f"stream {first + s}: the entropy-coded body {why}")
         coded = np.empty(len(lay.src), np.int32)
         coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
         if keep is None:
@@ -440,6 +458,20 @@ class NumpyBackend(_Backend):
         out = np.zeros(n_all, np.int32)
         out[keep] = coded
         return out
+
+
+def _groups(lengths: np.ndarray, limit: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive runs of whole streams of at most `limit` symbols (a longer stream alone):
+    (first stream, end stream, first symbol, end symbol)."""
+    off = _offsets(lengths)
+    if off[-1] <= limit:
+        return [(0, len(lengths), 0, int(off[-1]))]
+    out, s0 = [], 0
+    while s0 < len(lengths):
+        s1 = max(s0 + 1, int(np.searchsorted(off, off[s0] + limit, side="right")) - 1)
+        out.append((s0, s1, int(off[s0]), int(off[s1])))
+        s0 = s1
+    return out
 
 
 def _assemble(lay: _Layout, lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
