@@ -22,13 +22,14 @@ this integer formula is the same table. A one-symbol table (levels = 1) carries 
 must be 0, are not coded and decode to 0 (constriction cannot build a one-symbol model; both backends skip
 them). A table has at most MAX_TABLE = 2**24 - 2 entries, constriction's limit.
 
-**numpy backend.** constriction's arithmetic per stream (lower and range in u64, scale = range >> 24, one
-word per renormalisation, the same seal), vectorised across streams: one loop over symbol positions doing
-~11 (encode) / ~27 (decode) numpy ops on all streams still running, the per-symbol cumulatives and
-frequencies gathered beforehand. constriction holds back words while a carry is undecided ("inverted
-situation"); the numpy encoder writes every word at once and adds the carries afterwards, which gives the
-same words. The decoder maps a quantile to its symbol through a per-table lookup on the top bits of the
-quantile, with a binary search only for the few quantiles that land in a bucket shared by two symbols.
+**numpy backend.** constriction's arithmetic per stream (u64 state, scale = range >> 24, one word per
+renormalisation, the same seal), vectorised across streams: one loop over symbol positions doing numpy ops
+on all streams still running (~4 per step to encode, ~17 to decode), per-symbol frequencies gathered
+beforehand. The encoder's loop runs only the range recursion; lower is then assembled as the exact sum of
+the steps' additions, 32-bit digit by digit with carries, which is what constriction's "inverted
+situation" bookkeeping writes. The decoder maps a quantile to its symbol through a per-table lookup on
+the quantile's top bits, with a binary search only where a bucket is shared by two symbols. Batches over
+GROUP_SYMBOLS symbols are coded in groups of whole streams to bound memory (~60 bytes a symbol).
 
 **Lanes (wire format v2).** One big item is a single stream, which numpy cannot vectorise, so
 `encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes (the first n % L lanes
@@ -38,15 +39,20 @@ from n alone, so it is not stored: L = clamp(n // LANE_SYMBOLS, 1, MAX_LANES). C
 round-robin) keep a channel's symbols in one run per lane, so constriction makes ~C + L calls, not C * L.
 Each lane costs ~3.2 bytes (its seal word, less the rounding it saves, plus a 1-byte varint).
 
-Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols, the photos codec's own tables, a
-31.7 KB v1 body; CPU time, 1 thread, numpy / constriction, benchmarks/bench_coder.py):
+Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols with the photos codec's own tables,
+a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, on a shared
+2-core host (`benchmarks/bench_coder.py --bundle ...`, 13:49 run):
 
     symbols/lane  lanes  overhead          encode  decode
-    (v1, 1 lane)      1  0                  -       -
-    4096             48  +186 B (0.59%)    7.2x    13.2x
-    2048             96  +309 B (0.98%)    5.9x     6.1x   <- LANE_SYMBOLS: the ~1% budget
-    1024            192  +599 B (1.89%)    4.4x     4.1x
-     512            384  +1203 B (3.80%)   2.6x     2.2x
+    v1 (1 stream)     1  -                 494x    455x   (numpy cannot vectorise one stream)
+    4096             48  +177 B (0.56%)    11.6x    8.9x
+    2048             96  +309 B (0.97%)     6.7x    4.9x   <- LANE_SYMBOLS: the ~1% budget
+    1024            192  +575 B (1.81%)     4.2x    3.0x
+     512            384  +1167 B (3.67%)    1.9x    1.5x
+
+constriction codes ~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~3 us (encode) / ~14 us
+(decode) of numpy call overhead per symbol position plus ~40 / ~100 ns per symbol, so its time is set by
+the longest lane. On MNIST-size batches (64 items of 8x7x7, v1) it is 2.1x (encode) / 3.6x (decode).
 """
 
 from __future__ import annotations
@@ -346,13 +352,12 @@ class NumpyBackend(_Backend):
         freq = tables.freq[g[lay.src]]  # position-major
         nstreams, total = len(lengths), len(g)
         scale = np.empty(total, _U64)  # range >> 24 at each step
-        ren = np.empty(total, np.uint8)  # the step renormalised (range fell below 2**32)
+        ren = np.empty(total, bool)  # the step renormalised (range fell below 2**32)
         rng = np.full(nstreams, np.iinfo(_U64).max, _U64)
-        shift = np.empty(nstreams, _U64)
-        c5, c24 = _U64(5), _U64(24)
+        c24, c32 = _U64(24), _U64(32)
         # Only the range recursion is sequential; lower is a sum over the steps, assembled afterwards.
         for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams
-            rg, sh = rng[:k], shift[:k]
+            rg = rng[:k]
             a0, a1 = int(lay.start[j0]), int(lay.start[j1])
             scale_b, freq_b, ren_b = (x[a0:a1].reshape(-1, k) for x in (scale, freq, ren))
             for jj in range(j1 - j0):
@@ -360,12 +365,11 @@ class NumpyBackend(_Backend):
                 np.right_shift(rg, c24, out=sc)
                 np.multiply(sc, freq_b[jj], out=rg)
                 np.less(rg, _LOW32, out=rn)
-                np.left_shift(rn, c5, out=sh)  # 32 where renormalising, else 0
-                np.left_shift(rg, sh, out=rg)
+                np.left_shift(rg, c32, out=rg, where=rn)
         del freq
         scale_s = np.empty(total, _U64)
         scale_s[lay.src] = scale
-        ren_s = np.empty(total, np.uint8)
+        ren_s = np.empty(total, bool)
         ren_s[lay.src] = ren
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
@@ -400,8 +404,8 @@ class NumpyBackend(_Backend):
         rng = np.full(nstreams, np.iinfo(_U64).max, _U64)
         gsym = np.empty(len(lay.src), np.int32)  # global symbol index per slot; n_all = invalid quantile
         scale, tmp, q, fr, sh = (np.empty(nstreams, _U64) for _ in range(5))
-        ren = np.empty(nstreams, np.int64)
-        c5, c24 = _U64(5), _U64(24)
+        ren = np.empty(nstreams, bool)
+        c24, c32 = _U64(24), _U64(32)
         cbits, cmax = _U64(PRECISION - bits), _U64(1 << PRECISION)
         lf = tables.left_freq_ext  # (2, entries + 1): left cumulatives over frequencies
         # State rows: d = point - lower, range, and a temporary; `dr` shifts d and range in one call, `tr`
@@ -412,7 +416,6 @@ class NumpyBackend(_Backend):
             for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams: views made once
                 d, rg, tp, dr, tr = state[0, :k], state[1, :k], state[2, :k], state[:2, :k], state[2:0:-1, :k]
                 sc, qq, wd, rn, hh, rp = scale[:k], q[:k], fr[:k], ren[:k], sh[:k], rpos[:k]
-                rnu = rn.view(np.uint64)
                 got = np.empty((2, k), _U64)
                 a0, a1 = int(lay.start[j0]), int(lay.start[j1])
                 toff_b = toff[a0:a1].reshape(-1, k)
@@ -434,9 +437,9 @@ class NumpyBackend(_Backend):
                     np.subtract(d, tp, out=d)
                     np.less(rg, _LOW32, out=rn)
                     np.take(wbuf, rp, out=wd, mode="wrap")
-                    np.multiply(wd, rnu, out=wd)  # the next word only where renormalising
+                    np.multiply(wd, rn, out=wd)  # the next word only where renormalising
                     np.add(rp, rn, out=rp)
-                    np.left_shift(rnu, c5, out=hh)
+                    np.multiply(rn, c32, out=hh)  # shift by 32 where renormalising, else 0
                     np.left_shift(dr, hh, out=dr)
                     np.bitwise_or(d, wd, out=d)
         diff, rng = state[0], state[1]
