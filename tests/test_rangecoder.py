@@ -241,11 +241,12 @@ def test_real_digits_latents_give_the_reference_payload_bodies(backend):
     here = ROOT / "edgeae" / "runtime" / "_selftest"
     m = load_manifest(here / "bundle")
     symbols = np.load(here / "symbols.npy")
-    bodies = list(wire.parse((here / "reference.eae").read_bytes()).bodies)
     coder = SymbolCoder(m.latent, m.entropy, backend=backend)
     assert coder.backend == backend
-    assert coder.encode(symbols) == bodies
-    np.testing.assert_array_equal(coder.decode(bodies), symbols)
+    for name in ("reference-v1.eae", "reference.eae"):  # v1, and v2 (one lane each: the same bodies)
+        bodies = list(wire.parse((here / name).read_bytes()).bodies)
+        assert coder.encode(symbols) == bodies == coder.encode(symbols, lanes=True)
+        np.testing.assert_array_equal(coder.decode(bodies), symbols)
 
 
 # --- lanes -----------------------------------------------------------------------------------------------
