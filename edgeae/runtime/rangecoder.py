@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -298,15 +299,18 @@ class _Layout:
 
 
 _LAYOUTS: dict[bytes, _Layout] = {}
+_LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
-        if len(_LAYOUTS) >= 8:
-            _LAYOUTS.pop(next(iter(_LAYOUTS)))
-        lay = _LAYOUTS[key] = _Layout(lengths)
+        lay = _Layout(lengths)
+        with _LAYOUTS_LOCK:
+            while len(_LAYOUTS) >= 8:
+                _LAYOUTS.pop(next(iter(_LAYOUTS)))
+            _LAYOUTS[key] = lay
     return lay
 
 
