@@ -35,7 +35,7 @@ class _Codec:
         m = self.bundle.manifest
         self.manifest = m
         self.precision = precision
-        self.session = make_session(self.bundle.graph_path(self.role, precision), profile=device, threads=threads)
+        self.session = make_session(self.bundle.graph_bytes(self.role, precision), profile=device, threads=threads)
         self._input, self._outputs = _check_io(self.session, m.graphs[self.role], self.bundle, self.role)
         self.quantizer = Quantizer(m.latent)
         self.coder = SymbolCoder(m.latent, m.entropy)
