@@ -41,6 +41,7 @@ def server(tiny_bundle, tmp_path_factory):
 
 
 def _post(base: str, path: str, content, **headers):
+    headers.setdefault("content-type", "application/octet-stream")
     return httpx.post(base + path, content=content, headers=headers, timeout=30)
 
 
@@ -162,28 +163,29 @@ def test_model_health_metrics_openapi(server, tiny_bundle):
 
 def test_full_queue_answers_503_with_retry_after(tiny_bundle, codec):
     enc, _ = codec
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow(_batch: int) -> None:  # test hook: the decoder blocks until the test lets it go
-        gate.wait(10)
+        entered.set()
+        assert gate.wait(30)
 
     app = create_app(ServeConfig(bundle=str(tiny_bundle), max_batch=1, max_wait_ms=0, queue=2), hook=slow)
+    batcher = lambda: app.state.service.batcher  # noqa: E731
     payloads = enc.encode_each(_images(6, seed=5))
-    with ThreadServer(app) as s, cf.ThreadPoolExecutor(6) as ex:
-        futures = [ex.submit(_post, s.base, "/v1/decode", p) for p in payloads]
-        busy = []
-        for f in futures:
-            try:
-                busy.append(f.result(timeout=3))
-            except cf.TimeoutError:
-                pass
-        refused = [r for r in busy if r.status_code == 503]
-        assert len(refused) >= 1 and all(r.headers["retry-after"] == "1" for r in refused)
+    with ThreadServer(app) as s, cf.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(_post, s.base, "/v1/decode", payloads[0])
+        assert entered.wait(30)  # the first request is in the decoder
+        second = ex.submit(_post, s.base, "/v1/decode", payloads[1])
+        while batcher().outstanding < 2:  # the second is queued: the queue (2) is full
+            assert not second.done(), second.result().text
+            threading.Event().wait(0.005)
+        refused = [_post(s.base, "/v1/decode", p) for p in payloads[2:]]
+        assert [r.status_code for r in refused] == [503] * 4
+        assert all(r.headers["retry-after"] == "1" for r in refused)
         assert refused[0].json()["error"] == "overloaded"
         gate.set()
-        results = [f.result(timeout=20) for f in futures]
-        assert sum(r.status_code == 200 for r in results) >= 2
-        assert {r.status_code for r in results} <= {200, 503}
+        assert first.result(timeout=30).status_code == 200 and second.result(timeout=30).status_code == 200
+        assert batcher().outstanding == 0
         assert _post(s.base, "/v1/decode", payloads[0]).status_code == 200
 
 

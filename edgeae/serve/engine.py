@@ -30,6 +30,18 @@ class DecodeEngine:
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
 
+    @property
+    def fingerprint_prefix(self) -> bytes:
+        return self.decoder.fingerprint
+
+    def output_values(self, header: Any) -> int:
+        """Output values (items x C x H x W) a parsed payload header decodes to, known before decoding."""
+        c, h, w = self.manifest.input.shape
+        sizes = getattr(header, "sizes", None)  # per-item (H, W) of any-size payloads
+        if sizes:
+            return c * sum(int(a) * int(b) for a, b in sizes)
+        return header.items * c * h * w
+
     def prepare(self, payload: bytes) -> np.ndarray:
         """Strict parse (fingerprint included) and entropy decoding: int32 symbols (N, *latent_shape)."""
         return self.decoder.symbols(payload)

@@ -44,8 +44,15 @@ class ThreadServer:
 
         self.port = port or free_port()
         self.base = f"http://{LOOPBACK}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:  # the edgeae app: the same protocol limits as `edgeae serve`
+            from edgeae.serve.app import uvicorn_config
+
+            config = uvicorn_config(app, service.config, LOOPBACK, self.port)
+        else:
+            config = uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning", access_log=False,
+                                    lifespan="on")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:
