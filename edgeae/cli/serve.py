@@ -235,12 +235,15 @@ def store_expire(path: str, keep_days: float) -> None:
 @click.option("--max-attempts", default=8, show_default=True, type=click.IntRange(1, 1000),
               help="Tries per payload before this run stops (what is left stays spooled).")
 @click.option("--deadline", type=click.FloatRange(0.1, None), help="Stop after this many seconds.")
-def upload(spool: str, send: str, timeout: float, max_attempts: int, deadline: float | None) -> None:
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False),
+              help="File whose first line is this device's key [default: $EDGEAE_KEY, else none].")
+def upload(spool: str, send: str, timeout: float, max_attempts: int, deadline: float | None,
+           key_file: str | None) -> None:
     """Send every spooled payload to the server's /v1/ingest; each leaves the spool once acknowledged."""
     from edgeae.serve.uploader import upload_spool
 
     r = upload_spool(spool, send, timeout=timeout, max_attempts=max_attempts, deadline=deadline,
-                     log=lambda s: click.echo(s, err=True))
+                     log=lambda s: click.echo(s, err=True), key_file=key_file)
     click.echo(f"sent {r.sent} ({r.new} new on the server), rejected {len(r.rejected)}, still spooled {r.remaining}")
     if r.remaining:
         raise click.ClickException(f"{r.remaining} payload(s) still spooled ({r.last_error}); run `edgeae upload` again")

@@ -33,7 +33,7 @@ from edgeae.runtime.images import png_bytes
 TMP_PREFIX = TEMP_PREFIX  # entries being built; swept at start-up
 PAYLOAD_NAME = "payload.eae"
 INDEX_NAME = "index.sqlite3"
-STORE_TEMP_GRACE_S = 1.0  # temporaries are flocked by their writer; the grace covers create-to-lock only
+STORE_TEMP_GRACE_S = 0.0  # a live writer holds its temporary folder under flock from creation on
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingests (
     id TEXT PRIMARY KEY,            -- sha256 hex of the payload (its content hash)
