@@ -39,16 +39,17 @@ def wait_ready(base: str, timeout: float = 30.0, proc: subprocess.Popen | None =
 class ThreadServer:
     """uvicorn serving `app` on a free loopback port in a daemon thread (context manager)."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **tls: Any) -> None:
         import uvicorn
 
         self.port = port or free_port()
-        self.base = f"http://{LOOPBACK}:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
+        self.tls = tls
         service = getattr(getattr(app, "state", None), "service", None)
         if service is not None:  # the edgeae app: the same protocol limits as `edgeae serve`
             from edgeae.serve.app import uvicorn_config
 
-            config = uvicorn_config(app, service.config, LOOPBACK, self.port)
+            config = uvicorn_config(app, service.config, LOOPBACK, self.port, **tls)
         else:
             config = uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning", access_log=False,
                                     lifespan="on")
@@ -57,7 +58,12 @@ class ThreadServer:
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        wait_ready(self.base)
+        if self.tls:
+            deadline = time.monotonic() + 30
+            while not self.server.started and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            wait_ready(self.base)
         return self
 
     def __exit__(self, *exc: Any) -> None:
