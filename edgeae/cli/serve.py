@@ -123,13 +123,16 @@ def _serve_ray(cfg, host: str, port: int, workers: int) -> None:
     def _stop(*_: object) -> None:
         stop.set()
 
-    # Ray's core worker installs C++ handlers that print stack traces if a signal lands inside it: take both
-    # signals here, wake the main thread, and shut down from ordinary Python code.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    def _take_signals() -> None:
+        # ray.init installs C++ failure handlers for SIGTERM that print a stack trace and abort: take both
+        # signals back right after it; they wake the main thread, which shuts down from ordinary Python code.
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
     from edgeae.serve import ray_app
 
-    ray_app.start(cfg, host=host, port=port, replicas=workers)
+    _take_signals()
+    ray_app.start(cfg, host=host, port=port, replicas=workers, after_init=_take_signals)
     click.echo(f"edgeae Ray Serve decoder on http://{host}:{port} ({workers} replica(s)); Ctrl-C or SIGTERM stops")
     while not stop.wait(3600):
         pass

@@ -78,8 +78,8 @@ class Bundle:
         return fingerprint_prefix(self.manifest.fingerprint)
 
     def _graph_name(self, role: str, precision: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if role not in self.manifest.graphs:
+            raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         graph = self.manifest.graphs[role]
@@ -128,22 +128,24 @@ def _tampered(root: Path, name: str) -> BundleError:
 def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, str],
                        metadata: dict[str, dict[str, str]]) -> str:
     """Refuse a bundle whose graphs or tables do not give its fingerprint; returns how it was bound."""
-    parts = []
-    for role in ROLES:
-        recorded, found = m.graphs[role].digest, digests.get(role)
+    parts: dict[str, str | None] = {}
+    for role, graph in m.graphs.items():
+        recorded, found = graph.digest, digests.get(role)
         if recorded is not None and found is not None and recorded != found:
-            raise BundleError(f"{root}: {m.graphs[role].file} is not the {role} graph this bundle was exported "
+            raise BundleError(f"{root}: {graph.file} is not the {role} graph this bundle was exported "
                               f"with (its digest differs from graphs.{role}.digest); {REEXPORT}")
-        parts.append(found or recorded)
+        parts[role] = found or recorded
     for name, meta in metadata.items():  # int8 graphs are not part of the fingerprint: their metadata must agree
         if FINGERPRINT_KEY in meta and meta[FINGERPRINT_KEY] != m.fingerprint:
             raise BundleError(f"{root}: {name} was exported for bundle {meta[FINGERPRINT_KEY][:16]}, not this "
                               f"one ({m.fingerprint[:16]}); {REEXPORT}")
-    if None in parts:  # a partial bundle from an export that did not record graph digests
+    if None in parts.values():  # a partial bundle from an export that did not record graph digests
         if not metadata:
             raise BundleError(f"{root}: no graph present to check the fingerprint against; {REEXPORT}")
         return "metadata"
-    want = compute_fingerprint(parts[0], parts[1], tables_digest(raw["latent"], raw["entropy"]))
+    extra = {role: d for role, d in parts.items() if role not in ROLES}
+    want = compute_fingerprint(parts["encoder"], parts["decoder"], tables_digest(raw["latent"], raw["entropy"]),
+                               extra)  # type: ignore[arg-type]
     if want != m.fingerprint:
         raise BundleError(f"{root}: the graphs and latent/entropy tables give fingerprint {want[:16]}, but the "
                           f"manifest says {m.fingerprint[:16]} (a graph or table was replaced or edited); {REEXPORT}")

@@ -1,6 +1,7 @@
 """A bundle's fingerprint, recomputed from its bytes without onnx (torch-free, runtime side).
 
-    fingerprint = sha256(graph_digest(encoder) || graph_digest(decoder) || tables_digest(latent, entropy))
+    fingerprint = sha256(graph_digest(encoder) || graph_digest(decoder) || tables_digest(latent, entropy)
+                         || graph_digest(extra role) for each extra graph role, sorted by role name)
 
 `graph_digest` is the sha256 of an ONNX file's bytes with its top-level `metadata_props` (ModelProto field 14)
 left out: the exporter hashes the model before writing the fingerprint into that metadata, and protobuf
@@ -91,8 +92,10 @@ def tables_digest(latent: dict[str, Any], entropy: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def fingerprint(encoder_digest: str, decoder_digest: str, tables: str) -> str:
+def fingerprint(encoder_digest: str, decoder_digest: str, tables: str, extra: dict[str, str] | None = None) -> str:
+    """sha256 over the encoder and decoder graph digests, the tables digest, then the digests of any extra
+    graph roles (e.g. hyper_decoder) in sorted role order."""
     h = hashlib.sha256()
-    for part in (encoder_digest, decoder_digest, tables):
+    for part in (encoder_digest, decoder_digest, tables, *[d for _, d in sorted((extra or {}).items())]):
         h.update(bytes.fromhex(part))
     return h.hexdigest()

@@ -445,7 +445,8 @@ class DecodeService:
             raise HTTPProblem(413, "too_many_pixels", f"payload decodes to {values} pixel values; this server "
                               f"decodes at most {lim.max_pixels} per request (split the batch)")
         if h.total_size > len(payload):
-            raise Truncated(f"payload has {len(payload)} bytes but its header announces {h.total_size}")
+            raise Truncated(f"payload has {len(payload)} bytes but its header announces {h.total_size}; the payload "
+                            "is cut short")
         return h.items, values
 
     def check_quota(self, device: str, size: int, items: int) -> None:

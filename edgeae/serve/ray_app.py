@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -46,9 +47,10 @@ def build(config: ServeConfig, replicas: int = 1) -> Any:
 
 
 def start(config: ServeConfig | str, *, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-          replicas: int = 1, **options: Any) -> Any:
+          replicas: int = 1, after_init: Callable[[], None] | None = None, **options: Any) -> Any:
     """Start a local Ray (no dashboard; on loopback when serving on loopback), Serve's HTTP proxy on host:port
-    and the application; returns its handle. `config` may be a bundle path plus ServeConfig fields."""
+    and the application; returns its handle. `config` may be a bundle path plus ServeConfig fields;
+    `after_init` runs right after ray.init (the CLI takes its signal handlers back from Ray there)."""
     import ray
 
     if isinstance(config, str):
@@ -61,6 +63,8 @@ def start(config: ServeConfig | str, *, host: str = "127.0.0.1", port: int = 800
         extra: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  logging_level=logging.ERROR, **extra)
+    if after_init is not None:
+        after_init()
     serve.start(http_options={"host": host, "port": port}, detached=False)
     return serve.run(build(config, replicas), name="edgeae", route_prefix="/", blocking=False)
 
