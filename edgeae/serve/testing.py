@@ -99,3 +99,96 @@ class ProcessServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# --- fuzz targets (tests/test_fuzz.py runs a short hypothesis campaign; benchmarks/bench_fuzz.py 100,000) --
+
+
+def fuzz_payload(data: bytes, decoder: Any) -> str:
+    """Parse and decode arbitrary bytes as a payload of `decoder`'s bundle. Returns "ok" or the PayloadError
+    code; any other exception is a bug (it propagates)."""
+    from edgeae.errors import PayloadError
+    from edgeae.runtime import payload as wire
+
+    try:
+        wire.parse_header(data)
+    except PayloadError:
+        pass
+    try:
+        images = decoder.decode(data)
+    except PayloadError as exc:
+        return exc.code
+    assert images.dtype.name == "uint8" and len(images) >= 1
+    return "ok"
+
+
+def fuzz_manifest(raw: bytes, bundle_dir: Path | None = None) -> str:
+    """Load arbitrary bytes as manifest.json: the bounded JSON reader and the validator, and with `bundle_dir`
+    (a copy of a real bundle) the whole `Bundle.open`. Returns "ok" or "refused"; anything but a BundleError
+    is a bug (it propagates)."""
+    from edgeae.errors import BundleError
+    from edgeae.fsutil import parse_json_bounded
+    from edgeae.runtime import Bundle, Manifest
+
+    try:
+        Manifest.from_dict(parse_json_bounded(raw, "manifest.json", BundleError))
+    except BundleError:
+        return "refused"
+    if bundle_dir is not None:
+        (bundle_dir / "manifest.json").write_bytes(raw)
+        try:
+            Bundle.open(bundle_dir)
+        except BundleError:
+            return "refused"
+    return "ok"
+
+
+def mutate(data: bytes, rng: Any, rounds: int = 3) -> bytes:
+    """A random mutation of `data` (bit flips, byte sets, inserts, deletes, truncation, duplication)."""
+    b = bytearray(data)
+    for _ in range(int(rng.integers(1, rounds + 1))):
+        op = int(rng.integers(0, 6))
+        if not b:
+            b.extend(rng.integers(0, 256, int(rng.integers(1, 16)), dtype="uint8").tobytes())
+            continue
+        i = int(rng.integers(0, len(b)))
+        if op == 0:
+            b[i] ^= 1 << int(rng.integers(0, 8))
+        elif op == 1:
+            b[i] = int(rng.integers(0, 256))
+        elif op == 2:
+            b[i:i] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype="uint8").tobytes()
+        elif op == 3:
+            del b[i : i + int(rng.integers(1, 9))]
+        elif op == 4:
+            del b[i:]
+        else:
+            j = int(rng.integers(i, len(b) + 1))
+            b[i:i] = b[i:j][:4096]
+    return bytes(b)
+
+
+def mutate_json(value: Any, rng: Any) -> Any:
+    """Replace one random node of a JSON tree with a hostile value (wrong type, huge or negative number,
+    deep nesting, long string, empty container), or delete a key; only the path to it is copied."""
+    hostile = [None, True, -1, 0, 2 ** 63, -(2 ** 63), 1e308, 0.5, "", "x" * 1000, [], {}, [[[[[]]]]],
+               [0] * 1000, {"a": {"b": {"c": 1}}}, "../../etc/passwd", "\u0000"]
+
+    def leaf(node: Any) -> Any:
+        if isinstance(node, (int, float)) and not isinstance(node, bool) and rng.random() < 0.5:
+            return node * int(rng.choice([-1, 2, 1 << 20])) + int(rng.integers(-2, 3))
+        return hostile[int(rng.integers(0, len(hostile)))]
+
+    def descend(node: Any, depth: int) -> Any:
+        if not isinstance(node, (dict, list)) or not node or (depth and rng.random() < 0.25):
+            return leaf(node)
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        k = keys[int(rng.integers(0, len(keys)))]
+        out = dict(node) if isinstance(node, dict) else list(node)
+        if isinstance(out, dict) and rng.random() < 0.1:
+            del out[k]
+        else:
+            out[k] = descend(node[k], depth + 1)
+        return out
+
+    return descend(value, 0)
