@@ -212,7 +212,7 @@ def report(args, server, enc, dec, shape, probe_key, evil_key, store_dir) -> Non
     rss = RSS(server.proc.pid)
     base_rss = rss.now()
     rss.thread.start()
-    forged = wire.pack(dec.fingerprint, dec.latent_shape, [b""] * 65536, bits=dec.bits)
+    forged = wire.pack_v1(dec.fingerprint, dec.latent_shape, [b""] * 65536, bits=dec.bits)  # the 64 KB
     rng = np.random.default_rng(1)
     big = enc.encode(rng.integers(0, 256, (256, *shape), dtype=np.uint8))  # a valid max-size-ish batch
     evil = {"Content-Type": OCTET, "Authorization": f"Bearer {evil_key}"}

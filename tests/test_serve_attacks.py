@@ -28,7 +28,7 @@ from edgeae.serve.app import ServeConfig, create_app  # noqa: E402
 from edgeae.serve.auth import rewrite_key_file, sign  # noqa: E402
 from edgeae.serve.batcher import MicroBatcher  # noqa: E402
 from edgeae.serve.store import ImageStore  # noqa: E402
-from edgeae.serve.testing import LOOPBACK, ThreadServer  # noqa: E402
+from edgeae.serve.testing import LOOPBACK, ThreadServer, forged_payload  # noqa: E402
 
 OCTET = {"content-type": "application/octet-stream"}
 
@@ -133,12 +133,16 @@ def test_anyone_can_no_longer_ingest(secured, enc):
 
 def test_forged_empty_bodies_payload_is_refused_before_decoding(secured, enc, tiny_bundle):
     dec = Decoder(tiny_bundle)
-    forged = wire.pack(dec.fingerprint, dec.latent_shape, [b""] * 65536, bits=dec.bits)  # the 64 KB attack
-    r = httpx.post(secured.base + "/v1/ingest", content=forged, headers=_auth(secured.keys["cam"]), timeout=30)
-    assert (r.status_code, r.json()["error"]) == (413, "too_many_items")
-    few = wire.pack(dec.fingerprint, dec.latent_shape, [b""] * 3, bits=dec.bits)
-    r = httpx.post(secured.base + "/v1/ingest", content=few, headers=_auth(secured.keys["cam"]), timeout=30)
-    assert r.status_code == 400 and r.json()["error"] in ("corrupt_stream", "truncated")
+    key = secured.keys["cam"]
+    # the 64 KB attack: 65,536 empty item bodies in a well-formed v1 frame, and the same in v2
+    for forged in (wire.pack_v1(dec.fingerprint, dec.latent_shape, [b""] * 65536, bits=dec.bits),
+                   forged_payload(dec.fingerprint, 65536, 8, 8, bits=dec.bits)):
+        r = httpx.post(secured.base + "/v1/ingest", content=forged, headers=_auth(key), timeout=30)
+        assert (r.status_code, r.json()["error"]) == (413, "too_many_items")
+    for few in (wire.pack_v1(dec.fingerprint, dec.latent_shape, [b""] * 3, bits=dec.bits),
+                forged_payload(dec.fingerprint, 3, 8, 8, bits=dec.bits)):
+        r = httpx.post(secured.base + "/v1/ingest", content=few, headers=_auth(key), timeout=30)
+        assert (r.status_code, r.json()["error"]) == (400, "corrupt_stream")  # the parser refuses empty parts
     assert secured.store.ids() == [] and secured.store.count()[0] == 0
 
 

@@ -32,6 +32,8 @@ class Bundle:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, partial: bool = False) -> Bundle:
         """Validate the manifest, check every listed file's size and sha256 and recompute the fingerprint.
+        `path`: a bundle folder, its manifest.json, or the name of a pretrained bundle shipped with edgeae
+        (`edgeae models --pretrained`).
 
         Every listed file must exist, unless `partial`: a device may ship only the encoder side and a decode
         server only the decoder side (export/README.md); then `graph_path` refuses the missing graphs. The
@@ -39,7 +41,10 @@ class Bundle:
         (`graphs.<role>.digest`); a partial bundle of an older export without them is checked against the
         fingerprint in its present graphs' metadata instead (`bound_by = "metadata"`, weaker).
         """
-        root = Path(path)
+        from edgeae import zoo
+
+        # A pretrained name (MODEL:QUALITY, e.g. "photo:3") that is not an existing path: the shipped bundle.
+        root = zoo.resolve(str(path)) if zoo.is_name(path) else Path(path)
         if root.name == MANIFEST_NAME and root.is_file():
             root = root.parent
         if not root.is_dir():

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeae.errors import CorruptStream, FingerprintMismatch, PayloadError, Truncated
+from edgeae.errors import FingerprintMismatch, PayloadError, Truncated
 from edgeae.runtime import payload as wire
 from edgeae.runtime.images import png_bytes
 from edgeae.serve.auth import SIGNATURE_HEADER, Device, KeyRing, bearer, signature_ok
@@ -39,7 +39,6 @@ PAYLOAD_TYPES = ("application/octet-stream", "application/x-edgeae-payload")
 RETRY_AFTER_S = 1
 BYTES_PER_VALUE = 8  # decode memory per output value: float32 graph output + uint8 + encoded image + slack
 BYTES_PER_SYMBOL = 8  # int32 symbols + float32 latents
-MIN_ITEM_BYTES = 1  # until the v2 parser refuses short bodies itself: an empty item body is never real
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("edgeae.serve.access")
 log = logging.getLogger("edgeae.serve")
@@ -180,9 +179,14 @@ def choose_format(accept: str | None, items: int) -> str:
 
 
 def render_images(images: Any, accept: str | None) -> tuple[bytes, str, dict[str, str]]:
-    """(body, media type, headers) of a decode response; runs in the decode thread."""
-    headers = {"X-Edgeae-Items": str(len(images)), "X-Edgeae-Shape": ",".join(map(str, images.shape[1:]))}
+    """(body, media type, headers) of a decode response; runs in the decode thread. `images`: an (N, H, W[, C])
+    array, or a list of per-item arrays when the payload's items differ in size (then one PNG part each)."""
+    mixed = isinstance(images, list)
+    shape = "mixed" if mixed else ",".join(map(str, images.shape[1:]))
+    headers = {"X-Edgeae-Items": str(len(images)), "X-Edgeae-Shape": shape}
     fmt = choose_format(accept, len(images))
+    if mixed and len(images) > 1:
+        fmt = MULTIPART  # items of several sizes: neither one array nor one strip
     if fmt == NPY:
         return npy_bytes(images), NPY, headers
     if fmt == PNG:
@@ -437,9 +441,6 @@ class DecodeService:
         if h.items > lim.max_items:
             raise HTTPProblem(413, "too_many_items", f"payload has {h.items} items; this server decodes at most "
                               f"{lim.max_items} per request (split the batch)")
-        lengths = getattr(h, "lengths", ())
-        if lengths and min(lengths) < MIN_ITEM_BYTES:
-            raise CorruptStream("payload has an empty item body; no encoder writes one (forged or damaged)")
         values = self.engine.output_values(h)
         if values > lim.max_pixels:
             raise HTTPProblem(413, "too_many_pixels", f"payload decodes to {values} pixel values; this server "
