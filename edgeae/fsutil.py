@@ -78,7 +78,7 @@ def lock_fd(fd: int, blocking: bool = True) -> bool:
 def sweep_temps(folder: str | os.PathLike[str], grace_s: float = TEMP_GRACE_S) -> list[Path]:
     """Remove `TEMP_PREFIX` files and folders in `folder` that a crash left: older than `grace_s` and not
     locked by a live writer. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     now = time.time()
     try:
         entries = list(Path(folder).iterdir())

@@ -148,9 +148,10 @@ def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, st
         if not metadata:
             raise BundleError(f"{root}: no graph present to check the fingerprint against; {REEXPORT}")
         return "metadata"
-    extra = {role: d for role, d in parts.items() if role not in ROLES}
-    want = compute_fingerprint(parts["encoder"], parts["decoder"], tables_digest(raw["latent"], raw["entropy"]),
-                               extra)  # type: ignore[arg-type]
+    known = {role: d for role, d in parts.items() if d is not None}
+    extra = {role: d for role, d in known.items() if role not in ROLES}
+    want = compute_fingerprint(known["encoder"], known["decoder"], tables_digest(raw["latent"], raw["entropy"]),
+                               extra)
     if want != m.fingerprint:
         raise BundleError(f"{root}: the graphs and latent/entropy tables give fingerprint {want[:16]}, but the "
                           f"manifest says {m.fingerprint[:16]} (a graph or table was replaced or edited); {REEXPORT}")

@@ -131,7 +131,7 @@ def uvicorn_config(app: Any, config: ServeConfig, host: str, port: int, *, ssl_c
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
                           http=guarded_protocol(config.header_timeout, config.max_connections, RETRY_AFTER_S),
-                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=config.keep_alive_s,
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=max(1, round(config.keep_alive_s)),
                           ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_keyfile_password=ssl_keyfile_password,
                           lifespan="on", server_header=False)
 

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeae.errors import InputError
 
@@ -210,7 +211,7 @@ def rewrite_key_file(path: str | os.PathLike[str], device: str, *, scopes: list[
         key = entries[device]["key"]
     else:
         key = new_key()
-        entry = {"key": key}
+        entry: dict[str, Any] = {"key": key}
         if scopes:
             entry["scopes"] = scopes
         elif "scopes" in entries.get(device, {}):

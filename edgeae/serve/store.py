@@ -258,8 +258,9 @@ class ImageStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     @staticmethod
-    def _where(device: str | None, since: float | None, until: float | None) -> tuple[str, list]:
-        sql, args = ["state='stored'"], []
+    def _where(device: str | None, since: float | None, until: float | None) -> tuple[str, list[object]]:
+        sql: list[str] = ["state='stored'"]
+        args: list[object] = []
         if device is not None:
             sql.append("device=?")
             args.append(device)

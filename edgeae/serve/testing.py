@@ -192,7 +192,7 @@ def mutate(data: bytes, rng: Any, rounds: int = 3) -> bytes:
 def mutate_json(value: Any, rng: Any) -> Any:
     """Replace one random node of a JSON tree with a hostile value (wrong type, huge or negative number,
     deep nesting, long string, empty container), or delete a key; only the path to it is copied."""
-    hostile = [None, True, -1, 0, 2 ** 63, -(2 ** 63), 1e308, 0.5, "", "x" * 1000, [], {}, [[[[[]]]]],
+    hostile: list[Any] = [None, True, -1, 0, 2 ** 63, -(2 ** 63), 1e308, 0.5, "", "x" * 1000, [], {}, [[[[[]]]]],
                [0] * 1000, {"a": {"b": {"c": 1}}}, "../../etc/passwd", "\u0000"]
 
     def leaf(node: Any) -> Any:
