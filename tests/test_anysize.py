@@ -139,7 +139,8 @@ def write_bundle(root: Path, graphs: dict[str, bytes], manifest_args: dict) -> P
     digests = {role: graph_digest(data) for role, data in graphs.items()}
     extra = {role: v for role, v in digests.items() if role not in ("encoder", "decoder")}
     m = dataclasses.replace(m, fingerprint=fingerprint(digests["encoder"], digests["decoder"],
-                                                       tables_digest(d["latent"], d["entropy"]), extra))
+                                                       tables_digest(d["latent"], d["entropy"]),
+                                                       *(v for _, v in sorted(extra.items()))))
     (root / "manifest.json").write_text(json.dumps(m.to_dict()))
     return root
 

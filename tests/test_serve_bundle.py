@@ -99,8 +99,14 @@ def test_decoder_only_bundle_is_bound_by_recorded_digest_or_metadata(tiny_bundle
     b = _copy(tiny_bundle, tmp_path)
     (b / "encoder.onnx").unlink()
     (b / "encoder.int8.onnx").unlink()
+    assert Bundle.open(b, partial=True).bound_by == "graphs"  # the export recorded every graph's digest
+
+    def older_export(m):
+        for role in ("encoder", "decoder"):
+            m["graphs"][role].pop("digest", None)
+    _edit_manifest(b, older_export)
     part = Bundle.open(b, partial=True)
-    assert part.bound_by == "metadata"  # this export recorded no graph digests
+    assert part.bound_by == "metadata"  # an export that recorded no graph digests: the graphs' metadata
     enc_digest = graph_digest((tiny_bundle / "encoder.onnx").read_bytes())
 
     def record(m):

@@ -151,7 +151,7 @@ def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, st
     known = {role: d for role, d in parts.items() if d is not None}
     extra = {role: d for role, d in known.items() if role not in ROLES}
     want = compute_fingerprint(known["encoder"], known["decoder"], tables_digest(raw["latent"], raw["entropy"]),
-                               extra)
+                               *(d for _, d in sorted(extra.items())))
     if want != m.fingerprint:
         raise BundleError(f"{root}: the graphs and latent/entropy tables give fingerprint {want[:16]}, but the "
                           f"manifest says {m.fingerprint[:16]} (a graph or table was replaced or edited); {REEXPORT}")

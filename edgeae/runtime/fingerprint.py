@@ -92,10 +92,10 @@ def tables_digest(latent: dict[str, Any], entropy: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def fingerprint(encoder_digest: str, decoder_digest: str, tables: str, extra: dict[str, str] | None = None) -> str:
-    """sha256 over the encoder and decoder graph digests, the tables digest, then the digests of any extra
-    graph roles (e.g. hyper_decoder) in sorted role order."""
+def fingerprint(encoder_digest: str, decoder_digest: str, tables: str, *extra: str) -> str:
+    """sha256 over the graphs' and tables' digests; extra graphs' digests (the caller sorts them by role,
+    e.g. hyper_decoder) follow, so a bundle without extra graphs has the fingerprint it always had."""
     h = hashlib.sha256()
-    for part in (encoder_digest, decoder_digest, tables, *[d for _, d in sorted((extra or {}).items())]):
+    for part in (encoder_digest, decoder_digest, tables, *extra):
         h.update(bytes.fromhex(part))
     return h.hexdigest()
