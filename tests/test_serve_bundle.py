@@ -51,9 +51,13 @@ def test_swapped_decoder_with_resealed_sha256_is_refused(tiny_bundle, other_bund
     b = _copy(tiny_bundle, tmp_path)
     shutil.copy(other_bundle / "decoder.onnx", b / "decoder.onnx")
     _reseal(b, "decoder.onnx")
+    with pytest.raises(BundleError, match="not the decoder graph this bundle was exported with"):
+        Bundle.open(b)
+    swapped = graph_digest((b / "decoder.onnx").read_bytes())
+    _edit_manifest(b, lambda m: m["graphs"]["decoder"].__setitem__("digest", swapped))  # forge the record too
     with pytest.raises(BundleError, match="decoder.onnx was exported for bundle"):
         Bundle.open(b)
-    onnx = pytest.importorskip("onnx")  # forge its metadata too: only the recomputed fingerprint is left
+    onnx = pytest.importorskip("onnx")  # and its metadata: only the recomputed fingerprint is left
     model = onnx.load(str(b / "decoder.onnx"))
     for prop in model.metadata_props:
         if prop.key == "edgeae.fingerprint":
