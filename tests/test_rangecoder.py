@@ -134,6 +134,24 @@ def test_backends_write_identical_bytes_over_ten_thousand_random_streams():
     assert total >= 10_000
 
 
+def test_numpy_coder_in_memory_bounded_groups_writes_the_same_bytes(monkeypatch):
+    rng = np.random.default_rng(8)
+    tables = [random_table(rng, 16, 8, "peaked"), random_table(rng, 3, 8, "uneven"), np.array([256])]
+    coder = RangeCoder(RangeTables(tables, 8), "numpy")
+    streams = random_streams(rng, tables, 200, 90)
+    whole = coder.encode(streams)
+    monkeypatch.setattr(rc.NumpyBackend, "GROUP_SYMBOLS", 100)  # ~100 groups instead of one
+    assert coder.encode(streams) == whole
+    index = [i for _, i in streams]
+    for (s, _), got in zip(streams, coder.decode(whole, index), strict=True):
+        np.testing.assert_array_equal(got, s)
+    last = max(i for i, (s, _) in enumerate(streams) if len(s) > 20)
+    bad = list(whole)
+    bad[last] = b"\xff" * max(8, len(whole[last]))
+    with pytest.raises(CorruptStream, match=f"stream {last}:"):  # numbered across groups
+        coder.decode(bad, index)
+
+
 @needs_constriction
 @pytest.mark.parametrize("precision", [1, 2, 16, 24])
 def test_edge_symbols_and_extreme_probabilities(precision):
@@ -212,6 +230,25 @@ def test_tables_beyond_the_coders_limits_are_refused():
         RangeTables([[1, 1]], 25)
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("constriction", marks=needs_constriction)])
+def test_real_digits_latents_give_the_reference_payload_bodies(backend):
+    """The self-test bundle shipped in the package (real digits, its symbols, a payload made on x86-64 with
+    constriction): both backends write exactly the reference bodies and read them back."""
+    from edgeae.runtime import payload as wire
+    from edgeae.runtime.entropy import SymbolCoder
+    from edgeae.runtime.manifest import load_manifest
+
+    here = ROOT / "edgeae" / "runtime" / "_selftest"
+    m = load_manifest(here / "bundle")
+    symbols = np.load(here / "symbols.npy")
+    coder = SymbolCoder(m.latent, m.entropy, backend=backend)
+    assert coder.backend == backend
+    for name in ("reference-v1.eae", "reference.eae"):  # v1, and v2 (one lane each: the same bodies)
+        bodies = list(wire.parse((here / name).read_bytes()).bodies)
+        assert coder.encode(symbols) == bodies == coder.encode(symbols, lanes=True)
+        np.testing.assert_array_equal(coder.decode(bodies), symbols)
+
+
 # --- lanes -----------------------------------------------------------------------------------------------
 
 
@@ -266,6 +303,38 @@ def test_damaged_lane_framing_is_corrupt_stream():
                 rc._varint(10_000) + rc._varint(1) + body[2:]):  # lanes longer than the body
         with pytest.raises(CorruptStream):
             coder.decode_lanes([bad], [item[1]])
+
+
+LANE_N = 2 * rc.LANE_SYMBOLS + 5  # two lanes
+LANE_TABLES = RangeTables([[1, 2, 13], [4, 4, 4, 4]], 4)
+LANE_INDEX = np.repeat([0, 1], [LANE_N // 2, LANE_N - LANE_N // 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=24), st.integers(0, 3))
+def test_arbitrary_lane_bodies_decode_alike_or_are_corrupt_stream_in_both(head, cut):
+    # a real two-lane body with its lane table (and the first words) replaced by arbitrary bytes
+    real = RangeCoder(LANE_TABLES, "numpy").encode_lanes(
+        [(np.random.default_rng(cut).integers(0, 3, LANE_N), LANE_INDEX)])[0]
+    body = head + real[len(head) + cut:]
+    got = _outcome(RangeCoder(LANE_TABLES, "numpy"), body, LANE_INDEX, lanes=True)
+    if HAVE_CONSTRICTION:
+        assert _outcome(RangeCoder(LANE_TABLES, "constriction"), body, LANE_INDEX, lanes=True) == got
+
+
+def test_concurrent_decodes_share_the_caches_safely():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    tables = [random_table(rng, 32, 12, "peaked") for _ in range(3)]
+    coder = RangeCoder(RangeTables(tables, 12), "numpy")
+    batches = [random_streams(rng, tables, int(rng.integers(1, 40)), 300) for _ in range(24)]
+    bodies = [coder.encode(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: coder.decode(bodies[i], [x for _, x in batches[i]]), range(len(batches))))
+    for batch, out in zip(batches, outs, strict=True):
+        for (s, _), got in zip(batch, out, strict=True):
+            np.testing.assert_array_equal(got, s)
 
 
 # --- invalid bodies ---------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ class ExtraGraph:
 
     Give exactly one of
     - `module`: a torch.nn.Module the exporter traces (dynamic batch axis) and checks against PyTorch on
-      `example` at batch 1 and the whole example, within `atol` + `rtol` * |reference|;
+      `example` at batch 1 and the whole example, within atol + rtol * |reference| (default 1e-4, 1e-3);
     - `onnx_model`: an onnx.ModelProto built by the provider (e.g. an integer-only graph), which the exporter
-      runs in onnxruntime on `example` and compares with `reference(example)` (exactly when atol = rtol = 0).
+      runs in onnxruntime on `example` and compares with `reference(example)` (default: exactly).
     """
 
     role: str  # graphs key and file stem: "hyper_decoder" -> hyper_decoder.onnx
@@ -47,9 +47,16 @@ class ExtraGraph:
     module: Any = None
     onnx_model: Any = None
     reference: Callable[[np.ndarray], np.ndarray] | None = None
-    atol: float = 0.0
-    rtol: float = 0.0
+    atol: float | None = None  # default: 1e-4 for a traced module, 0 (exact) for an onnx_model
+    rtol: float | None = None  # default: 1e-3 for a traced module, 0 for an onnx_model
     dynamic_axes: dict[str, dict[int, str]] | None = None  # traced modules; default: axis 0 of both is "batch"
+
+    @property
+    def tolerance(self) -> tuple[float, float]:
+        """(atol, rtol) of the verification, defaults filled in."""
+        traced = self.module is not None
+        return (self.atol if self.atol is not None else (1e-4 if traced else 0.0),
+                self.rtol if self.rtol is not None else (1e-3 if traced else 0.0))
 
     @property
     def file(self) -> str:
@@ -77,12 +84,16 @@ class EntropySection:
                   is fine once the runtime's manifest validator and entropy layer know it.
     graphs:       extra graphs the runtime needs for this entropy model (e.g. a hyperprior's hyper_decoder).
     model:        free-form facts recorded as manifest["model"]["entropy_model"] (name, parameters).
+    size_multiple: any-size bundles: the input size multiple this entropy model needs (a hyperprior: latent
+                  stride x hyper-latent stride); the bundle's input.size_multiple becomes the least common
+                  multiple of this and the latent stride. 0: no constraint of its own.
     """
 
     quantization: dict[str, Any]
     entropy: dict[str, Any]
     graphs: list[ExtraGraph] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
+    size_multiple: int = 0
 
     @classmethod
     def from_any(cls, obj: Any) -> EntropySection:
@@ -90,7 +101,8 @@ class EntropySection:
         if isinstance(obj, cls):
             return obj
         if isinstance(obj, dict) and {"quantization", "entropy"} <= set(obj):
-            return cls(obj["quantization"], obj["entropy"], list(obj.get("graphs", [])), dict(obj.get("model", {})))
+            return cls(obj["quantization"], obj["entropy"], list(obj.get("graphs", [])), dict(obj.get("model", {})),
+                       int(obj.get("size_multiple", 0)))
         raise TypeError(f"{ENTROPY_METHOD} must return an EntropySection (or a dict with quantization and "
                         f"entropy), got {type(obj).__name__}")
 
