@@ -35,6 +35,9 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Train the seed-003 conv AE on scikit-learn's digits, export it with int8, then exercise the runtime."""
+    import edgeae.bundling.build  # noqa: F401  (the [train] extra: a missing one fails before anything prints)
+    import edgeae.train.trainer  # noqa: F401
+
     t0 = time.perf_counter()
 
     def heading(text: str) -> None:
