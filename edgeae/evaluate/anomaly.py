@@ -48,8 +48,7 @@ class Scorer:
             xs = x[i : i + CHUNK]
             unit = (xs - self._offset) / self._scale  # back to pixels in [0, 1]
             if self.mode == "payload":
-                q = self.encoder.quantizer.quantize(self.encoder.latents(xs))
-                payloads = [self.encoder.pack([body]) for body in self.encoder.coder.encode(q)]
+                payloads = self.encoder.encode_each(np.clip(unit, 0.0, 1.0))  # the public path, as deployed
                 rec = np.concatenate([self.decoder.decode(p, as_float=True) for p in payloads])
             else:
                 rec = self.decoder.reconstruct(self.encoder.latents(xs))
@@ -112,33 +111,25 @@ class ScoreReport:
 
 def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tuple[list[str], np.ndarray]:
     """Image files, folders walked recursively (sorted), or .npy arrays -> (names, uint8 or float batch)."""
-    from pathlib import Path
-
+    from edgeae.runtime.files import find_files
     from edgeae.runtime.images import IMAGE_SUFFIXES
 
     names, arrays = [], []
-    for raw in paths:
-        p = Path(raw)
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {".npy"}) \
-            if p.is_dir() else [p]
-        if p.is_dir() and not files:
-            raise InputError(f"no image files in {p}")
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"no such file or folder: {f}")
-            if f.suffix.lower() == ".npy":
-                if f.stat().st_size > MAX_NPY_BYTES:
-                    raise InputError(f"{f} is larger than {MAX_NPY_BYTES >> 20} MiB; score it in parts")
-                try:
-                    a = np.load(f, allow_pickle=False)
-                except ValueError as exc:
-                    raise InputError(f"cannot read {f} as a .npy array: {exc}") from None
-                batch = scorer.encoder.preprocess(a)
-                names += [f"{f}[{i}]" for i in range(len(batch))]
-                arrays.append(batch)
-            else:
-                names.append(str(f))
-                arrays.append(scorer.encoder.preprocess(str(f)))
+    for found in find_files(paths, IMAGE_SUFFIXES | {".npy"}):
+        f = found.source
+        if f.suffix.lower() == ".npy":
+            if f.stat().st_size > MAX_NPY_BYTES:
+                raise InputError(f"{f} is larger than {MAX_NPY_BYTES >> 20} MiB; score it in parts")
+            try:
+                a = np.load(f, allow_pickle=False)
+            except ValueError as exc:
+                raise InputError(f"cannot read {f} as a .npy array: {exc}") from None
+            batch = scorer.encoder.preprocess(a)
+            names += [f"{f}[{i}]" for i in range(len(batch))]
+            arrays.append(batch)
+        else:
+            names.append(str(f))
+            arrays.append(scorer.encoder.preprocess(str(f)))
     if not arrays:
         raise InputError("no images given")
     x = np.concatenate(arrays)

@@ -57,6 +57,12 @@ class Bundle:
         """The 8 bytes every payload made with this bundle carries."""
         return fingerprint_prefix(self.manifest.fingerprint)
 
+    @property
+    def precisions(self) -> list[str]:
+        """What the bundle runs end to end: fp32, plus int8 when both its encoder and decoder have int8 twins."""
+        g = self.manifest.graphs
+        return ["fp32", "int8"] if all(g[r].int8_file for r in ("encoder", "decoder")) else ["fp32"]
+
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
         """The verified file of the encoder or decoder graph, fp32 or int8."""
         if role not in ROLES:
