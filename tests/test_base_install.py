@@ -47,6 +47,7 @@ def _commands(tmp: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
         "serve": (["serve", "--bundle", b], "server"),
         "upload": (["upload", "--spool", str(tmp / "spool"), "--send", "http://127.0.0.1:9"], "ok"),
         "triton": (["triton", b, "--out", str(tmp / "triton")], "ok"),
+        "doctor": (["doctor"], "ok"),
     }
 
 
