@@ -79,16 +79,45 @@ def size_groups(images: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(idx), np.concatenate([singles[i] for i in idx])) for idx in by_shape.values()]
 
 
-def load_folder(paths: Sequence[str | os.PathLike[str]], channel_order: str) -> tuple[list[str], list[np.ndarray]]:
-    """Every image file under `paths` (files, folders walked recursively) as uint8 (H, W, C) in `channel_order`
-    ("L" or "RGB"), each at its own size: (names, images)."""
+def eval_images(bundles: Sequence[Any], *, dataset: str | None = None, data: str | None = None,
+                split: str = "val", test_data: Sequence[str | os.PathLike[str]] = (), seed: int = 0, patch: int = 32,
+                color: str = "gray", limit: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The images `edgeae eval` evaluates, and how they were chosen (for the report): a dataset's validation
+    split (`split="val"`) or all of it (`"all"`), or every image file under `test_data` at its own size, in
+    the first bundle's channel order. Datasets need the [train] extra; image folders do not."""
+    if (dataset is None) == (not test_data):
+        raise InputError("give a dataset (--dataset) or image files / folders (--test-data), one of the two")
+    if test_data:
+        order = _open(bundles[0]).manifest.input.channel_order
+        names, images = load_folder(test_data, order, limit)
+        shapes = {a.shape for a in images}
+        info = {"name": "images", "data": [str(p) for p in test_data], "split": "all", "n": len(names),
+                "limit": limit, "files": names}
+        return (np.stack(images) if len(shapes) == 1 else images), info
+    if split not in ("val", "all"):
+        raise InputError(f"split must be val or all, got {split!r}")
+    from edgeae.train.data import load_dataset
+
+    ds = load_dataset(dataset, data=data, seed=seed, patch=patch, color=color)
+    x = ds.val if split == "val" else np.concatenate([ds.train, ds.val])
+    info = {"name": dataset, "data": data, "seed": seed, "split": split, "n_val": len(ds.val), "n": len(x),
+            "limit": limit}
+    if dataset in ("photos", "images"):
+        info.update(patch=patch, color=color)
+    return to_uint8_images(x[:limit] if limit else x), info
+
+
+def load_folder(paths: Sequence[str | os.PathLike[str]], channel_order: str,
+                limit: int | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """Every image file under `paths` (files, folders walked recursively; the first `limit`) as uint8 (H, W, C)
+    in `channel_order` ("L" or "RGB"), each at its own size: (names, images)."""
     from PIL import Image, UnidentifiedImageError
 
     from edgeae.runtime.files import find_files
     from edgeae.runtime.images import IMAGE_SUFFIXES
 
     names, images = [], []
-    for f in find_files(paths, IMAGE_SUFFIXES):
+    for f in find_files(paths, IMAGE_SUFFIXES)[:limit]:
         try:
             with Image.open(f.source) as im:
                 a = np.asarray(im.convert(channel_order), dtype=np.uint8)
