@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae.cli import main
-from edgeae.profiling import ProfileSettings, Timing, profile_bundle, quick_profile
+from edgeae.profiling import ProfileSettings, Timing, profile_bundle
 from edgeae.profiling.engine import synthetic_images
 
 GOOD_PROFILE = (Path(__file__).resolve().parents[1] / "devices" / "raspberry-pi-4.toml").read_text()
@@ -222,13 +222,6 @@ def test_int8_on_an_fp32_bundle_and_a_bad_device_file_are_one_line_errors(other_
     bad.write_text(GOOD_PROFILE.replace("latency_ms = 50.0", 'latency_ms = "fast"'))
     line = _one_line_error(CliRunner().invoke(main, ["profile", str(other_bundle), "--device", str(bad)]))
     assert "budget.latency_ms must be a number" in line and str(bad) in line
-
-
-def test_quick_profile_compares_fp32_int8_torch_and_jpeg(tiny_bundle):
-    text = quick_profile(tiny_bundle, seconds=0.02)
-    for label in ("onnxruntime fp32", "onnxruntime int8", "edgeae fp32", "torch eager", "jpeg q75"):
-        assert label in text
-    assert "speed vs fp32" in text
 
 
 def test_timing_statistics():

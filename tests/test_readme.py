@@ -198,6 +198,9 @@ def test_the_readme_walk_through_runs(tmp_path):
         where = [line for line in res.stderr.splitlines() if line.startswith("::README.md:")]
         pytest.fail(f"README command failed (exit {res.returncode}) at {where[-1] if where else '?'}\n"
                     f"--- stdout (tail)\n{res.stdout[-3000:]}\n--- stderr (tail)\n{res.stderr[-3000:]}")
+    # The demo's profile stage (quick_profile) compares fp32, int8, PyTorch eager and JPEG, as README shows.
+    for label in ("onnxruntime fp32", "onnxruntime int8", "edgeae fp32", "torch eager", "jpeg q75", "speed vs fp32"):
+        assert label in res.stdout, label
     loose = sorted(p.name for p in tmp_path.iterdir() if not p.is_dir())
     assert not loose, f"README commands wrote files into the clone's root: {loose}; write into a folder"
 

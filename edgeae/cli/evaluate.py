@@ -101,25 +101,20 @@ def _print_tables(ev) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write scores as JSON here.")
 def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path) -> None:
     """Anomaly scores: per-image reconstruction MSE ([0, 1] pixels) of INPUT images through BUNDLE."""
-    from edgeae.evaluate.anomaly import Scorer, ScoreReport, calibrate, load_images
+    from edgeae.evaluate.anomaly import score_inputs
     from edgeae.evaluate.results import write_json
 
     if threshold is not None and calibrate_dir:
         raise click.UsageError("give --threshold or --calibrate, not both")
-    scorer = Scorer(bundle, mode, "int8" if int8 else "fp32")
-    n_cal = None
-    if calibrate_dir:
-        _, normal = load_images([calibrate_dir], scorer)
-        threshold, n_cal = calibrate(scorer.score(normal), percentile), len(normal)
-        click.echo(f"threshold {threshold:.6g} = {percentile:g}th percentile of {n_cal} normal images")
-    names, images = load_images(inputs, scorer)
-    s = scorer.score(images)
-    rep = ScoreReport(names, [float(v) for v in s], threshold, percentile if calibrate_dir else None, n_cal, mode,
-                      scorer.encoder.precision)
+    rep = score_inputs(bundle, inputs, threshold=threshold, calibrate_with=[calibrate_dir] if calibrate_dir else (),
+                       percentile=percentile, mode=mode, precision="int8" if int8 else "fp32")
+    if rep.calibration_images is not None:
+        click.echo(f"threshold {rep.threshold:.6g} = {percentile:g}th percentile of {rep.calibration_images} "
+                   "normal images")
     for name, v, flag in zip(rep.names, rep.scores, rep.flags, strict=True):
         click.echo(f"{v:.6g}  {'ANOMALY ' if flag else ''}{name}")
-    if threshold is not None:
-        click.echo(f"{sum(bool(f) for f in rep.flags)}/{len(names)} above threshold {threshold:.6g}")
+    if rep.threshold is not None:
+        click.echo(f"{sum(bool(f) for f in rep.flags)}/{len(rep.names)} above threshold {rep.threshold:.6g}")
     if json_path:
         write_json(json_path, rep.to_dict())
         click.echo(f"wrote {json_path}")

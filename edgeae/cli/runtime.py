@@ -60,7 +60,8 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         spooled = Spool(spool)
     enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
     failures = Failures()
-    r = encode_files(enc, inputs, out, batch=batch, sink=spooled.put if spooled else None, skip=failures.report,
+    sink = spooled.put if spooled is not None else None  # not `if spooled`: an empty Spool is falsy (len 0)
+    r = encode_files(enc, inputs, out, batch=batch, sink=sink, skip=failures.report,
                      on_write=None if batch else lambda w: click.echo(
                          f"{w.source} -> {w.target}  {w.nbytes} bytes  {w.bpp:.3f} bpp"))
     if batch and r.written:

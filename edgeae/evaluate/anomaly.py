@@ -135,3 +135,20 @@ def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tupl
     x = np.concatenate(arrays)
     # preprocess gave graph input; hand back [0, 1] floats, which preprocess maps the same way again
     return names, np.clip((x - scorer._offset) / scorer._scale, 0.0, 1.0)
+
+
+def score_inputs(bundle: Any, inputs: Sequence[str | os.PathLike[str]], *, threshold: float | None = None,
+                 calibrate_with: Sequence[str | os.PathLike[str]] = (), percentile: float = 99.0,
+                 mode: str = "payload", precision: str = "fp32", threads: int | None = None) -> ScoreReport:
+    """`edgeae score`: scores of the images under `inputs` (files, folders, .npy), flagged against `threshold`,
+    or against the `percentile` of the scores of the normal images under `calibrate_with`."""
+    if threshold is not None and calibrate_with:
+        raise InputError("give a threshold or normal images to calibrate one on, not both")
+    scorer = Scorer(bundle, mode, precision, threads)
+    n_cal = None
+    if calibrate_with:
+        _, normal = load_images(calibrate_with, scorer)
+        threshold, n_cal = calibrate(scorer.score(normal), percentile), len(normal)
+    names, images = load_images(inputs, scorer)
+    return ScoreReport(names, [float(v) for v in scorer.score(images)], threshold,
+                       percentile if calibrate_with else None, n_cal, mode, precision)
