@@ -16,7 +16,8 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
-MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
+MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises probabilities to 24 bits
+MAX_TABLE = (1 << 24) - 2  # symbols of one entropy table: constriction's limit (rangecoder.MAX_TABLE)
 ROLES = ("encoder", "decoder")
 CHANNELS = {"L": 1, "RGB": 3}
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
@@ -318,6 +319,9 @@ class _Validator:
         precision = self.integer(self.need(d, "precision", "entropy"), "entropy.precision", 1, MAX_PRECISION)
         rows = self.array(self.need(d, "frequencies", "entropy"), "entropy.frequencies", latent.channels)
         levels, total = latent.quantization.levels, 1 << precision
+        if levels > MAX_TABLE:
+            raise self.fail("latent.quantization.levels", f"the range coder takes at most {MAX_TABLE} symbols "
+                            f"(2**24 - 2), got {levels}")
         out = []
         for c, row in enumerate(rows):
             path = f"entropy.frequencies[{c}]"
