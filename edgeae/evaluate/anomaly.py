@@ -48,7 +48,7 @@ class Scorer:
             xs = x[i : i + CHUNK]
             unit = (xs - self._offset) / self._scale  # back to pixels in [0, 1]
             if self.mode == "payload":
-                payloads = self.encoder.encode_each(np.clip(unit, 0.0, 1.0))  # the public path, as deployed
+                payloads = [self.encoder.pack([item]) for item in self.encoder.code(xs)]
                 rec = np.concatenate([self.decoder.decode(p, as_float=True) for p in payloads])
             else:
                 rec = self.decoder.reconstruct(self.encoder.latents(xs))

@@ -54,4 +54,5 @@ def _lookup(name: str) -> tuple[type[ModelConfig], type[AutoEncoder]]:
 def _load_builtin() -> None:
     # Importing the family modules runs their @register decorators. A broken family module raises here, with
     # its own traceback: it must not look like an unknown family.
-    from edgeae.train.models import codec, conv, dense, sparse, vae  # noqa: F401
+    # variable_rate: codec-vr, hyperprior-vr
+    from edgeae.train.models import codec, conv, dense, sparse, vae, variable_rate  # noqa: F401
