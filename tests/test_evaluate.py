@@ -348,3 +348,31 @@ def test_cli_eval_split_all_takes_the_whole_dataset(tiny_bundle, tmp_path):
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 1797
+
+
+def test_an_any_size_bundle_evaluates_every_image_at_its_own_size(tmp_path):
+    from test_anysize import factorized_bundle  # a hand-built any-size bundle (tests/test_anysize.py)
+
+    from edgeae.runtime import Encoder
+    from edgeae.runtime.files import encode_files
+
+    bundle = factorized_bundle(tmp_path / "b", multiple=2)
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    sizes = [(8, 8), (13, 21), (8, 8), (30, 6)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    res = CliRunner().invoke(main, ["eval", str(bundle), "--test-data", str(tmp_path / "imgs"), "--codecs", "png",
+                                    "--json", str(tmp_path / "e.json"), "--report", str(tmp_path / "r"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "4 images 8x8 and 2 other sizes" in res.output
+    d = json.loads((tmp_path / "e.json").read_text())
+    assert d["shapes"] == [[8, 8, 1], [13, 21, 1], [30, 6, 1]] and d["n_images"] == 4
+    edgeae_point = next(p for p in d["points"] if p["codec"] == "edgeae")
+    # per image, in file order: the payload the runtime writes for that file alone, at that file's size
+    written = encode_files(Encoder(bundle), [tmp_path / "imgs"], tmp_path / "e").written
+    assert edgeae_point["per_image"]["bytes"] == [w.nbytes for w in written]
+    pixels = sum(h * w for h, w in sizes)
+    assert edgeae_point["mean_bpp"] == pytest.approx(8 * sum(w.nbytes for w in written) / pixels)
+    assert (tmp_path / "r" / REPORT).is_file()
