@@ -164,9 +164,11 @@ def test_evaluate_families_bd_rates_json_round_trip(make_bundle, tiny_bundle, di
     assert set(labelled.curves("edgeae")) == {"big (fp32)", "small (fp32)"}
 
 
-def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle):
-    with pytest.raises(InputError, match="takes 8x8x1"):
-        evaluate([tiny_bundle], np.zeros((2, 28, 28, 1), np.uint8), progress=False)
+def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle, make_bundle):
+    with pytest.raises(InputError, match="takes 8x8x1"):  # a fixed-size (dense) bundle
+        evaluate([make_bundle("dense")], np.zeros((2, 28, 28, 1), np.uint8), progress=False)
+    with pytest.raises(InputError, match="takes 1-channel images of any size"):  # conv: any size, gray
+        evaluate([tiny_bundle], np.zeros((2, 28, 28, 3), np.uint8), progress=False)
     with pytest.raises(InputError, match="none of the precisions"):
         evaluate([tiny_bundle], np.zeros((2, 8, 8), np.uint8), precisions=["fp16"], progress=False)
     with pytest.raises(InputError, match="labels"):
@@ -315,14 +317,15 @@ def test_points_of_several_size_groups_merge_in_input_order(tiny_bundle, digits_
     assert m.mean_bpp == pytest.approx(8 * sum(m.per_image.bytes) / (3 * 256 + 2 * 64))
 
 
-def test_evaluate_takes_a_list_of_images_and_refuses_other_sizes_for_a_fixed_size_bundle(tiny_bundle, digits_val):
-    ev = evaluate([tiny_bundle], list(digits_val[:4, ..., 0]), ["jpeg"], [50], progress=False, precisions=["fp32"])
+def test_evaluate_takes_a_list_of_images_and_refuses_other_sizes_for_a_fixed_size_bundle(make_bundle, digits_val):
+    dense = make_bundle("dense")
+    ev = evaluate([dense], list(digits_val[:4, ..., 0]), ["jpeg"], [50], progress=False, precisions=["fp32"])
     assert ev.n_images == 4 and ev.shapes == [(8, 8, 1)] and ev.size_label() == "8x8"
     with pytest.raises(InputError, match="takes 8x8x1 images"):
-        evaluate([tiny_bundle], [digits_val[0], np.zeros((16, 16, 1), np.uint8)], ["jpeg"], [50], progress=False)
+        evaluate([dense], [digits_val[0], np.zeros((16, 16, 1), np.uint8)], ["jpeg"], [50], progress=False)
 
 
-def test_cli_eval_on_an_image_folder(tiny_bundle, digits_val, tmp_path):
+def test_cli_eval_on_an_image_folder(tiny_bundle, make_bundle, digits_val, tmp_path):
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
     for i in range(5):
         Image.fromarray(digits_val[i, ..., 0]).save(tmp_path / "imgs" / ("sub" if i % 2 else ".") / f"{i}.png")
@@ -335,9 +338,17 @@ def test_cli_eval_on_an_image_folder(tiny_bundle, digits_val, tmp_path):
     assert data["n_images"] == 5 and data["dataset"]["split"] == "all" and len(data["dataset"]["files"]) == 5
     assert (tmp_path / "r" / GRID).is_file()
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "imgs" / "odd.png")
-    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs")])
+    res = CliRunner().invoke(main, ["eval", str(make_bundle("dense")), "--test-data", str(tmp_path / "imgs")])
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == 1 and len(lines) == 1 and "takes 8x8x1 images" in lines[0] and "9x9x1" in lines[0]
+    assert res.exit_code == 1 and len(lines) == 1 and "odd.png is 9x9 (HxW) but this bundle takes 8x8" in lines[0]
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "imgs" / "odd.png")  # colour, for a gray bundle
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs")])
+    assert res.exit_code == 1 and "colour image" in res.output
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs"), "--convert",
+                                    "--codecs", "png", "--json", str(tmp_path / "c.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "c.json").read_text())  # the any-size conv bundle: 8x8 and the 9x9 file
+    assert d["n_images"] == 6 and d["shapes"] == [[8, 8, 1], [9, 9, 1]]
     res = CliRunner().invoke(main, ["eval", str(tiny_bundle)])
     assert res.exit_code == 1 and "--dataset" in res.output and "--test-data" in res.output
 

@@ -25,6 +25,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--test-data", "test_data", multiple=True, type=click.Path(exists=True),
               help="Instead of --dataset: image files or folders (walked recursively), every image evaluated "
               "whole, at its own size where the bundle takes any size (repeatable).")
+@click.option("--convert", is_flag=True, help="With --test-data: convert image files of the other kind (RGB <-> "
+              "gray) instead of refusing them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split seed: use the one the bundle was "
               "trained with, so the validation images were never trained on.")
 @click.option("--patch", type=int, default=32, show_default=True, help="Patch size (photos / images).")
@@ -45,7 +47,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="onnxruntime threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def eval_cmd(bundles, dataset, data, split, test_data, seed, patch, color, codecs, qualities, labels, precision,
+def eval_cmd(bundles, dataset, data, split, test_data, convert, seed, patch, color, codecs, qualities, labels, precision,
              limit, method, report_dir, json_path, threads, no_progress) -> None:
     """Rate-distortion of BUNDLES (real payloads, one per image) vs classical codecs, with BD-rates."""
     from edgeae.evaluate.classical import parse_codecs
@@ -60,7 +62,7 @@ def eval_cmd(bundles, dataset, data, split, test_data, seed, patch, color, codec
                                  param_hint="--label")
     names = list(labels) * len(bundles) if len(labels) == 1 else (list(labels) or None)
     images, info = eval_images(bundles, dataset=dataset, data=data, split=split, test_data=test_data, seed=seed,
-                               patch=patch, color=color, limit=limit)
+                               patch=patch, color=color, limit=limit, convert=convert)
     ev = evaluate(bundles, images, codec_names, _ints(qualities), names, precision or None,
                   progress=not no_progress, keep=6 if report_dir else 0, dataset=info, method=method,
                   threads=threads)
@@ -99,7 +101,9 @@ def _print_tables(ev) -> None:
               help="payload: real encode -> bytes -> decode; graphs: fp32/int8 graphs, float latents.")
 @click.option("--int8", is_flag=True, help="Use the bundle's int8 graphs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write scores as JSON here.")
-def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path) -> None:
+@click.option("--convert", is_flag=True, help="Convert image files of the other kind (RGB <-> gray) instead of "
+              "refusing them.")
+def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path, convert) -> None:
     """Anomaly scores: per-image reconstruction MSE ([0, 1] pixels) of INPUT images through BUNDLE."""
     from edgeae.evaluate.anomaly import score_inputs
     from edgeae.evaluate.results import write_json
@@ -107,7 +111,7 @@ def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, 
     if threshold is not None and calibrate_dir:
         raise click.UsageError("give --threshold or --calibrate, not both")
     rep = score_inputs(bundle, inputs, threshold=threshold, calibrate_with=[calibrate_dir] if calibrate_dir else (),
-                       percentile=percentile, mode=mode, precision="int8" if int8 else "fp32")
+                       percentile=percentile, mode=mode, precision="int8" if int8 else "fp32", convert=convert)
     if rep.calibration_images is not None:
         click.echo(f"threshold {rep.threshold:.6g} = {percentile:g}th percentile of {rep.calibration_images} "
                    "normal images")

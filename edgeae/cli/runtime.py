@@ -42,8 +42,10 @@ def _codec_options(f):
               "folder (for --send / `edgeae upload`).")
 @click.option("--send", help="After encoding, upload the spool to this server (http://host:port); payloads "
               "leave the spool only once acknowledged. Needs --spool.")
+@click.option("--convert", is_flag=True, help="Convert image files of the other kind (RGB <-> gray) instead of "
+              "refusing them.")
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
-           batch: bool, spool: str | None, send: str | None) -> None:
+           batch: bool, spool: str | None, send: str | None, convert: bool) -> None:
     """Encode images (files, or folders of them, walked recursively) into .eae payloads: one per image, or
     one with --batch."""
     from edgeae.runtime.codec import Encoder
@@ -58,7 +60,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         if send:
             ingest_url(send)  # refuse a bad URL before encoding anything
         spooled = Spool(spool)
-    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
+    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, convert=convert)
     failures = Failures()
     sink = spooled.put if spooled is not None else None  # not `if spooled`: an empty Spool is falsy (len 0)
     r = encode_files(enc, inputs, out, batch=batch, sink=sink, skip=failures.report,

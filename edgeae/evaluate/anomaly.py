@@ -29,12 +29,14 @@ MAX_NPY_BYTES = 1 << 30  # a .npy of images to score; far larger is not somethin
 class Scorer:
     """Reconstruction-error scores for one bundle; builds the onnxruntime sessions once."""
 
-    def __init__(self, bundle: Any, mode: str = "payload", precision: str = "fp32", threads: int | None = None):
+    def __init__(self, bundle: Any, mode: str = "payload", precision: str = "fp32", threads: int | None = None,
+                 convert: bool = False):
+        """`convert`: let Pillow convert image files of the other channel kind (gray <-> RGB)."""
         from edgeae.runtime.codec import Decoder, Encoder
 
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.encoder = Encoder(bundle, precision, threads=threads)
+        self.encoder = Encoder(bundle, precision, threads=threads, convert=convert)
         self.decoder = Decoder(self.encoder.bundle, precision, threads=threads)
         self.mode = mode
         spec = self.encoder.manifest.input
@@ -139,12 +141,14 @@ def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tupl
 
 def score_inputs(bundle: Any, inputs: Sequence[str | os.PathLike[str]], *, threshold: float | None = None,
                  calibrate_with: Sequence[str | os.PathLike[str]] = (), percentile: float = 99.0,
-                 mode: str = "payload", precision: str = "fp32", threads: int | None = None) -> ScoreReport:
+                 mode: str = "payload", precision: str = "fp32", threads: int | None = None,
+                 convert: bool = False) -> ScoreReport:
     """`edgeae score`: scores of the images under `inputs` (files, folders, .npy), flagged against `threshold`,
-    or against the `percentile` of the scores of the normal images under `calibrate_with`."""
+    or against the `percentile` of the scores of the normal images under `calibrate_with`. `convert`: let
+    Pillow convert image files of the other channel kind (gray <-> RGB) instead of refusing them."""
     if threshold is not None and calibrate_with:
         raise InputError("give a threshold or normal images to calibrate one on, not both")
-    scorer = Scorer(bundle, mode, precision, threads)
+    scorer = Scorer(bundle, mode, precision, threads, convert=convert)
     n_cal = None
     if calibrate_with:
         _, normal = load_images(calibrate_with, scorer)

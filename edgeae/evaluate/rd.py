@@ -81,15 +81,15 @@ def size_groups(images: Any) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def eval_images(bundles: Sequence[Any], *, dataset: str | None = None, data: str | None = None,
                 split: str = "val", test_data: Sequence[str | os.PathLike[str]] = (), seed: int = 0, patch: int = 32,
-                color: str = "gray", limit: int | None = None) -> tuple[Any, dict[str, Any]]:
+                color: str = "gray", limit: int | None = None, convert: bool = False) -> tuple[Any, dict[str, Any]]:
     """The images `edgeae eval` evaluates, and how they were chosen (for the report): a dataset's validation
-    split (`split="val"`) or all of it (`"all"`), or every image file under `test_data` at its own size, in
-    the first bundle's channel order. Datasets need the [train] extra; image folders do not."""
+    split (`split="val"`) or all of it (`"all"`), or every image file under `test_data` at its own size, read
+    for the first bundle (`convert`: gray <-> RGB files converted instead of refused). Datasets need the
+    [train] extra; image folders do not."""
     if (dataset is None) == (not test_data):
         raise InputError("give a dataset (--dataset) or image files / folders (--test-data), one of the two")
     if test_data:
-        order = _open(bundles[0]).manifest.input.channel_order
-        names, images = load_folder(test_data, order, limit)
+        names, images = load_folder(test_data, _open(bundles[0]).manifest.input, limit, convert)
         shapes = {a.shape for a in images}
         info = {"name": "images", "data": [str(p) for p in test_data], "split": "all", "n": len(names),
                 "limit": limit, "files": names}
@@ -107,22 +107,18 @@ def eval_images(bundles: Sequence[Any], *, dataset: str | None = None, data: str
     return to_uint8_images(x[:limit] if limit else x), info
 
 
-def load_folder(paths: Sequence[str | os.PathLike[str]], channel_order: str,
-                limit: int | None = None) -> tuple[list[str], list[np.ndarray]]:
-    """Every image file under `paths` (files, folders walked recursively; the first `limit`) as uint8 (H, W, C)
-    in `channel_order` ("L" or "RGB"), each at its own size: (names, images)."""
-    from PIL import Image, UnidentifiedImageError
-
+def load_folder(paths: Sequence[str | os.PathLike[str]], spec: Any, limit: int | None = None,
+                convert: bool = False) -> tuple[list[str], list[np.ndarray]]:
+    """Every image file under `paths` (files, folders walked recursively; the first `limit`) as uint8 (H, W, C),
+    each at its own size, read as the runtime reads files for a bundle with input spec `spec` (a fixed-size
+    bundle refuses other sizes; gray vs colour must match unless `convert`): (names, images)."""
     from edgeae.runtime.files import find_files
-    from edgeae.runtime.images import IMAGE_SUFFIXES
+    from edgeae.runtime.images import IMAGE_SUFFIXES, input_adapter
 
+    adapter = input_adapter(spec, convert=convert)
     names, images = [], []
     for f in find_files(paths, IMAGE_SUFFIXES)[:limit]:
-        try:
-            with Image.open(f.source) as im:
-                a = np.asarray(im.convert(channel_order), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-            raise InputError(f"cannot read image {f.source}: {exc}") from None
+        a = adapter.load(f.source)
         names.append(str(f.source))
         images.append(a if a.ndim == 3 else a[..., None])
     return names, images
