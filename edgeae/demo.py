@@ -12,6 +12,7 @@ import numpy as np
 QUICK = {"epochs": 3, "codec_epochs": 3, "family_bits": (4,), "codec_lambdas": (0.005, 0.08),
          "profile_seconds": 0.02}  # --quick: every stage runs, in seconds; the figures mean nothing
 ANOMALIES = 8  # inverted validation digits written for `edgeae score`
+PHOTO_CODEC = "photo:3"  # the zoo's pretrained photo codec (edgeae.zoo), when the package ships it
 
 
 @dataclass
@@ -60,9 +61,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     _profile_stage(cfg, bundle)
     heading("5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
     report = _eval_stage(cfg, ev, images)
+    photo = None
+    if _pretrained(PHOTO_CODEC):
+        heading(f"6. the pretrained photo codec ({PHOTO_CODEC}, shipped in the package) on a 512x512 photograph vs "
+                "JPEG / WebP at the same size")
+        photo = _photo_stage(cfg)
     cfg.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     return {"run": run, "bundle": bundle, "report": report, "images": cfg.out / "images",
-            "anomalies": cfg.out / "anomalies"}
+            "anomalies": cfg.out / "anomalies", **({"photo": photo} if photo else {})}
 
 
 def _train(cfg: DemoConfig) -> Path:
@@ -190,3 +196,29 @@ def _eval_stage(cfg: DemoConfig, ev, images: np.ndarray) -> Path:
     report = write_report(ev, cfg.out / "report", images)
     cfg.echo(f"report: {report} (with rd.png, grid.png, rd.json beside it)")
     return report
+
+
+def _pretrained(name: str) -> bool:
+    from edgeae.zoo import pretrained
+
+    return any(r["name"] == name for r in pretrained())
+
+
+def _photo_stage(cfg: DemoConfig) -> Path:
+    """scikit-image's astronaut (not in the codec's training set), coded by the pretrained codec; JPEG and WebP
+    at their best quality that fits the same number of bytes."""
+    import skimage.data
+
+    from edgeae.zoo.compare import compare_at_budget
+
+    path = cfg.out / "photo" / "compare.png"
+    r = compare_at_budget(skimage.data.astronaut(), PHOTO_CODEC, out=path, precision="int8")
+    h, w = r["size"]
+    cfg.echo(f"budget: {r['budget_bytes']} bytes for {h}x{w} RGB")
+    cfg.echo(f"{'codec':<8} {'setting':<22} {'bytes':>7} {'bpp':>6} {'PSNR dB':>8} {'MS-SSIM':>8}")
+    for codec, row in r["codecs"].items():
+        ms = row.get("ms_ssim")
+        cfg.echo(f"{codec:<8} {row['setting']:<22} {row['bytes']:>7} {row['bpp']:>6.3f} {row['psnr']:>8.2f} "
+                 f"{'-' if ms is None else f'{ms:.4f}':>8}")
+    cfg.echo(f"side by side: {path}")
+    return path
