@@ -142,3 +142,16 @@ def test_the_zoo_and_models_pretrained_need_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_model_cards_render_from_the_index(tiny_zoo, tmp_path):
+    from edgeae.zoo.card import BEGIN, END, update
+
+    _, root = tiny_zoo
+    md = tmp_path / "MODELS.md"
+    md.write_text(f"# Models\n\n{BEGIN}\nold\n{END}\n\ntail\n")
+    body = update(md, zoo_dir=root / "zoo")
+    text = md.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "`tiny:1`" in body and "BD-rate vs WEBP" in body
+    assert "Licence of the data" in body and "steps" in body

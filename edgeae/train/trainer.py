@@ -596,7 +596,9 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"run": str(source.resolve()), "weights": weights.name}
     cfg_file = source / CONFIG
     if cfg_file.is_file():
-        info["family"] = read_json(cfg_file).get("model", {}).get("family")
+        source_model = read_json(cfg_file).get("model", {})
+        info["family"] = source_model.get("family")
+        info["lmbda"] = source_model.get("config", {}).get("lmbda")
     for state_file in (source / METRICS, source / CHECKPOINT / CKPT_STATE):
         if state_file.is_file():
             info["steps"] = read_json(state_file).get("steps")

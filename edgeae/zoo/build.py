@@ -182,7 +182,8 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         "description": description, "card": card, "qualities": entries,
         "training": {"steps": state.get("steps"), "devices": state.get("devices", []),
                      "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
-                     "data": config["data"], "train": config["train"], "model": config["model"]},
+                     "data": config["data"], "train": config["train"], "model": config["model"],
+                     "init": config.get("init"), "history": _history(vr_run)},
         "baselines": curves, "bd_rate": bd,
     }
     base["schema"], base["version"] = INDEX_SCHEMA, 1
@@ -192,6 +193,49 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
               + f" over {v['psnr_overlap_db']}; MS-SSIM "
               + ("n/a" if v["ms_ssim"] is None else f"{100 * v['ms_ssim']:+.1f}%"))
     return base["models"][name]
+
+
+def _history(run: Path) -> list[dict[str, Any]]:
+    from edgeae.train.rundir import read_json
+
+    for f in (run / "metrics.json", run / "checkpoint" / "state.json"):
+        if f.is_file():
+            return [{k: h.get(k) for k in ("epoch", "steps", "val_psnr", "val_bpp", "val_qualities")}
+                    for h in read_json(f).get("history", [])]
+    return []
+
+
+def plot_rd(entry: dict[str, Any], out: Path, title: str = "") -> None:
+    """The model's operating points (fp32 and int8) against the JPEG and WebP sweeps, PSNR and MS-SSIM."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeae.fsutil import write_atomic
+
+    pts = [entry["qualities"][k] for k in sorted(entry["qualities"], key=int)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (RGB) dB"), (axes[1], "ms_ssim", "MS-SSIM")):
+        for codec, style in (("jpeg", "s--"), ("webp", "^--")):
+            c = [p for p in entry["baselines"][codec] if p[key] is not None]
+            ax.plot([p["bpp"] for p in c], [p[key] for p in c], style, label=codec.upper(), ms=4)
+        ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], "o-", label="edgeae fp32", lw=2)
+        if all(p.get(f"{key}_int8") is not None for p in pts):
+            ax.plot([p["bpp_int8"] for p in pts], [p[f"{key}_int8"] for p in pts], "x:", label="edgeae int8")
+        ax.set_xlabel("bits per pixel (payload incl. header)")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, max(1.6, 1.1 * max(p["bpp"] for p in pts)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    write_atomic(out, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", action="store_true", help="use run/checkpoint (a run still in progress)")
     ap.add_argument("--description", default="")
     ap.add_argument("--clean", action="store_true", help="remove this model's old bundles first")
+    ap.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")
     a = ap.parse_args(argv)
     if a.clean:
         for old in a.zoo.glob(f"{a.name}-q*"):
             shutil.rmtree(old)
     qs = [int(v) for v in a.qualities.split(",")] if a.qualities else None
     entry = build(a.run, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
+    if a.plot:
+        plot_rd(entry, a.plot, f"{a.name}: whole {a.val.name} images")
     print(json.dumps({k: v for k, v in entry.items() if k in ("bd_rate",)}, indent=1))
     return 0
 
