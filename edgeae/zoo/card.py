@@ -76,7 +76,7 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
                   f"{init.get('steps')} steps at lambda {init.get('lmbda', '?')}, same transforms), so the "
                   f"transforms have seen {own + int(init.get('steps') or 0)} steps.")
     lines += [steps, ""]
-    first = next(iter(entry.get("qualities", {}).values()), {})
+    first: dict[str, Any] = next(iter(entry.get("qualities", {}).values()), {})
     curve = [h for h in t.get("history", []) if h.get("val_qualities")]
     if curve:
         lines += ["**Training curve** (validation centre crops during training, the model's own rate estimate; "
