@@ -21,7 +21,7 @@ import numpy as np
 from edgeae.zoo import INDEX_NAME, INDEX_SCHEMA, ZOO_DIR
 from edgeae.zoo import index as read_index
 
-JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+JPEG_QUALITIES = (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
