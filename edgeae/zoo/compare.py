@@ -65,7 +65,9 @@ def compare_at_budget(image: Any, bundle: Any = "photo:3", out: str | os.PathLik
     payload = enc.encode(img[None])
     decoded = dec.decode(payload)
     rec = np.asarray(decoded[0]).reshape(img.shape)
-    name = str(bundle) if isinstance(bundle, str) else Path(bundle).name
+    from edgeae import zoo
+
+    name = bundle if zoo.is_name(bundle) else Path(getattr(bundle, "path", bundle)).name
     rows: dict[str, Any] = {"edgeae": {"setting": f"{name} ({precision})", **_scores(img, rec, len(payload))}}
     pictures = {"edgeae": rec}
     for codec in ("jpeg", "webp"):
