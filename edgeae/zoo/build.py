@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -64,13 +65,33 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
     return out
 
 
+def drop_int8(bundle: Path, role: str) -> None:
+    """Remove `role`'s int8 twin from an exported bundle (its file, manifest entries): the zoo ships int8
+    encoders only, the decoders' int8 twins cost size for little (decode runs on servers). The bundle's
+    fingerprint covers the fp32 graphs and the tables only, so payloads and checks are unchanged."""
+    from edgeae.fsutil import write_atomic
+    from edgeae.runtime.manifest import MANIFEST_NAME
+
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    name = manifest["graphs"][role].get("int8_file")
+    if not name:
+        return
+    manifest["graphs"][role]["int8_file"] = None
+    manifest["files"].pop(name, None)
+    if manifest.get("int8"):
+        manifest["int8"].get("graphs", {}).pop(role, None)
+    write_atomic(bundle / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    (bundle / name).unlink()
+
+
 def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32") -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
-    over the images, and the per-image values."""
+    over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
+    decoders are fp32 only: decoding runs where floats are cheap)."""
     from edgeae.evaluate.metrics import ms_ssim, psnr
     from edgeae.runtime.codec import Decoder, Encoder
 
-    enc, dec = Encoder(bundle, precision), Decoder(bundle, precision)
+    enc, dec = Encoder(bundle, precision), Decoder(bundle, "fp32")
     rows = []
     t_enc = t_dec = 0.0
     for img in images:
@@ -135,10 +156,12 @@ def bd_rates(points: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]
 
 def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None, zoo_dir: Path = ZOO_DIR,
           work: Path | None = None, checkpoint: bool = False, int8: bool = True, description: str = "",
-          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5) -> dict[str, Any]:
-    """Bake, export (fp32 + int8 encoder/decoder), measure on every image of `val` at its own size, and
-    record the model in zoo_dir/index.json (other models there are kept)."""
+          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5,
+          int8_decoder: bool = False) -> dict[str, Any]:
+    """Bake, export (fp32 graphs + the int8 encoder; the int8 decoder too with `int8_decoder`), measure on
+    every image of `val` at its own size, and record the model in zoo_dir/index.json (others are kept)."""
     from edgeae.bundling.build import ExportOptions, export_run
+    from edgeae.runtime.bundle import Bundle
     from edgeae.train.data import read_image_folder
     from edgeae.train.models import build_model, make_config
     from edgeae.train.rundir import CONFIG, read_json, write_json
@@ -155,8 +178,16 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         plain_run = bake_run(vr_run, q, work / f"q{k}", checkpoint=checkpoint)
         folder = f"{name}-q{k}"
         t0 = time.perf_counter()
-        export_run(plain_run, ExportOptions(out=zoo_dir / folder, int8=int8, measure_speed=False, force=True,
+        staged = work / f"bundle-{folder}"
+        export_run(plain_run, ExportOptions(out=staged, int8=int8, measure_speed=False, force=True,
                                             max_int8_drop_db=max_int8_drop_db))
+        if int8 and not int8_decoder:
+            drop_int8(staged, "decoder")
+        Bundle.open(staged)  # still a valid, sha256-checked bundle
+        if (zoo_dir / folder).exists():
+            shutil.rmtree(zoo_dir / folder)
+        zoo_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, zoo_dir / folder)
         export_s = time.perf_counter() - t0
         fp32 = measure(zoo_dir / folder, images, "fp32")
         row: dict[str, Any] = {"bundle": folder, "lmbda": vr.lmbdas[q], "vr_index": q, "bpp": fp32["bpp"],
