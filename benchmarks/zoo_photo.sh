@@ -30,7 +30,7 @@ case ${1:-} in
     fi
     exec "$EA" train --model "$FAMILY" --dataset images --data "$SHARED/photos/train" \
       --val-data "$SHARED/photos/val" --crop 128 --crops-per-image 4 --val-crop 192 --color rgb \
-      --channels 64 --latent 128 --set "lmbdas=$LAMBDAS" --batch-size 8 --lr 5e-4 --lr-decay cosine \
+      --channels 64 --latent 128 --set downsamplings=4 --set "lmbdas=$LAMBDAS" --batch-size 8 --lr 5e-4 --lr-decay cosine \
       --epochs 1000 --max-steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --checkpoint-minutes 5 \
       ${INIT:+--init "$INIT"} --out "$RUN"
     ;;
