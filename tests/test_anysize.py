@@ -6,6 +6,7 @@ runtime's own dataclasses) for the runtime's own logic; a real `codec` model tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from edgeae.runtime.entropy_models.conditional import (
     EscapeReader,
     write_escapes,
 )
+from edgeae.runtime.fingerprint import fingerprint, graph_digest, tables_digest
 from edgeae.runtime.manifest import (
     EntropySpec,
     FileEntry,
@@ -131,9 +133,14 @@ def write_bundle(root: Path, graphs: dict[str, bytes], manifest_args: dict) -> P
         (root / f"{role}.onnx").write_bytes(data)
         files[f"{role}.onnx"] = FileEntry(hashlib.sha256(data).hexdigest(), len(data))
         entries[role] = GraphEntry(f"{role}.onnx", *io[role], 17)
-    digest = hashlib.sha256(b"".join(graphs.values()) + json.dumps(str(manifest_args)).encode()).hexdigest()
-    m = Manifest(name=root.name, graphs=entries, fingerprint=digest, files=files, model={"family": "handmade"},
+    m = Manifest(name=root.name, graphs=entries, fingerprint="0" * 64, files=files, model={"family": "handmade"},
                  **manifest_args)
+    d = m.to_dict()  # the runtime recomputes the fingerprint from the graphs and tables (runtime/fingerprint.py)
+    digests = {role: graph_digest(data) for role, data in graphs.items()}
+    extra = {role: v for role, v in digests.items() if role not in ("encoder", "decoder")}
+    m = dataclasses.replace(m, fingerprint=fingerprint(digests["encoder"], digests["decoder"],
+                                                       tables_digest(d["latent"], d["entropy"]),
+                                                       *(v for _, v in sorted(extra.items()))))
     (root / "manifest.json").write_text(json.dumps(m.to_dict()))
     return root
 

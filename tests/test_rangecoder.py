@@ -305,6 +305,38 @@ def test_damaged_lane_framing_is_corrupt_stream():
             coder.decode_lanes([bad], [item[1]])
 
 
+LANE_N = 2 * rc.LANE_SYMBOLS + 5  # two lanes
+LANE_TABLES = RangeTables([[1, 2, 13], [4, 4, 4, 4]], 4)
+LANE_INDEX = np.repeat([0, 1], [LANE_N // 2, LANE_N - LANE_N // 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=24), st.integers(0, 3))
+def test_arbitrary_lane_bodies_decode_alike_or_are_corrupt_stream_in_both(head, cut):
+    # a real two-lane body with its lane table (and the first words) replaced by arbitrary bytes
+    real = RangeCoder(LANE_TABLES, "numpy").encode_lanes(
+        [(np.random.default_rng(cut).integers(0, 3, LANE_N), LANE_INDEX)])[0]
+    body = head + real[len(head) + cut:]
+    got = _outcome(RangeCoder(LANE_TABLES, "numpy"), body, LANE_INDEX, lanes=True)
+    if HAVE_CONSTRICTION:
+        assert _outcome(RangeCoder(LANE_TABLES, "constriction"), body, LANE_INDEX, lanes=True) == got
+
+
+def test_concurrent_decodes_share_the_caches_safely():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    tables = [random_table(rng, 32, 12, "peaked") for _ in range(3)]
+    coder = RangeCoder(RangeTables(tables, 12), "numpy")
+    batches = [random_streams(rng, tables, int(rng.integers(1, 40)), 300) for _ in range(24)]
+    bodies = [coder.encode(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: coder.decode(bodies[i], [x for _, x in batches[i]]), range(len(batches))))
+    for batch, out in zip(batches, outs, strict=True):
+        for (s, _), got in zip(batch, out, strict=True):
+            np.testing.assert_array_equal(got, s)
+
+
 # --- invalid bodies ---------------------------------------------------------------------------------------
 
 FUZZ_TABLES = RangeTables([[1, 2, 13], [1, (1 << 4) - 2, 1], [16], [4, 4, 4, 4]], 4)

@@ -45,7 +45,8 @@ class _Graph:
             precision = "fp32"  # extra graphs without an int8 variant (the integer hyper-decoder) run as they are
         self.role = role
         self.path = bundle.graph_path(role, precision)
-        self.session = make_session(self.path, profile=device, threads=threads)
+        # built from the bytes verified now (sha256 + fingerprint digest), never from the path re-read later
+        self.session = make_session(bundle.graph_bytes(role, precision), profile=device, threads=threads)
         inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [entry.input] or entry.output not in self.outputs:

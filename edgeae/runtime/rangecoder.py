@@ -32,8 +32,8 @@ the quantile's top bits, with a binary search only where a bucket is shared by t
 GROUP_SYMBOLS symbols are coded in groups of whole streams to bound memory (~60 bytes a symbol).
 
 **Lanes (wire format v2).** One big item is a single stream, which numpy cannot vectorise, so
-`encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes (the first n % L lanes
-one symbol longer), each an ordinary constriction stream. Body = varint word count of each lane but the
+`encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes, lane i holding symbols
+(i * n) // L .. ((i + 1) * n) // L - 1 (lengths differ by at most one), each an ordinary constriction stream. Body = varint word count of each lane but the
 last, then every lane's words (LE u32), in lane order; with L = 1 it is exactly the v1 body. L follows
 from n alone, so it is not stored: L = clamp(n // LANE_SYMBOLS, 1, MAX_LANES). Contiguous lanes (not
 round-robin) keep a channel's symbols in one run per lane, so constriction makes ~C + L calls, not C * L.
@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -298,15 +299,18 @@ class _Layout:
 
 
 _LAYOUTS: dict[bytes, _Layout] = {}
+_LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
-        if len(_LAYOUTS) >= 8:
-            _LAYOUTS.pop(next(iter(_LAYOUTS)))
-        lay = _LAYOUTS[key] = _Layout(lengths)
+        lay = _Layout(lengths)
+        with _LAYOUTS_LOCK:
+            while len(_LAYOUTS) >= 8:
+                _LAYOUTS.pop(next(iter(_LAYOUTS)))
+            _LAYOUTS[key] = lay
     return lay
 
 
