@@ -100,7 +100,11 @@ class Hyperprior(EntropyModel):
         return index, None if mean is None else mean.astype(np.int64)
 
     def _check_reference(self, z: np.ndarray, index: np.ndarray) -> None:
-        from edgeae.runtime import inthyper
+        try:
+            from edgeae.runtime import inthyper
+        except ImportError:
+            raise BundleError("this edgeae has no integer hyper-decoder reference (edgeae.runtime.inthyper) to "
+                              "verify against; install the edgeae release that exported the bundle") from None
 
         if self._reference is None:
             graph = self._graph("hyper_decoder")
