@@ -498,3 +498,37 @@ def test_a_real_codec_bundle_codes_every_size_like_its_padded_image(codec_bundle
     enc8 = Encoder(codec_bundle, "int8")
     for img in images[:2]:
         assert dec.decode(enc8.encode(img))[0].shape == img.shape
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda e: e.pop("z"), "entropy.z is missing"),
+    (lambda e: e["z"].pop("stride"), "entropy.z.stride is missing"),
+    (lambda e: e["y"]["tables"][2].__setitem__("frequencies", [1 << 16]), r"entropy.y.tables\[2\].frequencies needs"),
+    (lambda e: e["y"]["tables"][0]["frequencies"].__setitem__(0, 0), r"entropy.y.tables\[0\].frequencies\[0\] must"),
+    (lambda e: e["z"]["tables"][1]["frequencies"].append(1), r"entropy.z.tables\[1\].frequencies must sum"),
+    (lambda e: e["y"]["tables"][0].__setitem__("offset", 1.5), r"entropy.y.tables\[0\].offset must be an integer"),
+    (lambda e: e["y"].__setitem__("means", "no"), "entropy.y.means must be true or false"),
+    (lambda e: e["y"]["scales"].pop(), "entropy.y.scales must have one scale per table"),
+    (lambda e: e["y"].__setitem__("tables", []), "entropy.y.tables must hold 1 to"),
+    (lambda e: e.__setitem__("model", "gmm"), "entropy.model must be one of"),
+])
+def test_invalid_hyperprior_sections_name_the_field(bundles, tmp_path, edit, field):
+    import shutil
+
+    from edgeae.runtime import Bundle
+
+    b = tmp_path / "h"
+    shutil.copytree(bundles["hyperprior"], b)
+    m = json.loads((b / "manifest.json").read_text())
+    edit(m["entropy"])
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=field):
+        Bundle.open(b)
+
+
+def test_hyperprior_manifest_round_trips_exactly(bundles):
+    from edgeae.runtime.manifest import load_manifest
+
+    raw = json.loads((bundles["hyperprior"] / "manifest.json").read_text())
+    m = load_manifest(bundles["hyperprior"])
+    assert m.to_dict() == raw and m.entropy.model == "hyperprior" and len(m.entropy.y.offsets) == 8

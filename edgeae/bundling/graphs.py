@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import sys
@@ -19,6 +18,7 @@ import torch
 from edgeae.bundling.spec import SUPPORTED_OPSETS, GraphSpec
 from edgeae.errors import TraceError, UnsupportedOperatorError
 from edgeae.runtime.fingerprint import fingerprint, tables_digest  # noqa: F401 (one definition, shared with the runtime)
+from edgeae.runtime.fingerprint import graph_digest as runtime_graph_digest
 
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, example: torch.Tensor) -> onnx.ModelProto:
@@ -79,11 +79,9 @@ def _first(exc: BaseException) -> str:
 
 
 def graph_digest(model: onnx.ModelProto) -> str:
-    """sha256 of the model as exported, before edgeae's metadata is added (so the fingerprint can go in)."""
-    clean = onnx.ModelProto()
-    clean.CopyFrom(model)
-    del clean.metadata_props[:]
-    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
+    """sha256 of the model as exported, without edgeae's metadata (so the fingerprint can go in): the runtime's
+    own digest (edgeae.runtime.fingerprint) of the bytes as `save` writes them."""
+    return runtime_graph_digest(model.SerializeToString(deterministic=True))
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
