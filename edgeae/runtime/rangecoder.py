@@ -80,7 +80,6 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 _WORD = np.dtype("<u4")
 _U64 = np.uint64
 _LOW32 = _U64(1 << 32)
-_MASK24 = _U64((1 << PRECISION) - 1)
 # constriction's maybe_exhausted: after the last symbol, point - lower must be below 2**33 - 1.
 _MAX_DIFFERENCE = _U64((1 << 33) - 1)
 _LUT_ENTRIES = 1 << 21  # decode lookup: at most this many int32 entries over all tables (8 MiB)
@@ -126,7 +125,7 @@ class RangeTables:
             left[a:a + n] = lft
             freq[a:a + n] = np.append(lft[1:], _U64(1 << PRECISION)) - lft
         self.left, self.freq = left, freq
-        # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
+        # (2, entries + 1): left cumulatives over frequencies, for one gather of both; plus `invalid` (lookup)
         self.invalid = n_all
         self.left_freq_ext = np.stack([np.append(left, _U64(0)), np.append(freq, _U64(1))])
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
@@ -142,7 +141,7 @@ class RangeTables:
         """Decode lookup over all tables: (lut, keys, bits). Row t has 2**bits + 1 buckets:
         lut[t * (2**bits + 1) + (q >> (24 - bits))] is the global index of the symbol holding quantile q,
         or -1 where two symbols share that bucket; the extra last bucket (q = 2**24, invalid data) holds
-        `invalid`, an index past all tables whose packed entry keeps the arithmetic going. keys =
+        `invalid`, an index past all tables whose entry (left 0, frequency 1) keeps the arithmetic going. keys =
         t * 2**24 + left cumulative, ascending, for a binary search in the shared buckets."""
         if self._lut is None:
             bits = int(min(16, max(0, np.floor(np.log2(_LUT_ENTRIES / len(self))))))
@@ -303,11 +302,16 @@ _LAYOUTS: dict[bytes, _Layout] = {}
 _LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
+_CACHE_SYMBOLS = 1 << 20  # layouts of bigger batches (16 bytes a symbol) are not kept
+
+
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
         lay = _Layout(lengths)
+        if len(lay.src) > _CACHE_SYMBOLS:
+            return lay
         with _LAYOUTS_LOCK:
             while len(_LAYOUTS) >= 8:
                 _LAYOUTS.pop(next(iter(_LAYOUTS)))
