@@ -295,6 +295,8 @@ class _Layout:
             blocks.append((starts[:k][None, :] + np.arange(j, j1, dtype=np.int64)[:, None]).reshape(-1))
             j = j1
         self.src = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        self.inv = np.empty_like(self.src)  # caller position -> slot (gathering beats scattering)
+        self.inv[self.src] = np.arange(len(self.src))
         self.sid = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # stream of each position
 
 
@@ -302,7 +304,7 @@ _LAYOUTS: dict[bytes, _Layout] = {}
 _LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
-_CACHE_SYMBOLS = 1 << 20  # layouts of bigger batches (16 bytes a symbol) are not kept
+_CACHE_SYMBOLS = 1 << 20  # layouts of bigger batches (24 bytes a symbol) are not kept
 
 
 def _layout(lengths: np.ndarray) -> _Layout:
@@ -376,10 +378,8 @@ class NumpyBackend(_Backend):
                 np.less(rg, _LOW32, out=rn)
                 np.left_shift(rg, c32, out=rg, where=rn)
         del freq
-        scale_s = np.empty(total, _U64)
-        scale_s[lay.src] = scale
-        ren_s = np.empty(total, bool)
-        ren_s[lay.src] = ren
+        scale_s = np.take(scale, lay.inv, mode="wrap")  # in bounds; 'wrap' skips the bounds buffering
+        ren_s = np.take(ren, lay.inv, mode="wrap")
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
         final_rng[lay.order] = rng
@@ -463,8 +463,8 @@ class NumpyBackend(_Backend):
             s = int(lay.order[r])
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
             raise CorruptStream(f"stream {first + s}: the entropy-coded body {why}")
-        coded = np.empty(len(lay.src), np.int32)
-        coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
+        gsym -= tables.start[t_pm].astype(np.int32)
+        coded = np.take(gsym, lay.inv, mode="wrap")
         if keep is None:
             return coded
         out = np.zeros(n_all, np.int32)
