@@ -164,9 +164,13 @@ def inspect(path: str, as_json: bool) -> None:
         manifest = load_summary_manifest(p)
         click.echo(json.dumps(manifest, indent=2) if as_json else summarize(manifest))
         return
+    from edgeae.runtime.files import read_payload
     from edgeae.runtime.payload import describe
 
-    info = describe(p.read_bytes())
+    try:
+        info = describe(read_payload(p))
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {p}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
