@@ -312,9 +312,9 @@ class Decoder(_Codec):
         decode_symbols = getattr(self.entropy, "decode_symbols", None)
         p = self.parse(data)
         shapes = {self.latent_shape_for(it.height, it.width) for it in p.items}
-        if decode_symbols is None or len(shapes) != 1:
-            raise CorruptStream("this payload has no single symbol array (several sizes, or not factorized); "
-                                "use Decoder.latents or Decoder.items")
+        if decode_symbols is None or len(shapes) != 1:  # a valid payload: asking it for one array is the misuse
+            raise InputError("this payload has no single symbol array (several sizes, or not factorized); "
+                             "use Decoder.latents or Decoder.items")
         return decode_symbols([it.parts[0] for it in p.items], shapes.pop(), p.header.version >= 2)
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:
