@@ -40,19 +40,20 @@ round-robin) keep a channel's symbols in one run per lane, so constriction makes
 Each lane costs ~3.2 bytes (its seal word, less the rounding it saves, plus a 1-byte varint).
 
 Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols with the photos codec's own tables,
-a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, on a shared
-2-core host (`benchmarks/bench_coder.py --bundle ...`, 13:49 run):
+a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, medians of 7,
+on a shared 2-core host (load ~15; `benchmarks/bench_coder.py --bundle ...`, 14:27 run):
 
     symbols/lane  lanes  overhead          encode  decode
-    v1 (1 stream)     1  -                 494x    455x   (numpy cannot vectorise one stream)
-    4096             48  +177 B (0.56%)    11.6x    8.9x
-    2048             96  +309 B (0.97%)     6.7x    4.9x   <- LANE_SYMBOLS: the ~1% budget
-    1024            192  +575 B (1.81%)     4.2x    3.0x
-     512            384  +1167 B (3.67%)    1.9x    1.5x
+    v1 (1 stream)     1  -                 293x    404x   (numpy cannot vectorise one stream)
+    4096             48  +177 B (0.56%)    10.7x    9.5x
+    2048             96  +309 B (0.97%)     5.7x    4.7x   <- LANE_SYMBOLS: the ~1% budget
+    1024            192  +575 B (1.81%)     3.8x    3.1x
+     512            384  +1167 B (3.67%)    2.3x    1.7x
 
-constriction codes ~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~3 us (encode) / ~14 us
-(decode) of numpy call overhead per symbol position plus ~40 / ~100 ns per symbol, so its time is set by
-the longest lane. On MNIST-size batches (64 items of 8x7x7, v1) it is 2.1x (encode) / 3.6x (decode).
+(synthetic 192x32x48, 60.8 KB: 2048/lane = 144 lanes, +503 B = 0.83%, 5.7x / 4.5x.) constriction codes
+~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~1.5 us (encode) / ~12 us (decode) of numpy
+call overhead per symbol position plus ~50 / ~60 ns per symbol, so its time is set by the longest lane
+and, for encoding, by its per-symbol setup. MNIST-size batches (64 items of 8x7x7, v1): 1.9x / 3.7x.
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 _WORD = np.dtype("<u4")
 _U64 = np.uint64
 _LOW32 = _U64(1 << 32)
-_MASK24 = _U64((1 << PRECISION) - 1)
 # constriction's maybe_exhausted: after the last symbol, point - lower must be below 2**33 - 1.
 _MAX_DIFFERENCE = _U64((1 << 33) - 1)
 _LUT_ENTRIES = 1 << 21  # decode lookup: at most this many int32 entries over all tables (8 MiB)
@@ -125,7 +125,7 @@ class RangeTables:
             left[a:a + n] = lft
             freq[a:a + n] = np.append(lft[1:], _U64(1 << PRECISION)) - lft
         self.left, self.freq = left, freq
-        # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
+        # (2, entries + 1): left cumulatives over frequencies, for one gather of both; plus `invalid` (lookup)
         self.invalid = n_all
         self.left_freq_ext = np.stack([np.append(left, _U64(0)), np.append(freq, _U64(1))])
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
@@ -141,7 +141,7 @@ class RangeTables:
         """Decode lookup over all tables: (lut, keys, bits). Row t has 2**bits + 1 buckets:
         lut[t * (2**bits + 1) + (q >> (24 - bits))] is the global index of the symbol holding quantile q,
         or -1 where two symbols share that bucket; the extra last bucket (q = 2**24, invalid data) holds
-        `invalid`, an index past all tables whose packed entry keeps the arithmetic going. keys =
+        `invalid`, an index past all tables whose entry (left 0, frequency 1) keeps the arithmetic going. keys =
         t * 2**24 + left cumulative, ascending, for a binary search in the shared buckets."""
         if self._lut is None:
             bits = int(min(16, max(0, np.floor(np.log2(_LUT_ENTRIES / len(self))))))
@@ -295,6 +295,8 @@ class _Layout:
             blocks.append((starts[:k][None, :] + np.arange(j, j1, dtype=np.int64)[:, None]).reshape(-1))
             j = j1
         self.src = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        self.inv = np.empty_like(self.src)  # caller position -> slot (gathering beats scattering)
+        self.inv[self.src] = np.arange(len(self.src))
         self.sid = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # stream of each position
 
 
@@ -302,11 +304,16 @@ _LAYOUTS: dict[bytes, _Layout] = {}
 _LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
+_CACHE_SYMBOLS = 1 << 20  # layouts of bigger batches (24 bytes a symbol) are not kept
+
+
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
         lay = _Layout(lengths)
+        if len(lay.src) > _CACHE_SYMBOLS:
+            return lay
         with _LAYOUTS_LOCK:
             while len(_LAYOUTS) >= 8:
                 _LAYOUTS.pop(next(iter(_LAYOUTS)))
@@ -371,10 +378,8 @@ class NumpyBackend(_Backend):
                 np.less(rg, _LOW32, out=rn)
                 np.left_shift(rg, c32, out=rg, where=rn)
         del freq
-        scale_s = np.empty(total, _U64)
-        scale_s[lay.src] = scale
-        ren_s = np.empty(total, bool)
-        ren_s[lay.src] = ren
+        scale_s = np.take(scale, lay.inv, mode="wrap")  # in bounds; 'wrap' skips the bounds buffering
+        ren_s = np.take(ren, lay.inv, mode="wrap")
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
         final_rng[lay.order] = rng
@@ -458,8 +463,8 @@ class NumpyBackend(_Backend):
             s = int(lay.order[r])
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
             raise CorruptStream(f"stream {first + s}: the entropy-coded body {why}")
-        coded = np.empty(len(lay.src), np.int32)
-        coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
+        gsym -= tables.start[t_pm].astype(np.int32)
+        coded = np.take(gsym, lay.inv, mode="wrap")
         if keep is None:
             return coded
         out = np.zeros(n_all, np.int32)
