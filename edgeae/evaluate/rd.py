@@ -116,7 +116,9 @@ def load_folder(paths: Sequence[str | os.PathLike[str]], spec: Any, limit: int |
     from edgeae.runtime.files import find_files
     from edgeae.runtime.images import IMAGE_SUFFIXES, ImageAdapter
 
-    adapter = ImageAdapter(spec, convert=convert)  # evaluation reads image files: an image bundle's adapter
+    if spec.kind != "image":
+        raise InputError("image files need an image bundle; this bundle takes float tensors")
+    adapter = ImageAdapter(spec, convert=convert)
     names, images = [], []
     for f in find_files(paths, IMAGE_SUFFIXES)[:limit]:
         a = adapter.load(f.source)
