@@ -56,6 +56,6 @@ def _load_builtin() -> None:
     from edgeae.train.models import conv, dense, sparse, vae  # noqa: F401
 
     try:
-        from edgeae.train.models import codec  # noqa: F401
+        from edgeae.train.models import codec, hyperprior  # noqa: F401
     except ImportError:  # the learned codec family is optional while it is being written
         pass
