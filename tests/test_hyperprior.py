@@ -184,3 +184,15 @@ def test_family_trains_and_reports_both_rates():
     assert model.stride == 16 and model.summary()["hyper_latent_shape"] == [4, 4, 4]
     with pytest.raises(ValueError, match="divisible by its total stride 16"):
         model(torch.zeros(1, 3, 40, 40))
+
+
+def test_verify_flags_a_single_differing_index(params):
+    from edgeae.runtime.inthyper import verify
+
+    z = _z_tensors(1, params.in_channels, seed=3)[0]
+    index = params(z)
+    verify(params, z, index)
+    index = index.copy()
+    index.flat[0] = (index.flat[0] + 1) % K
+    with pytest.raises(BundleError, match="differ from the integer reference on 1 of"):
+        verify(params, z, index)

@@ -191,7 +191,7 @@ def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
     """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14)."""
     scales = model.scales_np
     return {"model": "hyperprior", "coder": "range", "precision": precision,
-            "z": {"tables": z_tables(model, precision)},
+            "z": {"stride": 4, "tables": z_tables(model, precision)},
             "y": {"scales": [float(s) for s in scales], "tables": y_tables(scales, precision), "means": False}}
 
 

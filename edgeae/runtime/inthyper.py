@@ -261,3 +261,14 @@ def read_onnx_params(data: bytes, where: str = "graph") -> tuple[dict[str, np.nd
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{where}: cannot read the graph's parameters ({exc}); re-export the bundle") from None
     return arrays, meta
+
+
+def verify(params: IntHyperDecoder, z: np.ndarray, index: np.ndarray, where: str = "hyper_decoder") -> None:
+    """Raise BundleError unless `index` (what onnxruntime computed from `z`) equals the int64 reference."""
+    ref = params(z)
+    got = np.asarray(index)
+    if got.shape != ref.shape or not np.array_equal(got.astype(np.int64), ref.astype(np.int64)):
+        bad = int((got != ref).sum()) if got.shape == ref.shape else got.size
+        raise BundleError(f"{where}: onnxruntime's table indices differ from the integer reference on {bad} of "
+                          f"{ref.size} symbols on this machine; payloads may not decode elsewhere: report it "
+                          "with `edgeae doctor` output")
