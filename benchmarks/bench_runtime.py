@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeae.runtime import Bundle, Decoder, Encoder
+from edgeae.runtime import payload as wire
 from edgeae.runtime.images import to_uint8
 
 MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -90,16 +91,19 @@ def images(shape: tuple[int, int, int], n: int) -> tuple[np.ndarray, str]:
 
 def encode_rows(enc: Encoder, x: np.ndarray, repeats: int) -> dict[str, float]:
     feeds = {enc.session.get_inputs()[0].name: enc.preprocess(x)}
-    rows = chain_us([("preprocess", enc.preprocess), ("graph", enc.latents), ("quantise", enc.quantizer.quantize),
-                     ("entropy", enc.coder.encode), ("pack", enc.pack)], x, repeats)
+    h, w = x.shape[1:3]
+    rows = chain_us([("preprocess", enc.preprocess), ("graph", enc.latents), ("quantise", enc.entropy.quantize),
+                     ("entropy", enc.entropy.encode_symbols),
+                     ("pack", lambda bodies: enc.pack([wire.Item(h, w, (b,)) for b in bodies]))], x, repeats)
     pair = paired_us(lambda: enc.encode(x), lambda: enc.session.run(None, feeds), repeats)
     return {**rows, "encode()": pair["full"], "bare run": pair["bare run"], "ratio": pair["ratio"]}
 
 
 def decode_rows(dec: Decoder, payload: bytes, repeats: int) -> dict[str, float]:
-    feeds = {dec.session.get_inputs()[0].name: dec.quantizer.dequantize(dec.symbols(payload))}
-    rows = chain_us([("parse", dec.parse), ("entropy", lambda p: dec.coder.decode(p.bodies)),
-                     ("dequantise", dec.quantizer.dequantize), ("graph", dec.reconstruct), ("to uint8", to_uint8)],
+    feeds = {dec.session.get_inputs()[0].name: dec.latents(payload)}
+    shape = dec.latent_shape
+    rows = chain_us([("parse", dec.parse), ("entropy", lambda p: dec.entropy.decode_symbols(p.bodies, shape)),
+                     ("dequantise", dec.entropy.dequantize), ("graph", dec.reconstruct), ("to uint8", to_uint8)],
                     payload, repeats)
     pair = paired_us(lambda: dec.decode(payload), lambda: dec.session.run(None, feeds), repeats)
     return {**rows, "decode()": pair["full"], "bare run": pair["bare run"], "ratio": pair["ratio"]}

@@ -67,3 +67,7 @@ class CorruptStream(PayloadError):
     """The header was valid but the entropy-coded body, or a header field, is inconsistent."""
 
     code = "corrupt_stream"
+
+
+class SelfTestFailed(EdgeaeError):
+    """`edgeae doctor` found this install unable to encode or decode correctly."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import constriction
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,7 @@ PRECISION = 16
 
 
 def make_coder(shape: tuple[int, ...], axis: int, levels: int, probs: np.ndarray | None = None,
-               seed: int = 0) -> SymbolCoder:
+               seed: int = 0, backend: str | None = None) -> SymbolCoder:
     """A coder over random (or given) tables; `coder.test_freqs` keeps the integer table for the checks."""
     channels = shape[axis - 1]
     if probs is None:
@@ -26,7 +25,8 @@ def make_coder(shape: tuple[int, ...], axis: int, levels: int, probs: np.ndarray
     quant = Quantization(bits=int(np.ceil(np.log2(levels))), levels=levels, offset=(0.0,) * channels,
                          step=(1.0,) * channels)
     latent = LatentSpec(shape=shape, channel_axis=axis, quantization=quant)
-    coder = SymbolCoder(latent, EntropySpec("range", PRECISION, tuple(tuple(int(v) for v in r) for r in freqs)))
+    coder = SymbolCoder(latent, EntropySpec("range", PRECISION, tuple(tuple(int(v) for v in r) for r in freqs)),
+                        backend=backend)
     coder.test_freqs = freqs
     return coder
 
@@ -55,6 +55,7 @@ def test_round_trip_is_exact_for_any_shape_axis_and_table(case):
 
 def _reference_body(coder: SymbolCoder, item: np.ndarray, probs: np.ndarray) -> bytes:
     """Coder 1 exactly as docs/FORMAT.md words it: channel-major, one Categorical per channel, LE words."""
+    constriction = pytest.importorskip("constriction")
     moved = np.moveaxis(item, coder.latent.channel_axis - 1, 0).reshape(coder.channels, -1)
     enc = constriction.stream.queue.RangeEncoder()
     for c, symbols in enumerate(moved):
@@ -63,9 +64,11 @@ def _reference_body(coder: SymbolCoder, item: np.ndarray, probs: np.ndarray) -> 
 
 
 @pytest.mark.parametrize(("shape", "axis"), [((8, 3, 3), 1), ((3, 8, 2), 2), ((16,), 1)])
-def test_bitstream_is_the_documented_one(shape, axis):
-    # (16,) is a dense latent: one symbol per channel, which takes the coder's per-symbol-rows path
-    coder = make_coder(shape, axis, 256)
+@pytest.mark.parametrize("backend", ["constriction", "numpy"])
+def test_bitstream_is_the_documented_one(shape, axis, backend):
+    # (16,) is a dense latent: one symbol per channel, which takes constriction's per-symbol-rows path
+    pytest.importorskip("constriction")
+    coder = make_coder(shape, axis, 256, backend=backend)
     probs = coder.test_freqs / 2**PRECISION
     q = np.random.default_rng(1).integers(0, 256, (5, *shape)).astype(np.int32)
     assert coder.encode(q) == [_reference_body(coder, item, probs) for item in q]

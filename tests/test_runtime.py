@@ -314,9 +314,10 @@ def test_each_step_composes_to_the_round_trip(handmade, kind):
     enc, dec = Encoder(b), Decoder(Bundle.open(b))
     x = _digits(5, channels=kind.get("channels", 1))
     payload = enc.encode(x)
-    q = enc.quantizer.quantize(enc.latents(enc.preprocess(x)))
+    q = enc.entropy.quantize(enc.latents(enc.preprocess(x)))
     np.testing.assert_array_equal(dec.symbols(payload), q)
-    expect = dec.reconstruct(dec.quantizer.dequantize(q))
+    np.testing.assert_array_equal(dec.latents(payload), dec.entropy.dequantize(q))
+    expect = dec.reconstruct(dec.entropy.dequantize(q))
     np.testing.assert_array_equal(dec.decode(payload, as_float=True), expect)
     out = dec.decode(payload)
     assert out.dtype == np.uint8 and out.shape == x.shape
@@ -372,10 +373,15 @@ def test_payload_from_another_bundle_is_refused(tiny_bundle, other_bundle, handm
 
 def test_header_that_contradicts_its_bundle_is_corrupt(handmade):
     dec = Decoder(handmade())
-    body = Encoder(handmade()).coder.encode(np.zeros((1, 4, 4, 4), np.int32))[0]
-    for shape, bits in (((4, 4, 5), 8), ((4, 4, 4), 7)):
+    body = Encoder(handmade()).entropy.encode_symbols(np.zeros((1, 4, 4, 4), np.int32))[0]
+    good = wire.Item(8, 8, (body,))
+    for kwargs, item in (({"bits": 7}, good), ({"bits": 8, "model": wire.MODEL_HYPERPRIOR}, wire.Item(8, 8, (body, body, b""))),
+                         ({"bits": 8}, wire.Item(8, 9, (body,)))):
+        with pytest.raises(CorruptStream, match="contradicts its bundle|takes only 8x8"):
+            dec.decode(wire.pack(dec.fingerprint, [item], **kwargs))
+    for shape, bits in (((4, 4, 5), 8), ((4, 4, 4), 7)):  # version 1 headers too
         with pytest.raises(CorruptStream, match="contradicts its bundle"):
-            dec.decode(wire.pack(dec.fingerprint, shape, [body], bits=bits))
+            dec.decode(wire.pack_v1(dec.fingerprint, shape, [body], bits=bits))
 
 
 def test_symbols_are_integer_exact_across_thread_settings(tiny_bundle):
@@ -462,3 +468,22 @@ def test_cli_wrong_bundle_is_a_per_file_error(tiny_bundle, other_bundle, tmp_pat
     payload.write_bytes(Encoder(tiny_bundle).encode(_digits(1)))
     res = CliRunner().invoke(main, ["decode", str(payload), "--bundle", str(other_bundle), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "fingerprint_mismatch" in res.output and "Traceback" not in res.output
+
+
+# --- compatibility --------------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "data" / "v1"
+
+
+def test_golden_v1_payload_still_decodes_to_the_same_images():
+    dec = Decoder(GOLDEN / "bundle")
+    data = (GOLDEN / "batch3.eae").read_bytes()
+    symbols = np.load(GOLDEN / "batch3.symbols.npy")
+    np.testing.assert_array_equal(dec.symbols(data), symbols)
+    np.testing.assert_array_equal(dec.decode(data), np.load(GOLDEN / "batch3.images.npy"))
+    # today's encoder writes version 2 around the very same bodies (the factorized bitstream did not change)
+    enc = Encoder(GOLDEN / "bundle")
+    v2 = enc.encode(np.random.default_rng(7).integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    assert v2[2] == 2 and wire.parse(v2).bodies == wire.parse(data).bodies
+    np.testing.assert_array_equal(dec.decode(v2), dec.decode(data))
+    assert len(v2) == len(data) - 1  # v2: model byte + one shared H, W instead of the 4-byte latent shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -154,3 +155,222 @@ def test_malformed_idx_and_npy_are_data_errors(tmp_path):
     (tmp_path / "x.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="not a readable .npy"):
         load_dataset(DataSpec("npy", data=str(tmp_path / "x.npy")))
+
+
+# --- issue 15: separate validation folder, random crops, resumable runs, devices, threads, the grid ---
+
+def _image_folder(root, n, rng, sizes=((40, 50), (37, 61))):
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("imgs")
+    return _image_folder(root / "train", 12, rng), _image_folder(root / "val", 3, rng, sizes=((70, 90),))
+
+
+def _crop_spec(folders, **kw):
+    return DataSpec("images", data=str(folders[0]), val_data=str(folders[1]), crop=16, crops_per_image=3,
+                    color="rgb", **kw)
+
+
+def test_crops_are_redrawn_every_epoch_and_validation_is_the_other_folder(folders):
+    d = load_dataset(_crop_spec(folders))
+    assert d.crops is not None and len(d.crops) == 36 and d.train.shape == (36, 3, 16, 16)
+    assert d.val.shape == (3, 3, 16, 16)  # centre crops at the training crop size by default
+    rng = np.random.default_rng(5)
+    a, b = d.crops.draw(rng), d.crops.draw(rng)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    again = d.crops.draw(np.random.default_rng(5))
+    assert np.array_equal(a, again)  # the draw is a function of the generator state only
+    # Every crop is a real window (or its mirror) of its source image.
+    src = d.crops.images[0].transpose(2, 0, 1)
+    windows = np.lib.stride_tricks.sliding_window_view(src, (16, 16), axis=(1, 2))
+    first = np.round(a[0] * 255).astype(np.uint8)
+    hits = (windows == first[:, None, None]).all(axis=(0, 3, 4)) | (windows == first[:, None, None, :, ::-1]).all(
+        axis=(0, 3, 4))
+    assert hits.any()
+    assert load_dataset(_crop_spec(folders, val_crop=32)).val.shape == (3, 3, 32, 32)
+
+
+def test_val_data_without_crops_and_bad_crop_options(folders):
+    d = load_dataset(DataSpec("images", data=str(folders[0]), val_data=str(folders[1]), patch=16, color="rgb"))
+    assert d.val.shape[1:] == (3, 16, 16) and len(d.val) == 3 * (70 // 16) * (90 // 16)
+    with pytest.raises(DataError, match="--dataset images"):
+        load_dataset(DataSpec("digits", crop=8))
+    with pytest.raises(DataError, match="crop size"):
+        load_dataset(_crop_spec(folders).__class__(**{**_crop_spec(folders).to_dict(), "crop": 4}))
+    with pytest.raises(DataError, match="needs a dataset read from a path"):
+        load_dataset(DataSpec("digits", val_data=str(folders[1])))
+
+
+def test_image_folders_are_bounded(folders, tmp_path, monkeypatch):
+    import edgeae.train.data as data
+
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 40 * 50 - 1)
+    with pytest.raises(DataError, match="pixel limit per image"):
+        load_dataset(_crop_spec(folders))
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(data, "MAX_FOLDER_IMAGES", 5)
+    with pytest.raises(DataError, match="more than the 5 limit"):
+        load_dataset(_crop_spec(folders))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_dataset(DataSpec("images", data=str(tmp_path / "bad"), crop=8))
+
+
+CODEC_TINY = {"lmbda": 0.02, "channels": 8, "latent_channels": 4}
+
+
+@pytest.mark.parametrize("family,stop", [("codec", 7), ("codec", 12), ("conv", 5)])
+def test_an_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, folders, family, stop):
+    """Stop mid-epoch (7), exactly at an epoch end (12: 36 crops / 3 per batch) and with a denoising AE on
+    digits (5 steps per epoch); the resumed run's weights equal the uninterrupted run's exactly (CPU,
+    same thread count)."""
+    from edgeae.train.trainer import TrainingInterrupted, resume
+
+    if family == "codec":
+        spec, opts = _crop_spec(folders), CODEC_TINY
+        cfg = TrainConfig(epochs=3, batch_size=3, lr_decay="cosine", progress=False, threads=1)
+    else:
+        spec, opts = DataSpec("digits"), {}
+        cfg = TrainConfig(epochs=2, batch_size=256, denoise_std=0.2, progress=False, threads=1)
+    whole = train(family, spec, tmp_path / "whole", opts, cfg)
+    with pytest.raises(TrainingInterrupted, match=f"stopped at step {stop}.*--resume"):
+        train(family, spec, tmp_path / "cut", opts, cfg, stop_at_step=stop)
+    assert not (tmp_path / "cut" / "weights.safetensors").exists()
+    resumed = resume(tmp_path / "cut")
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    def no_time(m):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+
+    assert no_time(resumed.metrics) == no_time(whole.metrics)  # same losses, to the last bit
+    devices = resumed.metrics["devices"]
+    assert [d["device"] for d in devices] == ["cpu", "cpu"]
+    assert devices[0]["first_step"] == 1 and devices[0]["last_step"] == stop
+    assert devices[1]["first_step"] == stop + 1 and devices[1]["last_step"] == whole.metrics["steps"]
+    ckpt = tmp_path / "cut" / "checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "state.json", "state.safetensors"]
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    from edgeae.train.trainer import resume
+
+    cfg = TrainConfig(epochs=1, batch_size=256, progress=False, threads=1)
+    train("dense", "digits", tmp_path / "r", {"latent": 8}, cfg)
+    longer = resume(tmp_path / "r", epochs=3)
+    assert [h["epoch"] for h in longer.metrics["history"]] == [1, 2, 3]
+    assert load_run(tmp_path / "r").config["train"]["epochs"] == 3
+
+
+def test_resume_and_device_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--resume", str(tmp_path / "none")])
+    assert res.exit_code != 0 and "is not a run directory" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["train", "--model", "dense", "--epochs", "1", "--no-progress",
+                               "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"])
+    assert res.exit_code != 0 and "drop --lr" in res.output
+    res = runner.invoke(main, ["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+    if not torch.cuda.is_available():
+        res = runner.invoke(main, ["train", "--model", "dense", "--device", "cuda", "--out", str(tmp_path / "c")])
+        assert res.exit_code != 0 and "--device cuda" in res.output and "--device cpu" in res.output
+        assert len([x for x in res.output.splitlines() if x.strip()]) == 1 and not (tmp_path / "c").exists()
+    res = runner.invoke(main, ["train", "--model", "dense", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "--resume" in res.output
+
+
+def test_default_threads_follow_omp_then_free_cores(monkeypatch):
+    from edgeae.train import trainer
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert trainer.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(trainer, "available_cpus", lambda: 8)
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert trainer.default_threads() == 4  # quiet: min(cores, 4)
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (6.2, 0.0, 0.0))
+    assert trainer.default_threads() == 2
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert trainer.default_threads() == 1  # busy: never oversubscribe
+
+
+def test_the_reconstruction_grid_is_titled_and_its_rows_labelled(tmp_path):
+    from PIL import Image
+
+    from edgeae.train.rundir import save_grid
+
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    save_grid(tmp_path / "plain.png", x, x)
+    save_grid(tmp_path / "titled.png", x, x, title="run: conv")
+    plain, titled = (np.asarray(Image.open(tmp_path / f).convert("L")) for f in ("plain.png", "titled.png"))
+    assert titled.shape[0] > plain.shape[0]  # a title band
+    # The label column holds dark text pixels beside each row; the images themselves are black squares.
+    label_w = plain.shape[1] - (3 * 10 + 2) * 8
+    assert label_w > 40
+    for top, bottom in ((0, plain.shape[0] // 2), (plain.shape[0] // 2, plain.shape[0])):
+        assert (plain[top:bottom, :label_w] < 128).any()
+
+
+def test_progress_lines_in_a_log(tmp_path, capsys, monkeypatch):
+    from edgeae.train import trainer
+
+    monkeypatch.setattr(trainer._Progress, "__init__", _fast_progress_init(trainer._Progress.__init__))
+    train("dense", "digits", tmp_path / "r", {"latent": 8},
+          TrainConfig(epochs=1, batch_size=64, progress=True, threads=1))
+    err = capsys.readouterr().err
+    assert "step " in err and "step/s" in err and "ETA" in err and "loss" in err
+
+
+def _fast_progress_init(init):
+    def fast(self, enabled, total, done, every=30.0):
+        init(self, enabled, total, done, every=0.0)
+
+    return fast
+
+
+def test_variable_rate_bakes_into_plain_models_with_the_same_outputs():
+    from edgeae.train.models.variable_rate import bake
+
+    torch.manual_seed(0)
+    m = build_model("codec-vr", in_shape=(3, 16, 16), channels=8, latent_channels=4, lmbdas=[0.005, 0.02, 0.08])
+    opt = m.configure_optimizer(3e-3)
+    x = torch.rand(6, 3, 16, 16)
+    for _ in range(30):
+        loss = m.loss(m(x), x).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    rates = []
+    for q in range(3):
+        with m.at_quality(q):
+            ref = m(x)
+        plain = bake(m, q)
+        assert type(plain).family == "codec" and plain.config.lmbda == m.lmbdas[q]
+        out = plain(x)
+        assert torch.equal(torch.round(ref.latent), torch.round(out.latent)) or (
+            (torch.round(ref.latent) != torch.round(out.latent)).float().mean() < 1e-3)
+        assert torch.allclose(ref.x_hat, out.x_hat, atol=1e-5)
+        rates.append(float(torch.round(out.latent.detach()).abs().mean()))
+        plain.entropy_tables()  # exportable as any codec
+    assert rates[0] < rates[1] < rates[2]  # higher lmbda, larger gain, finer quantisation
+    with pytest.raises(TypeError, match="bake"):
+        m.entropy_tables()

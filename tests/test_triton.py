@@ -49,7 +49,7 @@ def test_triton_repository_matches_the_graph(tiny_bundle, tmp_path, int8):
     from edgeae.runtime.codec import Encoder
 
     payload = Encoder(tiny_bundle).encode(np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8))
-    latents = dec.quantizer.dequantize(dec.symbols(payload)).astype(np.float32)
+    latents = dec.latents(payload)
     (images,) = sess.run(outp["name"], {gi.name: latents})
     assert images.shape == (5, *outp["dims"])
     from edgeae.runtime.images import to_uint8

@@ -27,5 +27,5 @@ def main() -> None:
 
 
 # Each module registers its commands on `main`; none imports torch at import time.
-for _name in ("train", "bundle", "runtime", "profile", "serve", "evaluate", "demo"):
+for _name in ("train", "bundle", "runtime", "profile", "serve", "evaluate", "demo", "doctor"):
     importlib.import_module(f"edgeae.cli.{_name}")

@@ -89,8 +89,6 @@ def _codec_options(f):
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
            batch: bool, spool: str | None, send: str | None) -> None:
     """Encode images (files, or folders of them) into .eae payloads: one per image, or one with --batch."""
-    import numpy as np
-
     if send and not spool:
         raise click.UsageError("--send needs --spool DIR (payloads are spooled durably before upload)")
     spooled = None  # edgeae.serve.uploader.Spool with --spool
@@ -107,13 +105,12 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     failures = Failures()
     jobs = _jobs(inputs, IMAGE_SUFFIXES, failures)
     enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
-    pixels = int(np.prod(enc.manifest.input.shape[1:]))
     out_dir = Path(out)
     encoded = list(_encode_files(enc, jobs, failures))
     if batch and encoded:
         if len(encoded) > enc.packer.max_items:
             raise click.UsageError(f"{len(encoded)} images exceed one payload's {enc.packer.max_items}; drop --batch")
-        payload = enc.pack([body for _, body in encoded])
+        payload = enc.pack([item for _, item in encoded])
         _deliver(out_dir / BATCH_NAME, payload, spooled)
         for i, (job, _) in enumerate(encoded):
             click.echo(f"item {i}: {job.source}")
@@ -121,15 +118,16 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         total = len(payload)
     else:
         total = 0
-        for job, body in encoded:
-            payload = enc.pack([body])
+        for job, item in encoded:
+            payload = enc.pack([item])
             target = job.output(out_dir, ".eae")
             _deliver(target, payload, spooled)
             total += len(payload)
-            click.echo(f"{job.source} -> {target}  {len(payload)} bytes  {8 * len(payload) / pixels:.3f} bpp")
+            click.echo(f"{job.source} -> {target}  {len(payload)} bytes  {8 * len(payload) / item.pixels:.3f} bpp")
     if encoded:
         mean = total / len(encoded)
-        click.echo(f"{len(encoded)} images: {mean:.1f} bytes/image, {8 * mean / pixels:.3f} bits per pixel")
+        pixels = sum(item.pixels for _, item in encoded)
+        click.echo(f"{len(encoded)} images: {mean:.1f} bytes/image, {8 * total / pixels:.3f} bits per pixel")
     if send:
         from edgeae.serve.uploader import upload_spool
 
@@ -143,8 +141,9 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
     failures.finish()
 
 
-def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Job, bytes]]:
-    """(job, item body) for every readable image; the graph runs on chunks of ENCODE_CHUNK images."""
+def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Job, Any]]:
+    """(job, coded item) for every readable image; the graph runs on chunks of ENCODE_CHUNK images (grouped
+    by size on any-size bundles)."""
     import numpy as np
 
     from edgeae.errors import InputError
@@ -157,8 +156,8 @@ def _encode_files(enc, jobs: list[Job], failures: Failures) -> Iterator[tuple[Jo
             except InputError as exc:
                 failures.report(job.source, str(exc))
         if loaded:
-            bodies = enc.coder.encode(enc.symbols(np.stack([img for _, img in loaded])))
-            yield from zip((job for job, _ in loaded), bodies, strict=True)
+            items = enc.items([img for _, img in loaded] if enc.any_size else np.stack([img for _, img in loaded]))
+            yield from zip((job for job, _ in loaded), items, strict=True)
 
 
 def _deliver(target: Path, payload: bytes, spool: Any = None) -> None:

@@ -48,8 +48,7 @@ class Scorer:
             xs = x[i : i + CHUNK]
             unit = (xs - self._offset) / self._scale  # back to pixels in [0, 1]
             if self.mode == "payload":
-                q = self.encoder.quantizer.quantize(self.encoder.latents(xs))
-                payloads = [self.encoder.pack([body]) for body in self.encoder.coder.encode(q)]
+                payloads = [self.encoder.pack([item]) for item in self.encoder.code(xs)]
                 rec = np.concatenate([self.decoder.decode(p, as_float=True) for p in payloads])
             else:
                 rec = self.decoder.reconstruct(self.encoder.latents(xs))

@@ -4,7 +4,7 @@ For every image: the REAL runtime path, one payload per image (`Encoder.encode_e
 alone (`Decoder.decode`), so the rate is whole payloads, header included. fp32 always, int8 too when the
 bundle ships int8 graphs (int8 encoder + int8 decoder). Each bundle x precision gives one RD point (mean
 bytes, mean per-image PSNR); bundles of one family (manifest `model.family`, or a label) form a curve.
-Torch-free: numpy, onnxruntime, constriction, Pillow; rich only for the progress bar if installed.
+Torch-free: numpy, onnxruntime, Pillow (constriction if installed); rich only for the progress bar if installed.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The edge/server runtime: numpy + onnxruntime + constriction (+ Pillow for files). Never imports torch.
+"""The edge/server runtime: numpy + onnxruntime (+ Pillow for files, + constriction where it has a wheel, as a
+faster entropy coder that writes the same bytes as the numpy one). Never imports torch.
 
     from edgeae.runtime import Encoder, Decoder
     payload = Encoder("export/mnist-conv").encode(images)     # bytes
     images = Decoder("export/mnist-conv").decode(payload)     # uint8 (N, H, W)
 
 Names are imported on first use, so `import edgeae.runtime` (and `edgeae inspect` on a payload) stays
-cheap: onnxruntime and constriction load only when a codec is built.
+cheap: onnxruntime (and constriction, if installed) load only when a codec is built.
 """
 
 from __future__ import annotations

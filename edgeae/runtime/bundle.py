@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgeae.errors import BundleError
-from edgeae.runtime.manifest import MANIFEST_NAME, ROLES, Manifest, load_manifest
+from edgeae.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from edgeae.runtime.payload import fingerprint_prefix
 
 PRECISIONS = ("fp32", "int8")
@@ -22,12 +22,16 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, partial: bool = False) -> Bundle:
-        """Validate the manifest and check every listed file's size and sha256.
+        """Validate the manifest and check every listed file's size and sha256. `path`: a bundle folder, its
+        manifest.json, or the name of a pretrained bundle shipped with edgeae (`edgeae models --pretrained`).
 
         Every listed file must exist, unless `partial`: a device may ship only the encoder side and a decode
         server only the decoder side (export/README.md); then `graph_path` refuses the missing graphs.
         """
-        root = Path(path)
+        from edgeae import zoo
+
+        # A pretrained name (MODEL:QUALITY, e.g. "photo:3") that is not an existing path: the shipped bundle.
+        root = zoo.resolve(str(path)) if zoo.is_name(path) else Path(path)
         if root.name == MANIFEST_NAME and root.is_file():
             root = root.parent
         if not root.is_dir():
@@ -58,9 +62,9 @@ class Bundle:
         return fingerprint_prefix(self.manifest.fingerprint)
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
-        """The verified file of the encoder or decoder graph, fp32 or int8."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        """The verified file of one of the bundle's graphs (encoder, decoder or an extra role), fp32 or int8."""
+        if role not in self.manifest.graphs:
+            raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         graph = self.manifest.graphs[role]

@@ -1,12 +1,23 @@
 """Encoder / Decoder: the whole pipeline, image -> payload bytes -> image, with each step callable alone.
 
-    images -> ImageAdapter -> encoder graph -> Quantizer -> SymbolCoder -> payload.pack -> bytes
-    bytes -> payload.parse (+ fingerprint) -> SymbolCoder -> Quantizer -> decoder graph -> uint8 images
+    images -> ImageAdapter -> pad to the size multiple -> encoder graph -> entropy model -> payload.pack -> bytes
+    bytes -> payload.parse (+ fingerprint) -> entropy model -> decoder graph -> crop -> images
+
+The entropy model (edgeae/runtime/entropy_models/, chosen by the manifest's `entropy.model`) turns float
+latents into each item's coded parts and back, running any extra graph it needs (the hyperprior's
+`hyper_encoder` / `hyper_decoder`) through this module's sessions.
+
+Any image size (bundles with `input.size_multiple` > 0): each image is padded at the bottom and right by
+edge replication to the next multiple, the graphs run at the padded size, the payload carries the original
+height and width, and the decoder crops. A batch of mixed sizes is grouped by padded size: one graph run per
+padded size (and per chunk of at most GRAPH_PIXELS pixels), items stay in input order in the payload.
+Bundles of a fixed size (dense models) take exactly that size, as before.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,16 +25,44 @@ import numpy as np
 from edgeae.errors import BundleError, CorruptStream, FingerprintMismatch, InputError
 from edgeae.runtime import payload as wire
 from edgeae.runtime.bundle import Bundle
-from edgeae.runtime.entropy import SymbolCoder
+from edgeae.runtime.entropy_models import EntropyModel, model_for
 from edgeae.runtime.images import ImageAdapter, to_uint8
-from edgeae.runtime.quantize import Quantizer
 from edgeae.runtime.session import make_session
 
-DECODE_BATCH = 256  # decoder graph runs in chunks of this many items, whatever the payload holds
+DECODE_BATCH = 256  # a graph runs on at most this many items at once, whatever the payload holds
+GRAPH_PIXELS = 1 << 22  # ... and on at most this many (padded) pixels at once (one image is never split)
+
+
+class _Graph:
+    """One onnxruntime session with its manifest entry: x -> {output name: array}."""
+
+    def __init__(self, bundle: Bundle, role: str, precision: str, device: Any, threads: int | None) -> None:
+        entry = bundle.manifest.graphs.get(role)
+        if entry is None:
+            raise BundleError(f"bundle {bundle.path} has no {role} graph, which its entropy model needs; "
+                              "re-export the bundle")
+        if role not in ("encoder", "decoder") and entry.int8_file is None:
+            precision = "fp32"  # extra graphs without an int8 variant (the integer hyper-decoder) run as they are
+        self.role = role
+        self.path = bundle.graph_path(role, precision)
+        self.session = make_session(self.path, profile=device, threads=threads)
+        inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [entry.input] or entry.output not in self.outputs:
+            raise BundleError(f"{bundle.path}: the {role} graph has inputs {inputs} / outputs {self.outputs} but "
+                              f"the manifest names {entry.input!r} -> {entry.output!r}; re-export the bundle")
+        self.input, self.output = entry.input, entry.output
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, {self.input: x}), strict=True))
+
+    def main(self, x: np.ndarray) -> np.ndarray:
+        """The manifest's output alone."""
+        return self.session.run([self.output], {self.input: x})[0]
 
 
 class _Codec:
-    """What both sides share: the verified bundle, one graph session, the quantiser and the entropy coder."""
+    """What both sides share: the verified bundle, the graph sessions, the entropy model, the geometry."""
 
     role = ""
 
@@ -35,61 +74,150 @@ class _Codec:
         m = self.bundle.manifest
         self.manifest = m
         self.precision = precision
-        self.session = make_session(self.bundle.graph_path(self.role, precision), profile=device, threads=threads)
-        self._input, self._outputs = _check_io(self.session, m.graphs[self.role], self.bundle, self.role)
-        self.quantizer = Quantizer(m.latent)
-        self.coder = SymbolCoder(m.latent, m.entropy)
+        self._options = (device, threads)
+        self._graphs: dict[str, _Graph] = {}
+        self.graph = self._graph(self.role)
+        self.session = self.graph.session
+        self.entropy: EntropyModel = model_for(m, self._graph)
         self.fingerprint = self.bundle.fingerprint_prefix
-        self.latent_shape = m.latent.shape
+        self.latent_shape = m.latent.shape  # at the reference (export) size
         self.bits = m.latent.quantization.bits
         self.coder_id = wire.CODER_IDS[m.entropy.coder]
+        self.model_id = self.entropy.model_id
+        self.images = ImageAdapter(m.input)
+        self.size_multiple = m.input.size_multiple
+        self.stride = m.latent.stride
+        self.any_size = self.size_multiple > 0
+        shape = m.input.shape
+        # the (height, width) a payload carries for a fixed-size input: its last two axes, 1 for a missing one
+        self.fixed_size: tuple[int, int] = (1, 1) if len(shape) < 2 else \
+            ((1, shape[1]) if len(shape) == 2 else (shape[-2], shape[-1]))
 
-    def _run(self, x: np.ndarray, expect: tuple[int, ...]) -> np.ndarray:
-        out = self.session.run(self._outputs, {self._input: x})[0]
-        if out.shape[1:] != expect:
-            raise BundleError(f"{self.bundle.path}: the {self.role} graph gives shape {out.shape[1:]} but the "
-                              f"manifest says {expect}; re-export the bundle")
-        return out
+    def _graph(self, role: str) -> _Graph:
+        g = self._graphs.get(role)
+        if g is None:
+            g = self._graphs[role] = _Graph(self.bundle, role, self.precision, *self._options)
+        return g
+
+    # --- geometry ---
+
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        """The size the graphs run at for an image of height x width."""
+        m = self.size_multiple
+        return (-(-height // m) * m, -(-width // m) * m) if m else (height, width)
+
+    def latent_shape_for(self, height: int, width: int) -> tuple[int, ...]:
+        """One item's latent shape for an image of this (original) size."""
+        if not self.any_size:
+            return self.latent_shape
+        h, w = self.padded(height, width)
+        return (self.latent_shape[0], h // self.stride, w // self.stride)
 
 
 class Encoder(_Codec):
-    """images -> payload bytes. One onnxruntime session, created once; call from many threads if you like."""
+    """images -> payload bytes. One onnxruntime session per graph, created once; call from many threads."""
 
     role = "encoder"
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
                  threads: int | None = None) -> None:
         super().__init__(bundle, precision, device, threads)
-        self.images = ImageAdapter(self.manifest.input)
-        self.packer = wire.Packer(self.fingerprint, self.latent_shape, bits=self.bits, coder=self.coder_id)
+        self.packer = wire.Packer(self.fingerprint, bits=self.bits, coder=self.coder_id, model=self.model_id)
+        for role in self.entropy.graph_roles:  # build the entropy model's sessions now, not on the first image
+            self._graph(role)
 
     # The steps, in order; `encode` is exactly their composition.
     def preprocess(self, images: Any) -> np.ndarray:
-        """User images -> float32 (N, C, H, W) graph input (InputError if they do not fit)."""
+        """User images of one size -> float32 (N, C, H, W) graph input, unpadded (InputError if they do not fit)."""
         return self.images(images)
 
+    def pad(self, x: np.ndarray) -> np.ndarray:
+        """Graph input (N, C, H, W) -> padded at the bottom and right by edge replication to the size multiple."""
+        if not self.any_size:
+            return x
+        h, w = x.shape[-2:]
+        ph, pw = self.padded(h, w)
+        if (ph, pw) == (h, w):
+            return x
+        return np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)), mode="edge")
+
     def latents(self, x: np.ndarray) -> np.ndarray:
-        """Graph input -> float32 latents (N, *latent_shape)."""
-        return self._run(x, self.latent_shape)
+        """Graph input (N, C, H, W) of one size -> float32 latents (N, *latent_shape_for(H, W)), padded first."""
+        x = self.pad(x)
+        expect = self.latent_shape if not self.any_size else self.latent_shape_for(*x.shape[-2:])
+        parts = []
+        for a, b in _chunks(len(x), int(np.prod(x.shape[2:]))):
+            y = self.graph.main(np.ascontiguousarray(x[a:b]))
+            if y.shape[1:] != expect:
+                raise BundleError(f"{self.bundle.path}: the encoder graph gives shape {y.shape[1:]} but the "
+                                  f"manifest says {expect}; re-export the bundle")
+            parts.append(y)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def symbols(self, images: Any) -> np.ndarray:
-        """User images -> int32 symbols (N, *latent_shape)."""
-        return self.quantizer.quantize(self.latents(self.preprocess(images)))
+    def code(self, x: np.ndarray) -> list[wire.Item]:
+        """Graph input (N, C, H, W) of one size -> the coded items (original size + entropy-coded parts)."""
+        return self._code(self.pad(x), [self._wire_size(x.shape)] * len(x))
 
-    def pack(self, bodies: list[bytes]) -> bytes:
-        return self.packer.pack(bodies)
+    def _code(self, x: np.ndarray, sizes: list[tuple[int, int]]) -> list[wire.Item]:
+        return [wire.Item(h, w, parts) for (h, w), parts in zip(sizes, self.entropy.encode(self.latents(x)),
+                                                                 strict=True)]
+
+    def items(self, images: Any) -> list[wire.Item]:
+        """User images (one array/batch, or a list of images of any sizes) -> coded items in input order."""
+        groups = list(self._groups(images))
+        n = sum(len(idx) for idx, _, _ in groups)
+        if n > self.packer.max_items:
+            raise InputError(f"{n} images exceed one payload's {self.packer.max_items}; use encode_each "
+                             "or smaller batches")
+        out: list[Any] = [None] * n
+        for idx, x, sizes in groups:
+            for i, item in zip(idx, self._code(x, sizes), strict=True):
+                out[i] = item
+        return out
+
+    def pack(self, items: Sequence[wire.Item]) -> bytes:
+        return self.packer.pack(items)
 
     def encode(self, images: Any) -> bytes:
-        """One payload holding every image of the batch."""
-        x = self.preprocess(images)
-        if len(x) > self.packer.max_items:
-            raise InputError(f"{len(x)} images exceed one payload's {self.packer.max_items}; use encode_each "
-                             "or smaller batches")
-        return self.pack(self.coder.encode(self.quantizer.quantize(self.latents(x))))
+        """One payload holding every image of the batch (images may differ in size on any-size bundles)."""
+        return self.pack(self.items(images))
 
     def encode_each(self, images: Any) -> list[bytes]:
-        """One payload per image (the graph still runs on the whole batch)."""
-        return [self.pack([body]) for body in self.coder.encode(self.symbols(images))]
+        """One payload per image (the graph still runs on whole groups)."""
+        return [self.pack([item]) for item in self.items(images)]
+
+    def symbols(self, images: Any) -> np.ndarray:
+        """User images of one size -> int32 symbols (N, *latent_shape) (factorized entropy model)."""
+        quantize = getattr(self.entropy, "quantize", None)
+        if quantize is None:
+            raise InputError(f"the {self.entropy.name} entropy model has no single symbol array; use items()")
+        return quantize(self.latents(self.preprocess(images)))
+
+    # --- helpers ---
+
+    def _wire_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        if not self.any_size:
+            return self.fixed_size
+        h, w = int(shape[-2]), int(shape[-1])
+        if h * w > wire.MAX_ITEM_PIXELS or max(h, w) > wire.MAX_SIDE:
+            raise InputError(f"an image of {h}x{w} pixels exceeds the format's limits (sides up to "
+                             f"{wire.MAX_SIDE}, {wire.MAX_ITEM_PIXELS} pixels); split or downscale it first")
+        return h, w
+
+    def _groups(self, images: Any) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, int]]]]:
+        """(input positions, padded graph input, original sizes) for every padded size in the input."""
+        if not (isinstance(images, (list, tuple)) and self.any_size):
+            x = self.preprocess(images)
+            yield list(range(len(x))), self.pad(x), [self._wire_size(x.shape)] * len(x)
+            return
+        if not images:
+            raise InputError("no images given")
+        singles = [self.preprocess(im) for im in images]
+        if any(len(s) != 1 for s in singles):
+            raise InputError("a list of images must hold single images; pass a batch as one array instead")
+        sizes = [self._wire_size(s.shape) for s in singles]
+        for idx in _group([self.padded(*hw) for hw in sizes]).values():
+            yield idx, np.concatenate([self.pad(singles[i]) for i in idx]), [sizes[i] for i in idx]
 
 
 class Decoder(_Codec):
@@ -97,43 +225,138 @@ class Decoder(_Codec):
 
     role = "decoder"
 
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
+                 threads: int | None = None, verify: bool = False) -> None:
+        """`verify`: check the entropy model's integer graph against its numpy reference on every payload
+        (hyperprior: the hyper-decoder's table indices; a BundleError if they differ on this machine)."""
+        super().__init__(bundle, precision, device, threads)
+        for role in self.entropy.graph_roles[1:]:  # the decoder side runs the hyper-decoder only
+            self._graph(role)
+        if verify:
+            if not hasattr(self.entropy, "verify"):
+                raise InputError(f"the {self.entropy.name} entropy model has no integer graph to verify")
+            self.entropy.verify = True
+
     def parse(self, data: bytes | bytearray | memoryview) -> wire.Payload:
-        """Strict parse, then check the payload belongs to this bundle."""
+        """Strict parse, then check the payload belongs to this bundle and fits its sizes and symbol limits."""
         p = wire.parse(data)
         h = p.header
         if h.fingerprint != self.fingerprint:
             raise FingerprintMismatch(f"payload was made with bundle {h.fingerprint.hex()} but this bundle is "
                                       f"{self.fingerprint.hex()}; decode it with the bundle that encoded it")
-        if h.coder != self.coder_id or h.bits != self.bits or h.shape != self.latent_shape:
-            raise CorruptStream(f"payload header (coder {h.coder}, {h.bits} bits, shape {h.shape}) contradicts "
-                                f"its bundle (coder {self.coder_id}, {self.bits} bits, shape {self.latent_shape})")
+        if h.coder != self.coder_id or h.bits != self.bits or h.model != self.model_id:
+            raise CorruptStream(f"payload header (coder {h.coder}, {h.bits} bits, entropy model {h.model}) "
+                                f"contradicts its bundle (coder {self.coder_id}, {self.bits} bits, entropy model "
+                                f"{self.model_id})")
+        if h.version == 1:
+            if h.shape != self.latent_shape:
+                raise CorruptStream(f"payload latent shape {h.shape} contradicts its bundle's {self.latent_shape}")
+            return wire.Payload(h, tuple(wire.Item(*self.fixed_size, it.parts) for it in p.items))
+        total = 0
+        for height, width in set(h.sizes):
+            if not self.any_size and (height, width) != self.fixed_size:
+                raise CorruptStream(f"payload holds a {height}x{width} item but this bundle takes only "
+                                    f"{self.fixed_size[0]}x{self.fixed_size[1]}")
+        for height, width in h.sizes:
+            symbols = int(np.prod(self.latent_shape_for(height, width)))
+            total += symbols
+            if symbols > wire.MAX_ITEM_SYMBOLS or total > wire.MAX_TOTAL_SYMBOLS:
+                raise CorruptStream(f"payload announces more latent symbols than the format's limits "
+                                    f"({wire.MAX_ITEM_SYMBOLS} an item, {wire.MAX_TOTAL_SYMBOLS} a payload)")
         return p
 
+    def items(self, data: bytes | bytearray | memoryview) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Payload -> (one float32 latent (*latent_shape_i) per item, each item's original (height, width)).
+
+        Entropy decoding only (plus the hyper-decoder); `render` runs the decoder graph on any list of them."""
+        p = self.parse(data)
+        items, lanes = p.items, p.header.version >= 2  # version-1 bodies are single streams
+        latents: list[np.ndarray] = [np.empty(0)] * len(items)
+        for shape, idx in _group([self.latent_shape_for(it.height, it.width) for it in items]).items():
+            y = self.entropy.decode([items[i].parts for i in idx], shape, lanes)
+            for i, yi in zip(idx, y, strict=True):
+                latents[i] = yi
+        return latents, [(it.height, it.width) for it in items]
+
+    def latents(self, data: bytes | bytearray | memoryview) -> np.ndarray | list[np.ndarray]:
+        """Payload -> the float32 latents the decoder graph takes: (N, *latent_shape) when every item has one
+        size, else a list of per-item (*latent_shape_i) arrays."""
+        return _stack(self.items(data)[0])
+
     def symbols(self, data: bytes | bytearray | memoryview) -> np.ndarray:
-        """Payload -> int32 symbols (N, *latent_shape)."""
-        return self.coder.decode(self.parse(data).bodies)
+        """Payload -> int32 symbols (N, *latent_shape) (factorized entropy model, items of one size)."""
+        decode_symbols = getattr(self.entropy, "decode_symbols", None)
+        p = self.parse(data)
+        shapes = {self.latent_shape_for(it.height, it.width) for it in p.items}
+        if decode_symbols is None or len(shapes) != 1:
+            raise CorruptStream("this payload has no single symbol array (several sizes, or not factorized); "
+                                "use Decoder.latents or Decoder.items")
+        return decode_symbols([it.parts[0] for it in p.items], shapes.pop(), p.header.version >= 2)
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:
-        """Latents (N, *latent_shape) -> float32 images (N, C, H, W) in [0, 1], in graph-sized chunks."""
-        image_shape = self.manifest.input.shape
-        parts = [self._run(np.ascontiguousarray(y[i : i + DECODE_BATCH], np.float32), image_shape)
-                 for i in range(0, len(y), DECODE_BATCH)]
+        """Latents (N, *latent_shape) of one size -> the decoder graph's float32 output (N, C, H, W), padded
+        size, in chunks of at most DECODE_BATCH items / GRAPH_PIXELS pixels."""
+        if self.any_size:
+            h, w = y.shape[-2:]
+            expect: tuple[int, ...] = (self.manifest.input.shape[0], h * self.stride, w * self.stride)
+        else:
+            expect = tuple(self.manifest.input.shape)
+        parts = []
+        for a, b in _chunks(len(y), int(np.prod(expect[1:]))):
+            x = self.graph.main(np.ascontiguousarray(y[a:b], np.float32))
+            if x.shape[1:] != expect:
+                raise BundleError(f"{self.bundle.path}: the decoder graph gives shape {x.shape[1:]} but the "
+                                  f"manifest says {expect}; re-export the bundle")
+            parts.append(x)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def render(self, latents: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
+               as_float: bool = False) -> list[np.ndarray]:
+        """Per-item latents + original sizes (from `items`, of one or many payloads) -> per-item images,
+        cropped: uint8 (H, W) / (H, W, C), or the float32 graph output (C, H, W) with as_float. One decoder
+        graph run per latent shape (in chunks)."""
+        out: list[np.ndarray] = [np.empty(0)] * len(latents)
+        for _, idx in _group([tuple(y.shape) for y in latents]).items():
+            x = self.reconstruct(np.stack([latents[i] for i in idx]))
+            crop = self.any_size and any(sizes[i] != x.shape[-2:] for i in idx)
+            if not as_float and not crop:
+                x = to_uint8(x)  # the whole group at once
+            for i, xi in zip(idx, x, strict=True):
+                if crop:
+                    h, w = sizes[i]
+                    xi = xi[:, :h, :w]
+                    out[i] = xi if as_float else to_uint8(xi[None])[0]
+                else:
+                    out[i] = xi
+        return out
+
     def from_symbols(self, q: np.ndarray, as_float: bool = False) -> np.ndarray:
-        """int symbols -> images: uint8 (N, H, W) / (N, H, W, C), or float32 (N, C, H, W) with as_float."""
-        x = self.reconstruct(self.quantizer.dequantize(q))
+        """int symbols (N, *latent_shape) -> images (factorized; no crop): uint8 (N, H, W) / (N, H, W, C), or
+        float32 (N, C, H, W) with as_float."""
+        dequantize = getattr(self.entropy, "dequantize", None)
+        if dequantize is None:
+            raise InputError(f"the {self.entropy.name} entropy model has no single symbol array; use render()")
+        x = self.reconstruct(dequantize(q))
         return x if as_float else to_uint8(x)
 
-    def decode(self, data: bytes | bytearray | memoryview, as_float: bool = False) -> np.ndarray:
-        """Payload -> uint8 images (N, H, W) for gray or (N, H, W, C); float32 (N, C, H, W) with as_float."""
-        return self.from_symbols(self.symbols(data), as_float=as_float)
+    def decode(self, data: bytes | bytearray | memoryview, as_float: bool = False) -> np.ndarray | list[np.ndarray]:
+        """Payload -> uint8 images (N, H, W) for gray or (N, H, W, C); float32 (N, C, H, W) with as_float.
+        A payload of several image sizes gives a list of per-item images instead of one array."""
+        return _stack(self.render(*self.items(data), as_float=as_float))
 
 
-def _check_io(session: Any, graph: Any, bundle: Bundle, role: str) -> tuple[str, list[str]]:
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != [graph.input] or graph.output not in outputs:
-        raise BundleError(f"{bundle.path}: the {role} graph has inputs {inputs} / outputs {outputs} but the "
-                          f"manifest names {graph.input!r} -> {graph.output!r}; re-export the bundle")
-    return graph.input, [graph.output]
+def _chunks(n: int, pixels: int) -> list[tuple[int, int]]:
+    """[a, b) ranges of at most DECODE_BATCH items and GRAPH_PIXELS pixels (at least one item each)."""
+    step = max(1, min(DECODE_BATCH, GRAPH_PIXELS // max(pixels, 1)))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _group(keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return groups
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays

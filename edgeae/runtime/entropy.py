@@ -1,106 +1,110 @@
-"""Integer symbols <-> item bodies: constriction's range coder with the manifest's per-channel tables.
+"""Integer symbols <-> item bodies: the range coder (edgeae/runtime/rangecoder.py) with per-channel tables.
 
 The bitstream is coder 1 (`range`) of docs/FORMAT.md: per item, symbols in channel-major order, channel
-c coded with Categorical(frequencies[c] / 2**precision, perfect=False), body = the coder's uint32 words
-little-endian. Integer tables make the probabilities exact floats, so decoding is bit-exact anywhere.
+c coded with table c (Categorical(frequencies[c] / 2**precision, perfect=False) in constriction's terms),
+body = the coder's uint32 words little-endian. Integer tables make decoding bit-exact anywhere, and the
+constriction and numpy backends write the same bytes (`backend` says which one is active).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-import constriction
 import numpy as np
 
-from edgeae.errors import CorruptStream
 from edgeae.runtime.manifest import EntropySpec, LatentSpec
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
-_WORD = np.dtype("<u4")
-# One coder call per channel costs ~0.4 us; per-symbol probability rows cost ~0.2 us a symbol. Below this
-# many symbols per channel, one call with per-symbol rows is faster. Both produce identical bytes.
-_ROWS_BELOW = 2
+from edgeae.runtime.rangecoder import RangeCoder, RangeTables
 
 
 class SymbolCoder:
-    """Entropy-codes batched integer latents (N, *latent.shape), one independent body per item."""
+    """Entropy-codes batched integer latents (N, *latent.shape), one independent body per item.
 
-    def __init__(self, latent: LatentSpec, entropy: EntropySpec) -> None:
+    `lanes=True` codes each item as interleaved lanes (rangecoder's lane framing, wire format v2) so that
+    the numpy backend can vectorise a single big item; the default is the v1 body (one stream per item).
+    A latent whose spatial size differs from the manifest's (fully convolutional bundles) is coded the
+    same way: pass `shape` to decode.
+    """
+
+    def __init__(self, latent: LatentSpec, entropy: EntropySpec, backend: str | None = None) -> None:
         if entropy.coder != "range":
             raise ValueError(f"unknown entropy coder {entropy.coder!r}")
         self.latent = latent
         self.levels = latent.quantization.levels
         self.channels = latent.channels
         self.per_channel = latent.symbols // self.channels  # symbols of one channel in one item
-        # Channel-major order: the channel axis goes first within an item (axis 1 of the batch).
-        self._axis = latent.channel_axis
-        inner = list(latent.shape)
-        inner.insert(0, inner.pop(self._axis - 1))
-        self._moved_shape = tuple(inner)
-        probs = np.asarray(entropy.frequencies, np.float64) / float(1 << entropy.precision)  # exact
-        model = constriction.stream.model
-        self._models = [model.Categorical(p, perfect=False) for p in probs]
-        self._use_rows = self.per_channel < _ROWS_BELOW
-        if self._use_rows:  # one row of probabilities per symbol of an item, in coding order
-            self._family = model.Categorical(perfect=False)
-            self._rows = np.ascontiguousarray(np.repeat(probs, self.per_channel, axis=0))
+        self._axis = latent.channel_axis  # channel-major order: this axis goes first within an item
+        self.tables = RangeTables(entropy.frequencies, entropy.precision)
+        self.range_coder = RangeCoder(self.tables, backend)
+        self._index: dict[int, np.ndarray] = {}
+
+    @property
+    def backend(self) -> str:
+        return self.range_coder.backend
+
+    def _table_index(self, per_channel: int) -> np.ndarray:
+        idx = self._index.get(per_channel)
+        if idx is None:
+            idx = self._index[per_channel] = np.repeat(np.arange(self.channels, dtype=np.int64), per_channel)
+        return idx
+
+    def _check_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(self.latent.shape) or shape[self._axis - 1] != self.channels:
+            raise ValueError(f"symbols of item shape {shape} do not match the latent (N, *{self.latent.shape})")
+        return shape
 
     # --- batch <-> (N, C, S) rows in coding order ---
 
     def to_rows(self, q: np.ndarray) -> np.ndarray:
-        """(N, *latent.shape) -> int32 (N, C, S), C-contiguous, in coding order."""
+        """(N, *item shape) -> int64 (N, C, S), C-contiguous, in coding order."""
         if q.shape[1:] != self.latent.shape:
             raise ValueError(f"symbols of shape {q.shape} do not match the latent (N, *{self.latent.shape})")
+        return self._rows(q)
+
+    def _rows(self, q: np.ndarray) -> np.ndarray:
         if self._axis != 1:
             q = np.moveaxis(q, self._axis, 1)
-        return np.ascontiguousarray(q, dtype=np.int32).reshape(len(q), self.channels, self.per_channel)
+        return np.ascontiguousarray(q, dtype=np.int64).reshape(len(q), self.channels, -1)
 
-    def from_rows(self, rows: np.ndarray) -> np.ndarray:
-        q = rows.reshape(len(rows), *self._moved_shape)
+    def from_rows(self, rows: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        inner = list(shape or self.latent.shape)
+        inner.insert(0, inner.pop(self._axis - 1))
+        q = rows.reshape(len(rows), *inner)
         return np.moveaxis(q, 1, self._axis) if self._axis != 1 else q
 
     # --- coding ---
 
-    def encode(self, q: np.ndarray) -> list[bytes]:
+    def encode(self, q: np.ndarray, lanes: bool = False) -> list[bytes]:
         """int symbols (N, *latent.shape), each in 0 .. levels-1 -> one body per item."""
-        rows = self.to_rows(q)
-        encoder_cls = constriction.stream.queue.RangeEncoder
-        models, bodies = self._models, []
-        try:
-            for item in rows:
-                # A fresh coder per item: constriction 0.5's RangeEncoder.clear() can leave state behind that
-                # adds a stray word to the next stream (seen on MNIST latents), so reuse is not safe.
-                encoder = encoder_cls()
-                if self._use_rows:
-                    encoder.encode(item.reshape(-1), self._family, self._rows)
-                else:
-                    encode = encoder.encode
-                    for symbols, model in zip(item, models):  # noqa: B905 (both have C entries)
-                        encode(symbols, model)
-                words = encoder.get_compressed()
-                bodies.append(words.tobytes() if _LITTLE_ENDIAN else words.astype(_WORD).tobytes())
-        except KeyError:  # constriction's answer to a symbol outside 0 .. levels-1
-            raise ValueError(f"symbols must be integers in 0..{self.levels - 1}; quantise the latent first") from None
-        return bodies
+        q = np.asarray(q)
+        if q.ndim != len(self.latent.shape) + 1:
+            raise ValueError(f"symbols of shape {q.shape} do not match the latent (N, *{self.latent.shape})")
+        self._check_shape(q.shape[1:])
+        if q.dtype.kind not in "iub":
+            raise ValueError(f"symbols must be integers in 0..{self.levels - 1}; quantise the latent first")
+        if q.size and (q.min() < 0 or q.max() >= self.levels):
+            raise ValueError(f"symbols must be integers in 0..{self.levels - 1}; quantise the latent first")
+        rows = self._rows(q)
+        n, per = len(rows), rows.shape[2]
+        index = self._table_index(per)
+        if lanes:
+            return self.range_coder.encode_lanes([(r.reshape(-1), index) for r in rows])
+        words, nwords = self.range_coder.encode_flat(rows.reshape(-1), np.tile(index, n),
+                                                     np.full(n, self.channels * per, np.int64))
+        data = words.astype("<u4").tobytes()
+        off = np.concatenate([[0], np.cumsum(nwords) * 4]).tolist()
+        return [data[off[i]:off[i + 1]] for i in range(n)]
 
-    def decode(self, bodies: Sequence[bytes]) -> np.ndarray:
-        """One body per item -> int32 symbols (N, *latent.shape); CorruptStream for any invalid body."""
-        rows = np.empty((len(bodies), self.channels, self.per_channel), np.int32)
-        decoder_cls = constriction.stream.queue.RangeDecoder
-        for i, body in enumerate(bodies):
-            if len(body) % 4:
-                raise CorruptStream(f"item {i}: a range-coded body is whole 32-bit words, got {len(body)} bytes")
-            words = np.frombuffer(body, _WORD)
-            decoder = decoder_cls(words if _LITTLE_ENDIAN else words.astype(np.uint32))
-            try:
-                if self._use_rows:
-                    rows[i] = decoder.decode(self._family, self._rows).reshape(self.channels, self.per_channel)
-                else:
-                    for c, model in enumerate(self._models):
-                        rows[i, c] = decoder.decode(model, self.per_channel)
-            except Exception as exc:  # constriction raises AssertionError/ValueError on invalid data
-                raise CorruptStream(f"item {i}: the entropy-coded body is invalid ({exc})") from None
-            if not decoder.maybe_exhausted():
-                raise CorruptStream(f"item {i}: the body holds more data than its {self.latent.symbols} symbols")
-        return self.from_rows(rows)
+    def decode(self, bodies: Sequence[bytes], lanes: bool = False,
+               shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """One body per item -> int32 symbols (N, *shape or latent.shape); CorruptStream for any invalid body."""
+        shape = self._check_shape(shape) if shape is not None else self.latent.shape
+        per = int(np.prod(shape)) // self.channels
+        index = self._table_index(per)
+        if lanes:
+            syms = self.range_coder.decode_lanes(bodies, [index] * len(bodies))
+        else:
+            syms = self.range_coder.decode(bodies, [index] * len(bodies))
+        rows = np.stack(syms).reshape(len(bodies), self.channels, per) if bodies else \
+            np.zeros((0, self.channels, per), np.int32)
+        return self.from_rows(rows, shape)

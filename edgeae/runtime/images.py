@@ -18,6 +18,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
                             ".pnm"})
 
 
+MAX_SIDE = 1 << 16  # any-size bundles: the largest H or W an image may have
+
+
 class ImageAdapter:
     """Converts user input to the graph input of one bundle; the affine map is precomputed once."""
 
@@ -25,6 +28,7 @@ class ImageAdapter:
         self.spec = spec
         c, h, w = spec.shape
         self.chw, self.hwc = (c, h, w), (h, w, c)
+        self.any_size = spec.dynamic_size
         self.scale = np.float32(spec.scale)
         self.offset = np.float32(spec.offset)
         # Float input in [0, 1] means uint8 / 255, so it goes through the same map: x * 255 * scale + offset.
@@ -50,32 +54,44 @@ class ImageAdapter:
         raise InputError(f"cannot use {type(images).__name__} as images; pass a uint8 or float [0, 1] array, "
                          "a PIL image, a file path, or a list of them")
 
+    def _fits(self, shape: tuple[int, ...], want: tuple[int, ...], hw: tuple[int, int]) -> bool:
+        """`shape` equals `want`, where the H, W entries (positions `hw`) are free on any-size bundles."""
+        if len(shape) != len(want):
+            return False
+        if not self.any_size:
+            return shape == want
+        return all(s == w or (i in hw and 1 <= s <= MAX_SIDE) for i, (s, w) in enumerate(zip(shape, want, strict=True)))
+
     def _nchw(self, a: np.ndarray) -> np.ndarray:
         """A view of `a` as (N, C, H, W) by matching the bundle's (C, H, W); an InputError if it cannot match."""
         if a.dtype != np.uint8 and a.dtype.kind != "f":
             raise InputError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {a.dtype}")
-        c = self.chw[0]
+        c, h, w = self.chw
         shape = a.shape
-        if a.ndim == 2 and c == 1 and shape == self.chw[1:]:
+        if a.ndim == 2 and c == 1 and self._fits(shape, (h, w), (0, 1)):
             return a[None, None]
         if a.ndim == 3:
-            if c == 1 and shape[1:] == self.chw[1:]:  # (N, H, W)
-                return a[:, None]
-            if shape == self.hwc:
+            if c == 1 and self._fits(shape[1:], (h, w), (0, 1)) and not (self.any_size and shape[-1] == 1):
+                return a[:, None]  # (N, H, W)
+            if self._fits(shape, self.hwc, (0, 1)):
                 return a.transpose(2, 0, 1)[None]
-            if shape == self.chw:
+            if self._fits(shape, self.chw, (1, 2)):
                 return a[None]
         if a.ndim == 4:
-            if shape[1:] == self.chw:
+            if self._fits(shape[1:], self.chw, (1, 2)):
                 return a
-            if shape[1:] == self.hwc:
+            if self._fits(shape[1:], self.hwc, (0, 1)):
                 return a.transpose(0, 3, 1, 2)
         raise InputError(f"image array of shape {shape} does not fit this bundle, which takes {self.describe()}; "
-                         "resize or crop the images first (edgeae never resizes silently)")
+                         + ("give it the bundle's channels" if self.any_size else
+                            "resize or crop the images first (edgeae never resizes silently)"))
 
     def describe(self) -> str:
         (c, h, w), order = self.chw, self.spec.channel_order
         batch = "(N, H, W) or " if c == 1 else ""
+        if self.any_size:
+            return (f"{order} images of any size (padded to a multiple of {self.spec.size_multiple}): (H, W, C), "
+                    f"{batch}(N, H, W, C) or (N, C, H, W) with C={c}")
         return (f"{h}x{w} {order} images: (H, W, C) = {self.hwc}, {batch}(N, H, W, C) or (N, C, H, W) "
                 f"with H={h}, W={w}, C={c}")
 
@@ -110,6 +126,10 @@ class ImageAdapter:
 
     def _check_size(self, size: tuple[int, int], name: str) -> None:
         h, w = self.chw[1:]
+        if self.any_size:
+            if max(size) > MAX_SIDE:
+                raise InputError(f"{name} is {size[1]}x{size[0]} (HxW); this bundle takes sides up to {MAX_SIDE}")
+            return
         if size != (w, h):
             raise InputError(f"{name} is {size[1]}x{size[0]} (HxW) but this bundle takes {h}x{w}; "
                              "resize or crop it first (edgeae never resizes silently)")

@@ -16,9 +16,11 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
-MAX_PRECISION = 24  # constriction's range coder quantises probabilities to 24 bits
-ROLES = ("encoder", "decoder")
+MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises probabilities to 24 bits
+MAX_TABLE = (1 << 24) - 2  # symbols of one entropy table: constriction's limit (rangecoder.MAX_TABLE)
+ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
 CHANNELS = {"L": 1, "RGB": 3}
+MAX_EXTRA_GRAPHS = 8
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
           "quality", "int8", "source", "tools")
 
@@ -31,10 +33,18 @@ class InputSpec:
     offset: float
     dtype: str = "float32"
     layout: str = "NCHW"
+    size_multiple: int = 0  # images only: 0 = fixed size; else any H, W, padded by the runtime to this multiple
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.size_multiple > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
-                "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        d = {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
+             "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        if self.size_multiple:
+            d["size_multiple"] = self.size_multiple
+        return d
 
 
 @dataclass(frozen=True)
@@ -63,9 +73,10 @@ class Quantization:
 
 @dataclass(frozen=True)
 class LatentSpec:
-    shape: tuple[int, ...]  # without the batch axis
+    shape: tuple[int, ...]  # without the batch axis; at the reference input size when `stride` > 0
     channel_axis: int  # axis of the *batched* latent that indexes channels (>= 1)
     quantization: Quantization
+    stride: int = 0  # > 0: spatial downsampling of (C, H, W) latents; latent H, W = padded input H, W / stride
 
     @property
     def channels(self) -> int:
@@ -77,18 +88,56 @@ class LatentSpec:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "channel_axis": self.channel_axis,
-                "quantization": self.quantization.to_dict()}
+        d = {"shape": list(self.shape), "channel_axis": self.channel_axis}
+        if self.stride:
+            d["stride"] = self.stride
+        return {**d, "quantization": self.quantization.to_dict()}
+
+
+ENTROPY_MODELS = ("factorized", "hyperprior")
+MAX_TABLE_ENTRIES = 1 << 22  # all frequencies of one entropy section together
+
+
+@dataclass(frozen=True)
+class TableFamily:
+    """Conditional tables (docs/FORMAT.md): table t codes values offset[t] .. offset[t] + len(row) - 2, and its
+    last entry is the escape. `stride`: z only, the hyper-latent's downsampling of the latent y; `means`: y only,
+    whether the hyper-decoder also gives an integer mean; `scales`: y only, the scale each table stands for
+    (informational: coding uses the integer tables)."""
+
+    offsets: tuple[int, ...]
+    frequencies: tuple[tuple[int, ...], ...]
+    stride: int = 0
+    means: bool = False
+    scales: tuple[float, ...] = ()
+
+    def to_dict(self, part: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"stride": self.stride} if part == "z" else {"means": self.means,
+                                                                          "scales": list(self.scales)}
+        d["tables"] = [{"offset": o, "frequencies": list(f)} for o, f in zip(self.offsets, self.frequencies,
+                                                                               strict=True)]
+        return d
 
 
 @dataclass(frozen=True)
 class EntropySpec:
+    """`model` "factorized" (the default): `frequencies` holds one row of `levels` ints >= 1 per latent channel.
+    "hyperprior": `z` and `y` hold conditional tables and `frequencies` is empty (docs/MANIFEST.md)."""
+
     coder: str  # "range"
-    precision: int  # every row of `frequencies` sums to 2**precision
-    frequencies: tuple[tuple[int, ...], ...]  # one row of `levels` ints >= 1 per channel
+    precision: int  # every table row sums to 2**precision
+    frequencies: tuple[tuple[int, ...], ...]  # factorized: one row of `levels` ints >= 1 per channel
+    model: str = "factorized"
+    z: TableFamily | None = None
+    y: TableFamily | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"coder": self.coder, "precision": self.precision, "frequencies": [list(r) for r in self.frequencies]}
+        if self.model == "factorized":
+            return {"coder": self.coder, "precision": self.precision,
+                    "frequencies": [list(r) for r in self.frequencies]}
+        assert self.z is not None and self.y is not None
+        return {"model": self.model, "coder": self.coder, "precision": self.precision, "z": self.z.to_dict("z"),
+                "y": self.y.to_dict("y")}
 
 
 @dataclass(frozen=True)
@@ -234,9 +283,13 @@ class _Validator:
         files = self.files(req["files"])
         graphs = self.graphs(req["graphs"], files)
         int8 = d.get("int8")
+        spec = self.input(req["input"])
+        if spec.size_multiple and not (latent.stride and spec.size_multiple % latent.stride == 0):
+            raise self.fail("latent.stride", f"must divide input.size_multiple = {spec.size_multiple} "
+                            f"when the graphs take any size, got {latent.stride}")
         return Manifest(
             name=self.text(req["name"], "name"),
-            input=self.input(req["input"]),
+            input=spec,
             graphs=graphs,
             latent=latent,
             entropy=entropy,
@@ -268,14 +321,22 @@ class _Validator:
             offset=self.number(self.need(d, "offset", "input"), "input.offset"),
             dtype=self.text(d.get("dtype", "float32"), "input.dtype", ("float32",)),
             layout=self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",)),
+            size_multiple=self.integer(d.get("size_multiple", 0), "input.size_multiple", 0, 1 << 12),
         )
 
     def graphs(self, d: Any, files: dict[str, FileEntry]) -> dict[str, GraphEntry]:
         d = self.obj(d, "graphs")
-        out = {}
         for role in ROLES:
-            g = self.obj(self.need(d, role, "graphs"), f"graphs.{role}")
+            self.need(d, role, "graphs")
+        extra = [r for r in d if r not in ROLES]
+        if len(extra) > MAX_EXTRA_GRAPHS:
+            raise self.fail("graphs", f"lists {len(extra)} extra graphs; at most {MAX_EXTRA_GRAPHS}")
+        out = {}
+        for role in (*ROLES, *extra):
             p = f"graphs.{role}"
+            if not (isinstance(role, str) and role.isidentifier() and role.isascii() and len(role) <= 64):
+                raise self.fail(p, "must be named by a short identifier (letters, digits, _)")
+            g = self.obj(d[role], p)
             int8 = g.get("int8_file")
             entry = GraphEntry(
                 file=self.text(self.need(g, "file", p), f"{p}.file"),
@@ -298,6 +359,9 @@ class _Validator:
             raise self.fail("latent.shape", f"must have 1 to 6 dimensions, got {len(shape)}")
         shape_t = tuple(self.integer(v, f"latent.shape[{i}]", 1, 1 << 24) for i, v in enumerate(shape))
         axis = self.integer(self.need(d, "channel_axis", "latent"), "latent.channel_axis", 1, len(shape_t))
+        stride = self.integer(d.get("stride", 0), "latent.stride", 0, 1 << 12)
+        if stride and (len(shape_t) != 3 or axis != 1):
+            raise self.fail("latent.stride", "needs a (C, H, W) latent with channel_axis 1")
         channels = shape_t[axis - 1]
         q = self.obj(self.need(d, "quantization", "latent"), "latent.quantization")
         p = "latent.quantization"
@@ -310,25 +374,68 @@ class _Validator:
             offset=tuple(self.number(v, f"{p}.offset[{i}]") for i, v in enumerate(offset)),
             step=tuple(self.number(v, f"{p}.step[{i}]", positive=True) for i, v in enumerate(step)),
         )
-        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant)
+        return LatentSpec(shape=shape_t, channel_axis=axis, quantization=quant, stride=stride)
 
     def entropy(self, d: Any, latent: LatentSpec) -> EntropySpec:
         d = self.obj(d, "entropy")
+        model = self.text(d.get("model", "factorized"), "entropy.model", ENTROPY_MODELS)
         coder = self.text(self.need(d, "coder", "entropy"), "entropy.coder", ("range",))
         precision = self.integer(self.need(d, "precision", "entropy"), "entropy.precision", 1, MAX_PRECISION)
+        if model == "hyperprior":
+            z = self.tables(self.need(d, "z", "entropy"), "entropy.z", precision)
+            y = self.tables(self.need(d, "y", "entropy"), "entropy.y", precision)
+            if latent.channel_axis != 1 or len(latent.shape) != 3:
+                raise self.fail("entropy.model", "hyperprior needs a (C, H, W) latent with channel_axis 1")
+            if sum(map(len, z.frequencies)) + sum(map(len, y.frequencies)) > MAX_TABLE_ENTRIES:
+                raise self.fail("entropy", f"tables hold more than {MAX_TABLE_ENTRIES} entries")
+            return EntropySpec(coder=coder, precision=precision, frequencies=(), model=model, z=z, y=y)
+        if latent.channels * latent.quantization.levels > MAX_TABLE_ENTRIES:
+            raise self.fail("entropy.frequencies", f"hold more than {MAX_TABLE_ENTRIES} entries")
         rows = self.array(self.need(d, "frequencies", "entropy"), "entropy.frequencies", latent.channels)
-        levels, total = latent.quantization.levels, 1 << precision
-        out = []
-        for c, row in enumerate(rows):
-            path = f"entropy.frequencies[{c}]"
-            row = self.array(row, path, levels)
-            if not all(type(v) is int and v >= 1 for v in row):  # noqa: E721 (bool is not a frequency)
-                bad = next(i for i, v in enumerate(row) if type(v) is not int or v < 1)  # noqa: E721
-                raise self.fail(f"{path}[{bad}]", f"must be an integer >= 1, got {row[bad]!r}")
-            if sum(row) != total:
-                raise self.fail(path, f"must sum to 2**precision = {total}, got {sum(row)}")
-            out.append(tuple(row))
+        levels = latent.quantization.levels
+        if levels > MAX_TABLE:
+            raise self.fail("latent.quantization.levels", f"the range coder takes at most {MAX_TABLE} symbols "
+                            f"(2**24 - 2), got {levels}")
+        out = [self.row(row, f"entropy.frequencies[{c}]", precision, levels) for c, row in enumerate(rows)]
         return EntropySpec(coder=coder, precision=precision, frequencies=tuple(out))
+
+    def row(self, row: Any, path: str, precision: int, length: int | None = None) -> tuple[int, ...]:
+        """A frequency row: ints >= 1 summing to 2**precision."""
+        row = self.array(row, path, length)
+        if not all(type(v) is int and v >= 1 for v in row):  # noqa: E721 (bool is not a frequency)
+            bad = next(i for i, v in enumerate(row) if type(v) is not int or v < 1)  # noqa: E721
+            raise self.fail(f"{path}[{bad}]", f"must be an integer >= 1, got {row[bad]!r}")
+        if sum(row) != 1 << precision:
+            raise self.fail(path, f"must sum to 2**precision = {1 << precision}, got {sum(row)}")
+        return tuple(row)
+
+    def tables(self, d: Any, path: str, precision: int) -> TableFamily:
+        """entropy.z / entropy.y of a hyperprior: conditional tables with an escape (docs/MANIFEST.md)."""
+        d = self.obj(d, path)
+        rows = self.array(self.need(d, "tables", path), f"{path}.tables")
+        if not 1 <= len(rows) <= 1 << 16:
+            raise self.fail(f"{path}.tables", f"must hold 1 to {1 << 16} tables, got {len(rows)}")
+        offsets, freqs = [], []
+        for t, table in enumerate(rows):
+            p = f"{path}.tables[{t}]"
+            table = self.obj(table, p)
+            offsets.append(self.integer(self.need(table, "offset", p), f"{p}.offset", -(1 << 30), 1 << 30))
+            row = self.row(self.need(table, "frequencies", p), f"{p}.frequencies", precision)
+            if len(row) < 2:
+                raise self.fail(f"{p}.frequencies", "needs at least one value and the escape (2 entries)")
+            freqs.append(row)
+        if path.endswith(".z"):
+            stride = self.integer(self.need(d, "stride", path), f"{path}.stride", 1, 1 << 12)
+            return TableFamily(tuple(offsets), tuple(freqs), stride=stride)
+        means = d.get("means", False)
+        if not isinstance(means, bool):
+            raise self.fail(f"{path}.means", f"must be true or false, got {means!r}")
+        scales = self.array(d.get("scales", []), f"{path}.scales")
+        if scales and len(scales) != len(rows):
+            raise self.fail(f"{path}.scales", f"must have one scale per table ({len(rows)}), got {len(scales)}")
+        return TableFamily(tuple(offsets), tuple(freqs), means=means,
+                           scales=tuple(self.number(v, f"{path}.scales[{i}]", positive=True)
+                                        for i, v in enumerate(scales)))
 
     def files(self, d: Any) -> dict[str, FileEntry]:
         d = self.obj(d, "files")

@@ -1,4 +1,5 @@
-"""A human summary of a bundle's manifest (shapes, sizes, PSNRs, fingerprint, int8 speed verdict)."""
+"""A human summary of a bundle's manifest: graphs, accepted sizes, latent, entropy model and table sizes,
+PSNRs, fingerprint, int8 speed verdict (`edgeae inspect BUNDLE`, `edgeae export`)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,62 @@ def load_summary_manifest(path: Path) -> dict[str, Any]:
     return load_manifest(path).to_dict()
 
 
+def _kib(m: dict[str, Any], name: str | None) -> str:
+    entry = m["files"].get(name) if name else None
+    return f" {entry['bytes'] / 1024:.1f} KiB" if entry else ""
+
+
+def graphs_line(m: dict[str, Any]) -> str:
+    """encoder, decoder and every extra graph (an entropy model's), with their files and sizes."""
+    parts = []
+    for role, g in m["graphs"].items():
+        int8 = f" + int8{_kib(m, g.get('int8_file'))}" if g.get("int8_file") else ""
+        parts.append(f"{role} {g['file']}{_kib(m, g['file'])}{int8}")
+    return ", ".join(parts)
+
+
+def sizes_line(m: dict[str, Any]) -> str:
+    """Which image sizes the bundle accepts."""
+    inp, lat = m["input"], m["latent"]
+    shape = inp["shape"]
+    multiple = inp.get("size_multiple", 0)
+    if multiple:
+        return (f"any HxW, {shape[0]} channel(s) (padded to a multiple of {multiple}; latent stride "
+                f"{lat.get('stride')}; sides up to 65536); reference {shape[1]}x{shape[2]}")
+    dims = "x".join(map(str, shape[1:])) or "x".join(map(str, shape))
+    return f"fixed {dims} only (this model is not fully convolutional, or was exported at one size)"
+
+
+def entropy_line(m: dict[str, Any]) -> str:
+    """The entropy model and its table sizes."""
+    e = m["entropy"]
+    model = e.get("model", "factorized")
+    if model == "factorized":
+        rows = e["frequencies"]
+        return (f"factorized, {e['coder']} coder: {len(rows)} tables (one per channel) x {len(rows[0])} "
+                f"entries, precision {e['precision']}")
+    z, y = e["z"]["tables"], e["y"]["tables"]
+    scales = e["y"].get("scales") or []
+    span = f", scales {min(scales):.3g}..{max(scales):.3g}" if scales else ""
+    return (f"{model}, {e['coder']} coder, precision {e['precision']}: z {len(z)} tables "
+            f"({sum(len(t['frequencies']) for t in z)} entries, stride {e['z']['stride']}), y {len(y)} tables "
+            f"indexed by the hyper-decoder ({sum(len(t['frequencies']) for t in y)} entries{span}, means "
+            f"{'yes' if e['y'].get('means') else 'no'}), escape = last entry of each table")
+
+
 def summarize(m: dict[str, Any]) -> str:
     q, lat = m.get("quality", {}), m["latent"]
     quant = lat["quantization"]
+    family = m.get("model", {}).get("family", "?")
     lines = [
-        f"name        {m['name']}  ({m['model']['family']})",
-        f"input       {'x'.join(map(str, m['input']['shape']))} {m['input']['channel_order']} float32 [0,1]",
-        f"latent      {'x'.join(map(str, lat['shape']))} -> {quant['levels']} levels/channel "
-        f"({quant['bits']} bits), {m['entropy']['coder']} coder, {len(m['entropy']['frequencies'])} tables",
+        f"name        {m['name']}  ({family})",
+        f"input       {'x'.join(map(str, m['input']['shape']))} {m['input'].get('channel_order', '')} float32",
+        f"sizes       {sizes_line(m)}",
+        f"graphs      {graphs_line(m)}",
+        f"latent      {'x'.join(map(str, lat['shape']))} at the reference size -> {quant['levels']} levels/channel "
+        f"({quant['bits']} bits)",
+        f"entropy     {entropy_line(m)}",
         f"fingerprint {m['fingerprint'][:16]}... (payloads carry the first 8 bytes)",
-        "files       " + ", ".join(f"{k} {v['bytes'] / 1024:.1f} KiB" for k, v in m["files"].items()),
         f"PSNR        torch {q.get('psnr_torch', float('nan')):.2f} dB | onnx fp32, float latent "
         f"{q.get('psnr_onnx_fp32', float('nan')):.2f} | as deployed (quantised latent): fp32 "
         f"{q.get('psnr_fp32_quantized_latent', float('nan')):.2f}"

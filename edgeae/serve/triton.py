@@ -32,7 +32,7 @@ front service **before** Triton, with the torch-free runtime:
 ```python
 from edgeae.runtime.codec import Decoder
 dec = Decoder("{bundle}")
-latents = dec.quantizer.dequantize(dec.symbols(payload))   # (N, {latent}) float32 -> Triton input `{input}`
+latents = dec.latents(payload)   # (N, {latent}) float32 -> Triton input `{input}`
 # images = Triton output `{output}`; to uint8: edgeae.runtime.images.to_uint8(images)
 ```
 

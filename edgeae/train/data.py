@@ -18,6 +18,12 @@ from edgeae.errors import DataError
 MAX_FILE_BYTES = 2 << 30
 MAX_IDX_ITEMS = 10_000_000
 MAX_PATCH = 1024  # photos/images patch side (the codec speed target is 768x512)
+# Image folders: bounds on what one folder may make us decode and hold (uint8) in memory.
+MAX_FOLDER_IMAGES = 100_000
+MAX_IMAGE_PIXELS = 40_000_000  # per image, checked from the header before decoding
+MAX_FOLDER_BYTES = 4 << 30  # decoded uint8 pixels of one folder
+MAX_CROPS_PER_IMAGE = 256
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class DataSpec:
     patch: int = 32
     color: str = "gray"  # photos/images: "gray" or "rgb"
     limit: int | None = None
+    val_data: str | None = None  # validate on this path (same loader) instead of a split of `data`
+    crop: int | None = None  # images: whole images, `crop`x`crop` random crops drawn anew every epoch
+    crops_per_image: int = 1  # random crops per training image per epoch
+    val_crop: int | None = None  # crop mode: side of the validation images' centre crops (default: crop)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,10 +61,40 @@ class Dataset:
     labels_val: np.ndarray | None = None
     channel_order: str = "L"
     info: dict[str, Any] = field(default_factory=dict)
+    # Crop mode: draws a fresh set of training crops per epoch; `train` holds the seed's first draw
+    # (shape, export calibration).
+    crops: CropSampler | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class CropSampler:
+    """Random `size`x`size` crops (and horizontal flips) of whole uint8 (H, W, C) images, `per_image` each."""
+
+    images: list[np.ndarray]
+    size: int
+    per_image: int = 1
+
+    def __len__(self) -> int:
+        return len(self.images) * self.per_image
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One epoch of crops, float32 (N, C, size, size) in [0, 1], image-major order."""
+        s, c = self.size, self.images[0].shape[2]
+        out = np.empty((len(self), c, s, s), np.float32)
+        i = 0
+        for img in self.images:
+            h, w = img.shape[:2]
+            for _ in range(self.per_image):
+                y, x, flip = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1)), bool(rng.integers(2))
+                tile = img[y : y + s, x : x + s]
+                out[i] = (tile[:, ::-1] if flip else tile).transpose(2, 0, 1)
+                i += 1
+        out *= 1.0 / 255.0
+        return out
 
 
 # A loader returns (images, labels, channel order, split): split False = shuffled by seed, True = ordered
@@ -84,6 +124,10 @@ def load_dataset(spec: DataSpec | str = "digits", **overrides: Any) -> Dataset:
         raise DataError(f"unknown dataset {spec.name!r}; choose one of {', '.join(dataset_names())}")
     if not 0.0 < spec.val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    if spec.crop is not None:
+        return _crop_dataset(spec)
+    if spec.val_data is not None:
+        return _separate_val(spec)
     images, labels, order, ordered_split = _LOADERS[spec.name](spec)
     if spec.limit is not None:
         images = images[: spec.limit]
@@ -110,12 +154,114 @@ def load_dataset(spec: DataSpec | str = "digits", **overrides: Any) -> Dataset:
     )
 
 
-def _require_path(spec: DataSpec, what: str) -> Path:
-    if not spec.data:
+def _separate_val(spec: DataSpec) -> Dataset:
+    """Train on every image of `data`, validate on every image of `val_data` (same loader, same shape)."""
+    if spec.name in ("digits", "photos"):
+        raise DataError(f"--val-data needs a dataset read from a path (images, npy, mnist), not {spec.name!r}")
+    train, labels_tr, order, _ = _LOADERS[spec.name](spec)
+    val, labels_va, _, _ = _LOADERS[spec.name](DataSpec.from_dict({**spec.to_dict(), "data": spec.val_data,
+                                                                       "val_data": None}))
+    if spec.limit is not None:
+        train, labels_tr = train[: spec.limit], None if labels_tr is None else labels_tr[: spec.limit]
+    if train.shape[1:] != val.shape[1:]:
+        raise DataError(f"--val-data images have shape {val.shape[1:]} but the training images {train.shape[1:]}")
+    return Dataset(spec=spec, train=np.ascontiguousarray(train, np.float32), val=np.ascontiguousarray(val, np.float32),
+                   labels_train=labels_tr, labels_val=labels_va, channel_order=order,
+                   info={"n_train": len(train), "n_val": len(val)})
+
+
+def _crop_dataset(spec: DataSpec) -> Dataset:
+    """Whole images of a folder, random crops each epoch; validation = centre crops of `val_data` (or of a
+    seeded 20% of the images when no --val-data is given)."""
+    if spec.name != "images":
+        raise DataError(f"--crop trains from whole images of a folder: use --dataset images, not {spec.name!r}")
+    if spec.crop is None or not 8 <= spec.crop <= MAX_PATCH:
+        raise DataError(f"crop size must be in [8, {MAX_PATCH}], got {spec.crop}")
+    if not 1 <= spec.crops_per_image <= MAX_CROPS_PER_IMAGE:
+        raise DataError(f"crops per image must be in [1, {MAX_CROPS_PER_IMAGE}], got {spec.crops_per_image}")
+    mode = "L" if spec.color == "gray" else "RGB"
+    images = read_image_folder(_require_path(spec, "a folder of PNG/JPEG images"), mode, min_side=spec.crop)
+    if spec.limit is not None:
+        images = images[: spec.limit]
+    if spec.val_data is not None:
+        val_images = read_image_folder(_require_path(spec, "a folder of PNG/JPEG images", spec.val_data), mode)
+    else:
+        if len(images) < 2:
+            raise DataError(f"{spec.data} has only {len(images)} image; need at least 2 (or pass --val-data)")
+        idx = np.random.default_rng(spec.seed).permutation(len(images))
+        n_val = max(1, int(round(len(images) * spec.val_fraction)))
+        val_images = [images[i] for i in idx[len(images) - n_val :]]
+        images = [images[i] for i in idx[: len(images) - n_val]]
+    side = spec.val_crop or spec.crop  # by default the model's input shape (what export validates on)
+    if not 8 <= side <= MAX_PATCH:
+        raise DataError(f"validation crop size must be in [8, {MAX_PATCH}], got {side}")
+    val = np.stack([_centre_crop(_at_least(v, side), side) for v in val_images]).astype(np.float32) / 255.0
+    sampler = CropSampler(images, spec.crop, spec.crops_per_image)
+    return Dataset(spec=spec, train=sampler.draw(np.random.default_rng(spec.seed)), val=val, channel_order=mode,
+                   crops=sampler, info={"n_train_images": len(images), "n_val": len(val), "val_crop": side})
+
+
+def _centre_crop(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    y, x = (h - side) // 2, (w - side) // 2
+    return np.ascontiguousarray(img[y : y + side, x : x + side].transpose(2, 0, 1))
+
+
+def _at_least(img: np.ndarray, side: int) -> np.ndarray:
+    """Upscale (bicubic) an (H, W, C) uint8 image whose shorter side is below `side` so that it is `side`."""
+    from PIL import Image
+
+    h, w, c = img.shape
+    if min(h, w) >= side:
+        return img
+    k = side / min(h, w)
+    size = (max(side, round(w * k)), max(side, round(h * k)))
+    pil = Image.fromarray(img[..., 0] if c == 1 else img).resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(pil, np.uint8).reshape(size[1], size[0], c)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursive, sorted), at most MAX_FOLDER_IMAGES."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no PNG/JPEG images in {folder}")
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise DataError(f"{folder} holds {len(files)} images; more than the {MAX_FOLDER_IMAGES} limit (split it)")
+    return files
+
+
+def read_image_folder(folder: Path, mode: str, min_side: int = 0) -> list[np.ndarray]:
+    """Every image of a folder as uint8 (H, W, C), converted to `mode` ("L"/"RGB"); images whose shorter side
+    is below `min_side` are upscaled to it. Sizes are checked from each header before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not folder.is_dir():
+        raise DataError(f"{folder} must be a folder of PNG/JPEG images")
+    out, total = [], 0
+    for f in image_files(folder):
+        try:
+            with Image.open(f) as opened:
+                w, h = opened.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{f} is {w}x{h}; larger than the {MAX_IMAGE_PIXELS} pixel limit per image")
+                arr = np.asarray(opened.convert(mode), np.uint8).reshape(h, w, -1)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {f}: {exc}") from None
+        arr = _at_least(arr, min_side) if min_side else arr
+        total += arr.nbytes
+        if total > MAX_FOLDER_BYTES:
+            raise DataError(f"{folder} decodes to more than {MAX_FOLDER_BYTES >> 30} GiB of pixels; use fewer images")
+        out.append(arr)
+    return out
+
+
+def _require_path(spec: DataSpec, what: str, raw: str | None = None) -> Path:
+    raw = spec.data if raw is None else raw
+    if not raw:
         raise DataError(f"dataset {spec.name!r} needs --data PATH ({what})")
-    path = Path(spec.data).expanduser()
+    path = Path(raw).expanduser()
     if not path.exists():
-        raise DataError(f"--data path {str(path)!r} does not exist; pass {what}")
+        raise DataError(f"path {str(path)!r} does not exist; pass {what}")
     return path
 
 
@@ -291,28 +437,21 @@ def _npy(spec: DataSpec):
 
 @_loader("images")
 def _images(spec: DataSpec):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not 8 <= spec.patch <= MAX_PATCH:
         raise DataError(f"images patch size must be in [8, {MAX_PATCH}], got {spec.patch}")
     path = _require_path(spec, "a folder of PNG/JPEG images")
     if not path.is_dir():
         raise DataError(f"--data {path} must be a folder of PNG/JPEG images")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
-    if not files:
-        raise DataError(f"no PNG/JPEG images in {path}")
     mode = "L" if spec.color == "gray" else "RGB"
     out = []
-    for f in files:
-        try:
-            with Image.open(f) as opened:
-                im = opened.convert(mode)
-                # Small images are resized to the patch size; large ones are cut into patches.
-                if min(im.size) < 2 * spec.patch:
-                    im = im.resize((spec.patch, spec.patch), Image.Resampling.BICUBIC)
-                arr = np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {f}: {exc}") from None
+    for arr in read_image_folder(path, mode):
+        # Small images are resized to the patch size; large ones are cut into patches.
+        if min(arr.shape[:2]) < 2 * spec.patch:
+            pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+            arr = np.asarray(pil.resize((spec.patch, spec.patch), Image.Resampling.BICUBIC), np.uint8)
+            arr = arr.reshape(spec.patch, spec.patch, -1)
         out.append(_patches(arr, spec.patch))
     images = np.concatenate(out).astype(np.float32) / 255.0
     return images, None, mode, False

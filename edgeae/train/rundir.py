@@ -120,19 +120,34 @@ def dumps(data: Any, indent: int = 0) -> str:
     return json.dumps(data, separators=(", ", ": "))
 
 
-def save_grid(path: Path, originals: np.ndarray, recons: np.ndarray, scale: int = 0) -> None:
-    """Originals on the top row, reconstructions below (like the seeds' figures), as a PNG."""
-    from PIL import Image
+def save_grid(path: Path, originals: np.ndarray, recons: np.ndarray, scale: int = 0, title: str = "") -> None:
+    """A titled PNG: originals on the row labelled "original", their reconstructions on the row below."""
+    from PIL import Image, ImageDraw, ImageFont
 
     n, c, h, w = originals.shape
     scale = scale or max(1, 64 // max(h, w))
     pad = 2
-    rows = [originals, recons]
-    canvas = np.full((2 * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
-    for r, imgs in enumerate(rows):
+    tiles = np.full((2 * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for r, imgs in enumerate((originals, recons)):
         for i in range(n):
             y, x = pad + r * (h + pad), pad + i * (w + pad)
-            canvas[y : y + h, x : x + w] = np.clip(np.round(imgs[i].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    img.save(path)
+            tile = np.clip(np.round(imgs[i].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+            tiles[y : y + h, x : x + w] = tile if c == 3 else np.repeat(tile[..., :1], 3, axis=2)
+    grid = Image.fromarray(tiles)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    font = ImageFont.load_default()
+    labels = ("original", "reconstruction")
+    draw = ImageDraw.Draw(grid)
+    label_w = max(int(draw.textlength(t, font=font)) for t in labels) + 12
+    title_h = 22 if title else 4
+    title = title or ""
+    width = max(label_w + grid.width, int(draw.textlength(title, font=font)) + 12)
+    canvas = Image.new("RGB", (width, title_h + grid.height), "white")
+    canvas.paste(grid, (label_w, title_h))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 5), title, fill="black", font=font)
+    row = grid.height / 2
+    for r, text in enumerate(labels):
+        draw.text((6, title_h + int(row * r + row / 2) - 6), text, fill="black", font=font)
+    canvas.save(path)

@@ -59,3 +59,4 @@ def _load_builtin() -> None:
         from edgeae.train.models import codec, hyperprior  # noqa: F401
     except ImportError:  # the learned codec family is optional while it is being written
         pass
+    from edgeae.train.models import variable_rate  # noqa: F401  (codec-vr, hyperprior-vr)

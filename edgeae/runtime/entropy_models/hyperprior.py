@@ -1,0 +1,164 @@
+"""`hyperprior`: y coded conditionally on a hyper-latent z (Balle et al. 2018), bit-exact on any machine.
+
+Encoder side: z = hyper_encoder(y) (float, encoder only), z values = round(z); decoder and encoder both run
+the bundle's integer `hyper_decoder` graph on the int32 z values, which gives an int32 table `index`
+(N, C, h, w) for every y symbol (and, with `entropy.y.means`, an int32 `mean`). Then, per item:
+
+    part 0  z values, channel-major, z channel c coded with z table c
+    part 1  y values round(y) - mean in the order of a stable sort of the flat index array, with y table index[i]
+    part 2  escaped values (z's, then y's) as zigzag LEB128 varints (docs/FORMAT.md)
+
+The decoder graph gets y_hat = value + mean, the integer latent itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeae.errors import BundleError, CorruptStream
+from edgeae.runtime import payload as wire
+from edgeae.runtime.entropy_models import EntropyModel, Graphs
+from edgeae.runtime.entropy_models.conditional import (
+    MAX_VALUE,
+    ConditionalTables,
+    EscapeReader,
+    write_escapes,
+)
+from edgeae.runtime.manifest import Manifest
+
+INDEX_OUTPUT, MEAN_OUTPUT = "index", "mean"  # the hyper_decoder graph's outputs
+
+
+def _integers(x: np.ndarray) -> np.ndarray:
+    """Round float latents to int64, NaN to 0, clamped to the int32 range escapes can carry."""
+    return np.clip(np.nan_to_num(np.rint(x), nan=0.0), -MAX_VALUE, MAX_VALUE).astype(np.int64)
+
+
+class Hyperprior(EntropyModel):
+    name = "hyperprior"
+    model_id = wire.MODEL_HYPERPRIOR
+    graph_roles = ("hyper_encoder", "hyper_decoder")
+
+    def __init__(self, manifest: Manifest, graphs: Graphs | None = None) -> None:
+        super().__init__(manifest, graphs)
+        e = manifest.entropy
+        assert e.z is not None and e.y is not None  # the manifest validator guarantees both for a hyperprior
+        self.z = ConditionalTables(e.z.offsets, e.z.frequencies, e.precision)
+        self.y = ConditionalTables(e.y.offsets, e.y.frequencies, e.precision)
+        self.z_stride = e.z.stride
+        self.means = e.y.means
+        self.z_channels = len(e.z.offsets)
+        self.y_channels = manifest.latent.channels
+        self._z_index: dict[tuple[int, ...], np.ndarray] = {}
+        # verify: check every hyper_decoder run against the numpy int64 reference (edgeae.runtime.inthyper),
+        # BundleError on any differing index (`edgeae decode --verify`)
+        self.verify = False
+        self._reference: Any = None
+
+    def _graph(self, role: str) -> Any:
+        if self.graphs is None:
+            raise BundleError(f"the hyperprior entropy model needs the bundle's {role} graph")
+        return self.graphs(role)
+
+    def z_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        c, h, w = shape
+        s = self.z_stride
+        if c != self.y_channels or h % s or w % s:
+            raise CorruptStream(f"a latent of shape {shape} does not fit this hyperprior (y channels "
+                                f"{self.y_channels}, z stride {s})")
+        return self.z_channels, h // s, w // s
+
+    def _zindex(self, zshape: tuple[int, ...]) -> np.ndarray:
+        idx = self._z_index.get(zshape)
+        if idx is None:
+            idx = self._z_index[zshape] = np.repeat(np.arange(zshape[0]), zshape[1] * zshape[2])
+        return idx
+
+    def hyper_decode(self, z: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """int z values (n, *z_shape) -> int64 table index (n, *shape) and mean (or None)."""
+        out = self._graph("hyper_decoder")(np.ascontiguousarray(z, np.int32))
+        index = np.asarray(out[INDEX_OUTPUT])
+        mean = np.asarray(out[MEAN_OUTPUT]) if self.means else None
+        want = (len(z), *shape)
+        if index.shape != want or (mean is not None and mean.shape != want):
+            raise BundleError(f"the hyper_decoder graph gives shape {index.shape} for a latent of {want}; "
+                              "re-export the bundle")
+        if index.dtype.kind not in "iu" or (mean is not None and mean.dtype.kind not in "iu"):
+            raise BundleError("the hyper_decoder graph must give integer index and mean; re-export the bundle")
+        if self.verify:
+            self._check_reference(z, index)
+        index = index.astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self.y)):
+            raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) - 1}; "
+                              "re-export the bundle")
+        return index, None if mean is None else mean.astype(np.int64)
+
+    def _check_reference(self, z: np.ndarray, index: np.ndarray) -> None:
+        from edgeae.runtime import inthyper
+
+        if self._reference is None:
+            graph = self._graph("hyper_decoder")
+            self._reference = inthyper.IntHyperDecoder.load(graph.path)
+        inthyper.verify(self._reference, z, index)
+
+    def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float latents (n, C, h, w) -> the int z values and int y values the encoder codes (before means)."""
+        z = self._graph("hyper_encoder")(np.ascontiguousarray(y, np.float32))
+        zf = next(iter(z.values())) if len(z) == 1 else z[self.manifest.graphs["hyper_encoder"].output]
+        return _integers(zf), _integers(y)
+
+    def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
+        shape = tuple(y.shape[1:])
+        zshape = self.z_shape(shape)
+        zi, yi = self.integers(y)
+        if zi.shape[1:] != zshape:
+            raise BundleError(f"the hyper_encoder graph gives shape {zi.shape[1:]} for a latent of {shape}; "
+                              f"expected {zshape}; re-export the bundle")
+        index, mean = self.hyper_decode(zi, shape)
+        values = yi if mean is None else yi - mean
+        zidx = self._zindex(zshape)
+        z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(y))])
+        ys = []
+        for i in range(len(y)):
+            idx = index[i].reshape(-1)
+            order = self.y.order(idx)
+            ys.append((values[i].reshape(-1)[order], idx[order]))
+        y_bodies, y_esc = self.y.encode(ys)
+        return [(bz, by, write_escapes([ez, ey])) for bz, by, ez, ey in zip(z_bodies, y_bodies, z_esc, y_esc,
+                                                                             strict=True)]
+
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
+        if any(len(p) != 3 for p in parts):
+            raise CorruptStream("a hyperprior item has exactly three parts (z, y, escapes)")
+        n = len(parts)
+        zshape = self.z_shape(shape)
+        zidx = self._zindex(zshape)
+        readers = [EscapeReader(p[2]) for p in parts]
+        z = self.z.decode([p[0] for p in parts], [zidx] * n, readers, [f"item {i} z" for i in range(n)])
+        index, mean = self.hyper_decode(np.stack(z).reshape(n, *zshape), shape)
+        flat = index.reshape(n, -1)
+        orders = [self.y.order(idx) for idx in flat]
+        values = self.y.decode([p[1] for p in parts], [idx[o] for idx, o in zip(flat, orders, strict=True)],
+                               readers, [f"item {i} y" for i in range(n)])
+        y = np.empty((n, flat.shape[1]), np.int64)
+        for i, (o, v, r) in enumerate(zip(orders, values, readers, strict=True)):
+            y[i, o] = v
+            r.finish()
+        y_hat = y.reshape(n, *shape)
+        if mean is not None:
+            y_hat += mean
+        return y_hat.astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        e = self.manifest.entropy
+        assert e.z is not None and e.y is not None
+        return {"model": self.name, "precision": e.precision,
+                "z": {"tables": len(self.z), "entries": sum(map(len, e.z.frequencies)), "stride": self.z_stride},
+                "y": {"tables": len(self.y), "entries": sum(map(len, e.y.frequencies)), "means": self.means,
+                      "scales": [min(e.y.scales), max(e.y.scales)] if e.y.scales else None}}
+
+
+MODEL = Hyperprior

@@ -1,0 +1,218 @@
+"""Making the zoo (needs the train extra): bake a variable-rate run into one plain run per quality, export each
+(fp32 + int8), measure it on whole images through real payloads, and write edgeae/zoo/index.json.
+
+    python -m edgeae.zoo.build RUN --name photo --val ../shared/data/photos/val [--qualities 0,1,2,3,4]
+
+The measured figures are what `edgeae models --pretrained` prints and docs/MODELS.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeae.zoo import INDEX_NAME, INDEX_SCHEMA, ZOO_DIR
+from edgeae.zoo import index as read_index
+
+JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+
+
+def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
+    """Quality `q` of a variable-rate run as a plain run directory of its base family (loadable by
+    `load_run`, exportable by `edgeae export`). `checkpoint`: take the weights of run/checkpoint (a run still
+    in progress) instead of the final weights."""
+    from safetensors.torch import load_file, save_file
+
+    from edgeae.train.models import build_model, make_config
+    from edgeae.train.models.variable_rate import bake
+    from edgeae.train.rundir import CONFIG, METRICS, WEIGHTS, AtomicDir, read_json, write_json
+
+    config = read_json(vr_run / CONFIG)
+    family, values = config["model"]["family"], config["model"]["config"]
+    model: Any = build_model(family, make_config(family, **values))
+    weights = vr_run / ("checkpoint/model.safetensors" if checkpoint else WEIGHTS)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    model.eval()
+    plain = bake(model, q)
+    state_file = vr_run / ("checkpoint/state.json" if checkpoint else METRICS)
+    state = read_json(state_file) if state_file.is_file() else {}
+    history = state.get("history", [])
+    last = history[-1] if history else {}
+    per_q = (last.get("val_qualities") or [{}] * len(model.lmbdas))[q]
+    data = dict(config["data"])
+    if data.get("crop"):
+        data["val_crop"] = data["crop"]  # export validates at the model's input shape
+    baked_from = {"run": str(vr_run.resolve()), "family": family, "quality": q, "lmbda": model.lmbdas[q],
+                  "steps": state.get("steps"), "checkpoint": checkpoint, "devices": state.get("devices", []),
+                  "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
+                  "training_val_crop": config["data"].get("val_crop")}
+    with AtomicDir(out, overwrite=True) as tmp:
+        write_json(tmp / CONFIG, {**config, "model": {"family": plain.family, "config": plain.config.to_dict()},
+                                  "data": data, "latent_shape": list(plain.latent_shape),
+                                  "baked_from": baked_from})
+        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp / WEIGHTS))
+        write_json(tmp / METRICS, {"final": per_q, "history": history, "steps": state.get("steps"),
+                                   "baked_from": baked_from})
+    return out
+
+
+def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32") -> dict[str, Any]:
+    """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
+    over the images, and the per-image values."""
+    from edgeae.evaluate.metrics import ms_ssim, psnr
+    from edgeae.runtime.codec import Decoder, Encoder
+
+    enc, dec = Encoder(bundle, precision), Decoder(bundle, precision)
+    rows = []
+    t_enc = t_dec = 0.0
+    for img in images:
+        t0 = time.perf_counter()
+        payload = enc.encode(img[None])
+        t1 = time.perf_counter()
+        out = dec.decode(payload)
+        t2 = time.perf_counter()
+        rec = out[0] if isinstance(out, list) else out[0]
+        rec = np.asarray(rec).reshape(img.shape)
+        t_enc, t_dec = t_enc + t1 - t0, t_dec + t2 - t1
+        ms = ms_ssim(img, rec, batch=False)
+        rows.append({"bytes": len(payload), "bpp": 8 * len(payload) / (img.shape[0] * img.shape[1]),
+                     "psnr": float(psnr(img, rec, batch=False)[0]),
+                     "ms_ssim": None if ms is None else float(ms[0])})
+    return _summary(rows) | {"encode_s": t_enc, "decode_s": t_dec, "images": rows}
+
+
+def classical_curve(images: list[np.ndarray], codec: str, qualities: tuple[int, ...]) -> list[dict[str, Any]]:
+    """JPEG (optimize=True) / WebP (method 6) over a quality sweep, same statistics as `measure`."""
+    from edgeae.evaluate.classical import roundtrip
+    from edgeae.evaluate.metrics import ms_ssim, psnr
+
+    curve = []
+    for q in qualities:
+        rows = []
+        for img in images:
+            data, rec = roundtrip(img, codec, q)
+            ms = ms_ssim(img, rec, batch=False)
+            rows.append({"bytes": len(data), "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]),
+                         "psnr": float(psnr(img, rec, batch=False)[0]),
+                         "ms_ssim": None if ms is None else float(ms[0])})
+        curve.append({"quality": q, **_summary(rows)})
+    return curve
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ms = [r["ms_ssim"] for r in rows if r["ms_ssim"] is not None]
+    return {"bytes": float(np.mean([r["bytes"] for r in rows])), "bpp": float(np.mean([r["bpp"] for r in rows])),
+            "psnr": float(np.mean([r["psnr"] for r in rows])), "ms_ssim": float(np.mean(ms)) if ms else None}
+
+
+def bd_rates(points: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """BD-rate (bpp at equal PSNR, and at equal MS-SSIM in dB: -10 log10(1 - MS-SSIM)) vs each anchor."""
+    from edgeae.evaluate.bdrate import bd_rate
+
+    def msdb(v: float) -> float:
+        return float(-10 * np.log10(max(1 - v, 1e-10)))
+
+    out: dict[str, Any] = {}
+    for name, curve in curves.items():
+        r = bd_rate([c["bpp"] for c in curve], [c["psnr"] for c in curve], [p["bpp"] for p in points],
+                    [p["psnr"] for p in points])
+        out[name] = {"psnr": r.value, "psnr_overlap_db": r.overlap, "psnr_reason": r.reason,
+                     "ms_ssim": None, "ms_ssim_overlap_db": None}
+        if all(c["ms_ssim"] is not None for c in [*curve, *points]):  # images >= 176 px on a side
+            m = bd_rate([c["bpp"] for c in curve], [msdb(c["ms_ssim"]) for c in curve],
+                        [p["bpp"] for p in points], [msdb(p["ms_ssim"]) for p in points])
+            out[name] |= {"ms_ssim": m.value, "ms_ssim_overlap_db": m.overlap}
+    return out
+
+
+def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None, zoo_dir: Path = ZOO_DIR,
+          work: Path | None = None, checkpoint: bool = False, int8: bool = True, description: str = "",
+          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5) -> dict[str, Any]:
+    """Bake, export (fp32 + int8 encoder/decoder), measure on every image of `val` at its own size, and
+    record the model in zoo_dir/index.json (other models there are kept)."""
+    from edgeae.bundling.build import ExportOptions, export_run
+    from edgeae.train.data import read_image_folder
+    from edgeae.train.models import build_model, make_config
+    from edgeae.train.rundir import CONFIG, read_json, write_json
+
+    config = read_json(vr_run / CONFIG)
+    family, values = config["model"]["family"], config["model"]["config"]
+    vr: Any = build_model(family, make_config(family, **values))
+    qualities = list(range(len(vr.lmbdas))) if qualities is None else qualities
+    work = work or vr_run.parent / f"{vr_run.name}-baked"
+    gray = config["data"].get("channel_order") == "L"
+    images = [a[..., 0] if gray else a for a in read_image_folder(val, "L" if gray else "RGB")]
+    entries: dict[str, Any] = {}
+    for k, q in enumerate(qualities, start=1):
+        plain_run = bake_run(vr_run, q, work / f"q{k}", checkpoint=checkpoint)
+        folder = f"{name}-q{k}"
+        t0 = time.perf_counter()
+        export_run(plain_run, ExportOptions(out=zoo_dir / folder, int8=int8, measure_speed=False, force=True,
+                                            max_int8_drop_db=max_int8_drop_db))
+        export_s = time.perf_counter() - t0
+        fp32 = measure(zoo_dir / folder, images, "fp32")
+        row: dict[str, Any] = {"bundle": folder, "lmbda": vr.lmbdas[q], "vr_index": q, "bpp": fp32["bpp"],
+                               "psnr": fp32["psnr"], "ms_ssim": fp32["ms_ssim"], "bytes": fp32["bytes"],
+                               "encode_s_fp32": fp32["encode_s"], "decode_s_fp32": fp32["decode_s"],
+                               "export_s": export_s, "measured_on": f"{val.name}: {len(images)} whole images"}
+        if int8:
+            q8 = measure(zoo_dir / folder, images, "int8")
+            row |= {"bpp_int8": q8["bpp"], "psnr_int8": q8["psnr"], "ms_ssim_int8": q8["ms_ssim"],
+                    "encode_s_int8": q8["encode_s"], "decode_s_int8": q8["decode_s"]}
+        entries[str(k)] = row
+        ms = "-" if row["ms_ssim"] is None else f"{row['ms_ssim']:.4f}"
+        print(f"{name}:{k}  lmbda {row['lmbda']:<7g} {row['bpp']:.3f} bpp  {row['psnr']:.2f} dB  MS-SSIM {ms}"
+              + (f"  int8 {row['psnr_int8']:.2f} dB" if int8 else ""), flush=True)
+    curves = {"jpeg": classical_curve(images, "jpeg", JPEG_QUALITIES),
+              "webp": classical_curve(images, "webp", WEBP_QUALITIES)}
+    points = [entries[k] for k in sorted(entries, key=int)]
+    bd = bd_rates(points, curves)
+    base = read_index(zoo_dir)
+    state = read_json(vr_run / "checkpoint" / "state.json") if (vr_run / "checkpoint" / "state.json").is_file() else {}
+    base["models"][name] = {
+        "family": config["model"]["family"].removesuffix("-vr"), "trained_as": family,
+        "description": description, "card": card, "qualities": entries,
+        "training": {"steps": state.get("steps"), "devices": state.get("devices", []),
+                     "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
+                     "data": config["data"], "train": config["train"], "model": config["model"]},
+        "baselines": curves, "bd_rate": bd,
+    }
+    base["schema"], base["version"] = INDEX_SCHEMA, 1
+    write_json(zoo_dir / INDEX_NAME, base)
+    for anchor, v in bd.items():
+        print(f"BD-rate vs {anchor}: PSNR " + ("n/a" if v["psnr"] is None else f"{100 * v['psnr']:+.1f}%")
+              + f" over {v['psnr_overlap_db']}; MS-SSIM "
+              + ("n/a" if v["ms_ssim"] is None else f"{100 * v['ms_ssim']:+.1f}%"))
+    return base["models"][name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a variable-rate run directory (codec-vr / hyperprior-vr)")
+    ap.add_argument("--name", required=True, help="zoo model name (bundles MODEL-q1..)")
+    ap.add_argument("--val", type=Path, required=True, help="folder of whole images to measure on")
+    ap.add_argument("--qualities", help="comma-separated operating points of the run to ship (default: all)")
+    ap.add_argument("--zoo", type=Path, default=ZOO_DIR)
+    ap.add_argument("--checkpoint", action="store_true", help="use run/checkpoint (a run still in progress)")
+    ap.add_argument("--description", default="")
+    ap.add_argument("--clean", action="store_true", help="remove this model's old bundles first")
+    a = ap.parse_args(argv)
+    if a.clean:
+        for old in a.zoo.glob(f"{a.name}-q*"):
+            shutil.rmtree(old)
+    qs = [int(v) for v in a.qualities.split(",")] if a.qualities else None
+    entry = build(a.run, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
+    print(json.dumps({k: v for k, v in entry.items() if k in ("bd_rate",)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The zoo: pretrained bundles by name (MODEL:QUALITY) from the package, built from a variable-rate run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeae import zoo
+from edgeae.cli import main
+from edgeae.errors import BundleError
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A two-quality codec-vr trained briefly on 8x8 digits, baked, exported (fp32 + int8), measured and
+    indexed into a temporary zoo folder."""
+    from PIL import Image
+
+    from edgeae.train.data import load_dataset
+    from edgeae.train.trainer import TrainConfig, train
+    from edgeae.zoo.build import build
+
+    root = tmp_path_factory.mktemp("zoo")
+    run = train("codec-vr", "digits", root / "run", {"channels": 8, "latent_channels": 4, "lmbdas": [0.005, 0.05]},
+                TrainConfig(epochs=1, batch_size=64, lr=3e-3, progress=False, threads=1)).path
+    val = root / "val"
+    val.mkdir()
+    for i, img in enumerate(load_dataset("digits").val[:6]):
+        Image.fromarray(np.round(img[0] * 255).astype(np.uint8)).save(val / f"{i}.png")
+    return build(run, "tiny", val, zoo_dir=root / "zoo", description="test",
+                 max_int8_drop_db=5.0), root  # 1 epoch on 8x8 digits: int8 is not the point here
+
+
+@pytest.mark.slow
+def test_build_writes_an_index_with_measured_points(tiny_zoo):
+    entry, root = tiny_zoo
+    assert sorted(entry["qualities"]) == ["1", "2"]
+    q1, q2 = entry["qualities"]["1"], entry["qualities"]["2"]
+    assert q1["bpp"] > 0 and q1["lmbda"] == 0.005 and q2["lmbda"] == 0.05
+    assert np.isfinite(q1["psnr_int8"]) and np.isfinite(q2["psnr_int8"])
+    assert entry["family"] == "codec" and entry["trained_as"] == "codec-vr"
+    assert entry["training"]["steps"] > 0 and entry["training"]["devices"][0]["device"] == "cpu"
+    assert {"jpeg", "webp"} <= set(entry["bd_rate"])
+    index = json.loads((root / "zoo" / "index.json").read_text())
+    assert index["schema"] == "edgeae.zoo" and "tiny" in index["models"]
+    for k in ("1", "2"):
+        files = {p.name for p in (root / "zoo" / f"tiny-q{k}").iterdir()}
+        assert {"manifest.json", "encoder.onnx", "decoder.onnx"} <= files and any("int8" in f for f in files)
+
+
+@pytest.mark.slow
+def test_names_resolve_to_bundles_and_encode_by_name(tiny_zoo, monkeypatch, tmp_path):
+    from edgeae.runtime.codec import Decoder, Encoder
+
+    _, root = tiny_zoo
+    monkeypatch.setattr(zoo, "ZOO_DIR", root / "zoo")
+    assert zoo.is_name("tiny:1") and not zoo.is_name("tiny") and not zoo.is_name("../x:1")
+    assert zoo.resolve("tiny:2") == root / "zoo" / "tiny-q2"
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    enc, dec = Encoder("tiny:1", "int8"), Decoder("tiny:1")
+    assert np.asarray(dec.decode(enc.encode(x))).shape == (2, 8, 8)
+    with pytest.raises(BundleError, match="no quality 7; choose one of 1, 2"):
+        Encoder("tiny:7")
+    with pytest.raises(BundleError, match="unknown pretrained model 'nope'.*models --pretrained"):
+        Encoder("nope:1")
+    # A path that exists wins over a name.
+    (tmp_path / "tiny:1").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not zoo.is_name("tiny:1")
+
+
+@pytest.mark.slow
+def test_models_pretrained_lists_every_quality(tiny_zoo, monkeypatch):
+    _, root = tiny_zoo
+    monkeypatch.setattr(zoo, "ZOO_DIR", root / "zoo")
+    res = CliRunner().invoke(main, ["models", "--pretrained"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split()[:4] == ["name", "family", "lambda", "bpp"]
+    assert any(line.startswith("tiny:1 ") for line in lines) and any(line.startswith("tiny:2 ") for line in lines)
+    rows = json.loads(CliRunner().invoke(main, ["models", "--pretrained", "--json"]).output)
+    assert [r["name"] for r in rows] == ["tiny:1", "tiny:2"] and all(r["psnr"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_encode_cli_takes_a_name(tiny_zoo, monkeypatch, tmp_path):
+    from PIL import Image
+
+    _, root = tiny_zoo
+    monkeypatch.setattr(zoo, "ZOO_DIR", root / "zoo")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(img)
+    res = CliRunner().invoke(main, ["encode", str(img), "--bundle", "tiny:2", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert [p.stat().st_size > 0 for p in (tmp_path / "out").iterdir()] == [True]
+
+
+def test_a_bad_index_is_a_clear_error(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        zoo.resolve("x:1", root=tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"schema": "edgeae.zoo", "models": {
+        "x": {"qualities": {"1": {"bundle": "../../etc"}}}}}))
+    with pytest.raises(BundleError, match="not a plain folder name"):
+        zoo.resolve("x:1", root=tmp_path)
+    assert zoo.pretrained(root=tmp_path / "none") == []
+
+
+def test_the_shipped_index_resolves(monkeypatch):
+    """Whatever the package ships: every listed quality is a bundle that opens (sha256-checked)."""
+    from edgeae.runtime.bundle import Bundle
+
+    for row in zoo.pretrained():
+        assert Bundle.open(row["name"]).manifest is not None
+
+
+@pytest.mark.slow
+def test_compare_at_budget_keeps_jpeg_and_webp_within_the_bundles_bytes(tiny_zoo, tmp_path):
+    from edgeae.zoo.compare import fit_budget
+
+    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    q, data, rec = fit_budget(img, "webp", 2000)
+    assert len(data) <= 2000 and rec.shape == img.shape and 0 <= q <= 100
+    q0, data0, _ = fit_budget(img, "jpeg", 10)  # nothing fits: the smallest file
+    assert q0 == 0 and len(data0) > 10
+
+
+def test_the_zoo_and_models_pretrained_need_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import edgeae.zoo, edgeae.zoo.compare\n"
+            "from click.testing import CliRunner\n"
+            "from edgeae.cli import main\n"
+            "res = CliRunner().invoke(main, ['models', '--pretrained'])\n"
+            "assert res.exit_code == 0, res.output\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'safetensors') if m in sys.modules and sys.modules[m]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
