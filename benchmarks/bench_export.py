@@ -18,10 +18,16 @@ import torch
 
 from edgeae.bundling.build import ExportOptions, export_run
 from edgeae.bundling.int8 import median_latency_us
-from edgeae.bundling.verify import psnr
+from edgeae.evaluate.metrics import mean_psnr
+from edgeae.evaluate.metrics import psnr as psnr_per_image
 from edgeae.runtime.session import make_session
 from edgeae.train.data import DataSpec, load_dataset
 from edgeae.train.rundir import load_run
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean PSNR (dB) of float [0, 1] image batches, with edgeae.evaluate's one PSNR."""
+    return mean_psnr(psnr_per_image(np.clip(a, 0, 1) * 255.0, b * 255.0, batch=True))
 
 
 def eager_us(module: torch.nn.Module, x: np.ndarray, repeats: int = 7) -> float:

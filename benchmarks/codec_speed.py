@@ -38,10 +38,11 @@ def photos(split: str) -> np.ndarray:
 
 def main() -> int:
     from edgeae.bundling import graphs
-    from edgeae.bundling.build import _latent_model, latent_grid
-    from edgeae.bundling.int8 import Int8Preset, median_latency_us, quantize_graph
+    from edgeae.bundling.core import latent_grid, latent_model
+    from edgeae.bundling.int8 import median_latency_us, quantize_graph
     from edgeae.bundling.spec import graph_specs
     from edgeae.profiling.host import cpu_model
+    from edgeae.runtime.devices import Int8Settings
     from edgeae.runtime.session import make_session
     from edgeae.train.models import build_model, make_config
     from edgeae.train.rundir import load_run
@@ -68,8 +69,8 @@ def main() -> int:
         graphs.save(graphs.export_graph(model.encoder, spec, torch.from_numpy(val[:1])), fp32)
         keep = [k for k in args.keep_fp32.split(",") if k]
         y_shape = graphs.torch_run(model.encoder, val[:1]).shape
-        grid = None if args.no_latent_grid else latent_grid(_latent_model(model, np.zeros(y_shape), 8)[0])
-        kept = quantize_graph(fp32, int8, spec.input_name, train, Int8Preset(), keep_fp32=keep,
+        grid = None if args.no_latent_grid else latent_grid(latent_model(model, np.zeros(y_shape, np.float32), 8)[0])
+        kept = quantize_graph(fp32, int8, spec.input_name, train, Int8Settings(), keep_fp32=keep,
                               output_grid=(spec.output_name, *grid) if grid else None)
         psnrs = {}
         for label, path in (("fp32", fp32), ("int8", int8)):

@@ -33,6 +33,35 @@ class ExportError(EdgeaeError):
         super().__init__(message)
 
 
+# What goes wrong when exporting a model (edgeae.export); each is an ExportError, so one `except` catches all.
+class ModelLoadError(ExportError):
+    """`--model file.py:factory` cannot be imported or its factory raised; weights do not load."""
+
+
+class TraceError(ExportError):
+    """The model cannot be traced to a static graph (data-dependent control flow, a failing forward)."""
+
+
+class UnsupportedOperatorError(ExportError):
+    """The model uses an operator the chosen ONNX opset cannot express."""
+
+
+class ParityError(ExportError):
+    """An exported graph's outputs differ from PyTorch beyond the tolerance (the message names output and item)."""
+
+
+class ShapeMismatchError(ExportError):
+    """The decoder does not give back the input's shape, or the latent has a shape the runtime cannot code."""
+
+
+class NonFiniteError(ExportError):
+    """NaN or infinity in a model's outputs."""
+
+
+class CalibrationError(ExportError):
+    """Calibration or validation data of the wrong shape, dtype or range, or too little of it."""
+
+
 class DeviceProfileError(EdgeaeError):
     """A device profile (TOML) is missing or invalid; the message names the field."""
 

@@ -50,9 +50,9 @@ def test_by_name_and_by_path_are_the_same_profile(tmp_path):
 
 
 def test_the_export_int8_preset_reads_the_profile():
-    from edgeae.bundling.int8 import Int8Preset
+    from edgeae.runtime.devices import Int8Settings
 
-    preset = Int8Preset.from_any(load_profile("x86-laptop").int8)
+    preset = Int8Settings.from_any(load_profile("x86-laptop").int8)
     assert (preset.activation_type, preset.weight_type, preset.per_channel, preset.reduce_range) == \
         ("uint8", "int8", True, True)
 

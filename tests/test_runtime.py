@@ -260,8 +260,10 @@ def test_every_accepted_input_form_gives_the_same_graph_input(handmade, tmp_path
     np.testing.assert_array_equal(enc.preprocess(x[0]), ref[:1])
     np.testing.assert_array_equal(enc.preprocess(paths[0]), ref[:1])
     rgb_file = tmp_path / "rgb.png"
-    Image.fromarray(np.stack([x[0]] * 3, -1)).save(rgb_file)  # converted to the bundle's gray
-    np.testing.assert_array_equal(enc.preprocess(rgb_file), ref[:1])
+    Image.fromarray(np.stack([x[0]] * 3, -1)).save(rgb_file)  # refused like an RGB array, unless asked to convert
+    with pytest.raises(InputError, match="is a colour image .* takes gray"):
+        enc.preprocess(rgb_file)
+    np.testing.assert_array_equal(Encoder(handmade(), convert=True).preprocess(rgb_file), ref[:1])
 
 
 def test_rgb_bundles_take_hwc_and_chw(handmade):

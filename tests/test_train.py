@@ -374,3 +374,21 @@ def test_variable_rate_bakes_into_plain_models_with_the_same_outputs():
     assert rates[0] < rates[1] < rates[2]  # higher lmbda, larger gain, finer quantisation
     with pytest.raises(TypeError, match="bake"):
         m.entropy_tables()
+
+
+def test_init_from_another_run_maps_a_base_run_into_a_variable_rate_model(tmp_path):
+    from edgeae.errors import RunDirError
+
+    cfg = TrainConfig(epochs=1, batch_size=256, progress=False, threads=1)
+    base = train("codec", "digits", tmp_path / "base", CODEC_TINY, cfg)
+    vr = train("codec-vr", "digits", tmp_path / "vr", {**CODEC_TINY, "lmbdas": [0.01, 0.04]},
+               TrainConfig(epochs=1, batch_size=256, progress=False, threads=1, max_steps=1, lr=1e-12),
+               init=tmp_path / "base")
+    info = load_run(tmp_path / "vr").config["init"]
+    assert info["family"] == "codec" and info["steps"] == base.metrics["steps"]
+    b, v = base.model.state_dict(), vr.model.state_dict()
+    assert torch.allclose(b["encoder.0.weight"], v["encoder.inner.0.weight"], atol=1e-6)  # one step at lr 1e-12: unchanged
+    assert torch.allclose(v["priors.0.biases.0"], v["priors.1.biases.0"], atol=1e-6)
+    with pytest.raises(RunDirError, match="do not fit this model"):
+        train("dense", "digits", tmp_path / "bad", {}, cfg, init=tmp_path / "base")
+    assert not (tmp_path / "bad").exists()

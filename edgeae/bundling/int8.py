@@ -6,36 +6,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeae.runtime.devices import Int8Settings
 from edgeae.runtime.session import make_session
-
-
-@dataclass(frozen=True)
-class Int8Preset:
-    """Quantisation types. Default: U8 activations / S8 weights, per-channel: onnxruntime's CPU guidance for
-    x86 with VNNI and for ARM64. Device profiles override it (x86 without VNNI: reduce_range)."""
-
-    activation_type: str = "uint8"
-    weight_type: str = "int8"
-    per_channel: bool = True
-    reduce_range: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_any(cls, obj: Any) -> Int8Preset:
-        if obj is None:
-            return cls()
-        if isinstance(obj, cls):
-            return obj
-        d = obj if isinstance(obj, dict) else asdict(obj)
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class _Reader:
@@ -58,7 +36,7 @@ def compute_nodes(model: Any) -> list[str]:
 
 
 def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray,
-                   preset: Int8Preset, keep_fp32: Sequence[str] = (),
+                   preset: Int8Settings, keep_fp32: Sequence[str] = (),
                    output_grid: tuple[str, float, int] | None = None) -> list[str]:
     """Pre-process (shape inference + optimisation), then static QDQ quantisation calibrated on `calibration`.
 
@@ -75,8 +53,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration
     for field in ("activation_type", "weight_type"):
         if getattr(preset, field) not in types:
             raise ValueError(f"int8 preset {field} must be 'uint8' or 'int8', got {getattr(preset, field)!r}")
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on every call
-    with tempfile.TemporaryDirectory() as tmp:
+    with _quiet_root_logger(), tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
@@ -92,6 +69,18 @@ def quantize_graph(fp32_path: Path, out_path: Path, input_name: str, calibration
             nodes_to_exclude=excluded, extra_options=_grid_override(output_grid, types[preset.activation_type]),
         )
     return excluded
+
+
+@contextmanager
+def _quiet_root_logger():
+    """The quantiser logs advice on the root logger at WARNING on every call: silence it for the call only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _grid_override(grid: tuple[str, float, int] | None, qtype: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""CLI: `edgeae export` (run -> bundle) and `edgeae inspect` (bundle or payload)."""
+"""CLI: `edgeae export` (a run, or your own model -> bundle) and `edgeae inspect` (bundle or payload)."""
 
 from __future__ import annotations
 
@@ -33,36 +33,121 @@ def _keep(items: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
     return keep
 
 
+def _numbers(text: str | None, option: str, kind: type = float) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+
+
+FOREIGN_OPTIONS = ("weights", "input_shape", "input_kind", "value_range", "mean", "std", "dynamic_size",
+                   "size_multiple", "encoder_attr", "decoder_attr", "latent_output", "validation_data", "atol",
+                   "rtol", "name")
+
+
 @main.command()
-@click.argument("run_dir", type=click.Path())
-@click.option("--out", type=click.Path(file_okay=False), help="Bundle folder [default: export/<run name>/].")
+@click.argument("run_dir", type=click.Path(), required=False)
+@click.option("--model", "model_spec", metavar="FILE.py:FACTORY|pkg.module:FACTORY",
+              help="Export your own model: a function returning the nn.Module (instead of RUN_DIR).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="--model weights: .safetensors, or a state_dict "
+              ".pt read with torch.load(weights_only=True).")
+@click.option("--input-shape", help="--model input without batch: C,H,W (images) or C,L / D (tensors).")
+@click.option("--input-kind", type=click.Choice(["image", "tensor"]), help="[default: image for C,H,W, else tensor]")
+@click.option("--range", "value_range", help="Images: what pixels 0..255 map to, e.g. -1,1 [default: 0,1].")
+@click.option("--mean", help="Per-channel mean of the normalisation (images: after /255), e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Per-channel std of the normalisation.")
+@click.option("--dynamic-size", is_flag=True, help="The model is fully convolutional: the bundle takes any H, W.")
+@click.option("--size-multiple", type=click.IntRange(1, 4096), help="Any-size padding multiple [default: the "
+              "latent stride].")
+@click.option("--encoder-attr", help="Submodule or method of the model that encodes [default: encoder / encode].")
+@click.option("--decoder-attr", help="Submodule or method of the model that decodes [default: decoder / decode].")
+@click.option("--latent-output", help="Index or key of the latent when the encoder returns several (a VAE: 0).")
+@click.option("--out", type=click.Path(file_okay=False), help="Bundle folder [default: export/<name>/].")
+@click.option("--name", help="Bundle name [default: the run name, or the --out folder's name].")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--int8", "int8", is_flag=True, help="Also write int8 (QDQ) graphs, calibrated on training data.")
 @click.option("--calibration-samples", type=int, default=256, show_default=True)
-@click.option("--calibration-data", type=click.Path(dir_okay=False), help=".npy (N, C, H, W) floats in [0, 1].")
+@click.option("--calibration-data", type=click.Path(), help="Folder of images or .npy: (N, C, H, W) / (N, H, W[, C]) "
+              "uint8 or float [0, 1] images; raw float tensors (N, ...).")
+@click.option("--validation-data", type=click.Path(), help="--model: like --calibration-data [default: its last "
+              "fifth].")
 @click.option("--latent-bits", type=click.IntRange(1, 16), default=8, show_default=True)
+@click.option("--atol", type=float, help="--model: fp32 parity, absolute [default: 1e-4].")
+@click.option("--rtol", type=float, help="--model: fp32 parity, relative [default: 1e-3].")
 @click.option("--device", help="Device profile (name or TOML path) whose int8 preset to use.")
 @click.option("--max-int8-drop-db", type=float, default=0.5, show_default=True)
 @click.option("--int8-keep-fp32", "keep_fp32", multiple=True, metavar="ROLE:first|last",
               help="Leave a graph's first or last Conv/Gemm/MatMul in fp32, e.g. encoder:last (repeatable).")
-@click.option("--input-size", help="H,W for fully convolutional models (e.g. 512,768).")
+@click.option("--input-size", help="RUN_DIR of a fully convolutional family: export at H,W (e.g. 512,768).")
 @click.option("--no-speed", is_flag=True, help="Skip the fp32-vs-int8 latency measurement.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def export(run_dir: str, out: str | None, opset: int, int8: bool, calibration_samples: int,
-           calibration_data: str | None, latent_bits: int, device: str | None, max_int8_drop_db: float,
-           keep_fp32: tuple[str, ...], input_size: str | None, no_speed: bool, force: bool) -> None:
-    """Export a trained run as a verified bundle: encoder.onnx, decoder.onnx (+ int8), manifest.json."""
-    from edgeae.bundling.build import ExportOptions, export_run
-    from edgeae.runtime.summary import summarize
+def export(run_dir: str | None, model_spec: str | None, out: str | None, opset: int, int8: bool,
+           calibration_samples: int, calibration_data: str | None, latent_bits: int, device: str | None,
+           max_int8_drop_db: float, keep_fp32: tuple[str, ...], input_size: str | None, no_speed: bool,
+           force: bool, **foreign: object) -> None:
+    """Export a trained run (RUN_DIR) or your own PyTorch model (--model) as a verified bundle:
+    encoder.onnx, decoder.onnx (+ int8), manifest.json. docs/EXPORT.md has the details."""
+    if (run_dir is None) == (model_spec is None):
+        raise click.UsageError("give a RUN_DIR (from `edgeae train`) or --model FILE.py:FACTORY, not both")
+    common = dict(opset=opset, int8=int8, calibration_samples=calibration_samples, latent_bits=latent_bits,
+                  device=device, max_int8_drop_db=max_int8_drop_db, force=force, measure_speed=not no_speed,
+                  int8_keep_fp32=_keep(keep_fp32))
+    if run_dir is not None:
+        given = [f"--{k.replace('_', '-')}" for k in FOREIGN_OPTIONS if foreign.get(k) not in (None, False)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} go with --model; a run directory knows its model")
+        from edgeae.bundling.build import ExportOptions, export_run
 
-    opts = ExportOptions(out=Path(out) if out else None, opset=opset, int8=int8,
-                         calibration_samples=calibration_samples, latent_bits=latent_bits, device=device,
-                         max_int8_drop_db=max_int8_drop_db, input_size=_size(input_size),
-                         calibration_data=Path(calibration_data) if calibration_data else None,
-                         force=force, measure_speed=not no_speed, int8_keep_fp32=_keep(keep_fp32))
-    result = export_run(run_dir, opts)
-    click.echo(f"bundle: {result.path}")
-    click.echo(summarize(result.manifest))
+        opts = ExportOptions(out=Path(out) if out else None, input_size=_size(input_size),
+                             calibration_data=Path(calibration_data) if calibration_data else None, **common)
+        result = export_run(run_dir, opts)
+    else:
+        if input_size is not None:
+            raise click.UsageError("--input-size is for RUN_DIR; with --model give --input-shape")
+        result = _export_foreign(model_spec, out, calibration_data, common, foreign)  # type: ignore[arg-type]
+    click.echo(str(result))
+
+
+def _export_foreign(model_spec: str, out: str | None, calibration_data: str | None, common: dict,
+                    f: dict) -> object:
+    if not f.get("input_shape"):
+        raise click.UsageError("--model needs --input-shape (C,H,W for images, C,L or D for tensors)")
+    if not calibration_data:
+        raise click.UsageError("--model needs --calibration-data (a folder of images or an .npy file)")
+    shape = _numbers(f["input_shape"], "--input-shape", int)
+    assert shape is not None
+    kind = f.get("input_kind") or ("image" if len(shape) == 3 else "tensor")
+    value_range = _numbers(f.get("value_range"), "--range")  # type: ignore[arg-type]
+    if value_range is not None and len(value_range) != 2:
+        raise click.BadParameter("give LOW,HIGH", param_hint="--range")
+    latent_output = f.get("latent_output")
+    if isinstance(latent_output, str) and latent_output.lstrip("-").isdigit():
+        latent_output = int(latent_output)
+
+    import edgeae
+    from edgeae.bundling.foreign import build_model, file_digest
+
+    try:
+        spec = edgeae.InputSpec(shape=shape, kind=kind, range=value_range,  # type: ignore[arg-type]
+                                mean=_numbers(f.get("mean"), "--mean"),  # type: ignore[arg-type]
+                                std=_numbers(f.get("std"), "--std"),  # type: ignore[arg-type]
+                                dynamic_size=bool(f.get("dynamic_size")),
+                                size_multiple=f.get("size_multiple"))  # type: ignore[arg-type]
+        spec.normalisation()
+    except ValueError as exc:
+        raise click.UsageError(f"input: {exc}") from None
+    model = build_model(model_spec, f.get("weights"))  # type: ignore[arg-type]
+    weights = f.get("weights")
+    source = {"model": model_spec, **({"weights": str(weights), "weights_sha256": file_digest(Path(str(weights)))}
+                                      if weights else {})}
+    name = f.get("name") or (Path(out).name if out else model_spec.rpartition(":")[2])
+    tol = {k: f[k] for k in ("atol", "rtol") if f.get(k) is not None}
+    return edgeae.export(model=model, encode=f.get("encoder_attr"), decode=f.get("decoder_attr"),  # type: ignore[arg-type]
+                         latent_output=latent_output, out=Path(out) if out else Path("export") / str(name),
+                         input=spec, calibration=calibration_data, validation=f.get("validation_data"),
+                         name=str(name), source=source, **tol, **common)
 
 
 @main.command()

@@ -98,14 +98,16 @@ def _print_tables(ev) -> None:
               help="payload: real encode -> bytes -> decode; graphs: fp32/int8 graphs, float latents.")
 @click.option("--int8", is_flag=True, help="Use the bundle's int8 graphs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write scores as JSON here.")
-def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path) -> None:
+@click.option("--convert", is_flag=True, help="Convert image files of the other kind (RGB <-> gray) instead of "
+              "refusing them.")
+def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path, convert) -> None:
     """Anomaly scores: per-image reconstruction MSE ([0, 1] pixels) of INPUT images through BUNDLE."""
     from edgeae.evaluate.anomaly import Scorer, ScoreReport, calibrate, load_images
     from edgeae.evaluate.results import write_json
 
     if threshold is not None and calibrate_dir:
         raise click.UsageError("give --threshold or --calibrate, not both")
-    scorer = Scorer(bundle, mode, "int8" if int8 else "fp32")
+    scorer = Scorer(bundle, mode, "int8" if int8 else "fp32", convert=convert)
     n_cal = None
     if calibrate_dir:
         _, normal = load_images([calibrate_dir], scorer)

@@ -86,8 +86,10 @@ def _codec_options(f):
               "folder (for --send / `edgeae upload`).")
 @click.option("--send", help="After encoding, upload the spool to this server (http://host:port); payloads "
               "leave the spool only once acknowledged. Needs --spool.")
+@click.option("--convert", is_flag=True, help="Convert image files of the other kind (RGB <-> gray) instead of "
+              "refusing them.")
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
-           batch: bool, spool: str | None, send: str | None) -> None:
+           batch: bool, spool: str | None, send: str | None, convert: bool) -> None:
     """Encode images (files, or folders of them) into .eae payloads: one per image, or one with --batch."""
     if send and not spool:
         raise click.UsageError("--send needs --spool DIR (payloads are spooled durably before upload)")
@@ -104,7 +106,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
 
     failures = Failures()
     jobs = _jobs(inputs, IMAGE_SUFFIXES, failures)
-    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
+    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, convert=convert)
     out_dir = Path(out)
     encoded = list(_encode_files(enc, jobs, failures))
     if batch and encoded:

@@ -74,6 +74,9 @@ RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "no_progress"
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--init", "init", type=click.Path(file_okay=False), metavar="RUN",
+              help="Start from the weights of another run (same family, or a variable-rate family from its base "
+              "family's run) instead of a random initialisation; a fresh optimiser and schedule.")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Continue RUN from its checkpoint (only --epochs, --max-steps, --device, --threads may change).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
@@ -91,7 +94,7 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
           channels: str | None, loss: str | None, lmbda: float | None, sets: tuple[str, ...], epochs: int,
           max_steps: int | None, batch_size: int, lr: float, lr_decay: str, seed: int, denoise: float,
           patience: int | None, patch: int, color: str, limit: int | None, out: str | None, force: bool,
-          resume: str | None, device: str, threads: int | None, checkpoint_every: int,
+          init: str | None, resume: str | None, device: str, threads: int | None, checkpoint_every: int,
           checkpoint_minutes: float, no_progress: bool) -> None:
     """Train a model on a dataset and write a run directory (config, checkpoint, safetensors weights, metrics,
     grid). Interrupt it (Ctrl-C, SIGTERM) and continue later with --resume RUN."""
@@ -123,7 +126,7 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
                               denoise_std=denoise, patience=patience, max_steps=max_steps, device=device,
                               threads=threads, checkpoint_every=checkpoint_every,
                               checkpoint_minutes=checkpoint_minutes, progress=not no_progress)
-            result = run_training(family, spec, out, options, cfg, overwrite=force)
+            result = run_training(family, spec, out, options, cfg, overwrite=force, init=init)
     except (KeyError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     final = result.metrics["final"]

@@ -29,12 +29,14 @@ MAX_NPY_BYTES = 1 << 30  # a .npy of images to score; far larger is not somethin
 class Scorer:
     """Reconstruction-error scores for one bundle; builds the onnxruntime sessions once."""
 
-    def __init__(self, bundle: Any, mode: str = "payload", precision: str = "fp32", threads: int | None = None):
+    def __init__(self, bundle: Any, mode: str = "payload", precision: str = "fp32", threads: int | None = None,
+                 convert: bool = False):
+        """`convert`: let Pillow convert image files of the other channel kind (gray <-> RGB)."""
         from edgeae.runtime.codec import Decoder, Encoder
 
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.encoder = Encoder(bundle, precision, threads=threads)
+        self.encoder = Encoder(bundle, precision, threads=threads, convert=convert)
         self.decoder = Decoder(self.encoder.bundle, precision, threads=threads)
         self.mode = mode
         spec = self.encoder.manifest.input

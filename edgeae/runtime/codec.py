@@ -26,7 +26,7 @@ from edgeae.errors import BundleError, CorruptStream, FingerprintMismatch, Input
 from edgeae.runtime import payload as wire
 from edgeae.runtime.bundle import Bundle
 from edgeae.runtime.entropy_models import EntropyModel, model_for
-from edgeae.runtime.images import ImageAdapter, to_uint8
+from edgeae.runtime.images import input_adapter
 from edgeae.runtime.session import make_session
 
 DECODE_BATCH = 256  # a graph runs on at most this many items at once, whatever the payload holds
@@ -84,7 +84,7 @@ class _Codec:
         self.bits = m.latent.quantization.bits
         self.coder_id = wire.CODER_IDS[m.entropy.coder]
         self.model_id = self.entropy.model_id
-        self.images = ImageAdapter(m.input)
+        self.images = input_adapter(m.input)  # user input <-> graph space (the manifest's normalisation)
         self.size_multiple = m.input.size_multiple
         self.stride = m.latent.stride
         self.any_size = self.size_multiple > 0
@@ -120,8 +120,11 @@ class Encoder(_Codec):
     role = "encoder"
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, convert: bool = False) -> None:
+        """`convert`: let Pillow convert image files / PIL images of the other channel kind (gray <-> RGB)
+        instead of refusing them."""
         super().__init__(bundle, precision, device, threads)
+        self.images = input_adapter(self.manifest.input, convert=convert)
         self.packer = wire.Packer(self.fingerprint, bits=self.bits, coder=self.coder_id, model=self.model_id)
         for role in self.entropy.graph_roles:  # build the entropy model's sessions now, not on the first image
             self._graph(role)
@@ -313,31 +316,30 @@ class Decoder(_Codec):
     def render(self, latents: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
                as_float: bool = False) -> list[np.ndarray]:
         """Per-item latents + original sizes (from `items`, of one or many payloads) -> per-item images,
-        cropped: uint8 (H, W) / (H, W, C), or the float32 graph output (C, H, W) with as_float. One decoder
-        graph run per latent shape (in chunks)."""
+        cropped, through the manifest's inverse normalisation: uint8 (H, W) / (H, W, C), or float32 (C, H, W) in
+        [0, 1] with as_float; tensor bundles: float32 (*shape) in the user's units. One decoder graph run per
+        latent shape (in chunks)."""
+        post = self.images.postprocess
         out: list[np.ndarray] = [np.empty(0)] * len(latents)
         for _, idx in _group([tuple(y.shape) for y in latents]).items():
             x = self.reconstruct(np.stack([latents[i] for i in idx]))
             crop = self.any_size and any(sizes[i] != x.shape[-2:] for i in idx)
-            if not as_float and not crop:
-                x = to_uint8(x)  # the whole group at once
+            if not crop:
+                x = post(x, as_float=as_float)  # the whole group at once
             for i, xi in zip(idx, x, strict=True):
                 if crop:
                     h, w = sizes[i]
-                    xi = xi[:, :h, :w]
-                    out[i] = xi if as_float else to_uint8(xi[None])[0]
-                else:
-                    out[i] = xi
+                    xi = post(xi[None, :, :h, :w], as_float=as_float)[0]
+                out[i] = xi
         return out
 
     def from_symbols(self, q: np.ndarray, as_float: bool = False) -> np.ndarray:
         """int symbols (N, *latent_shape) -> images (factorized; no crop): uint8 (N, H, W) / (N, H, W, C), or
-        float32 (N, C, H, W) with as_float."""
+        float32 (N, C, H, W) in [0, 1] with as_float; tensor bundles: float32 (N, *shape) in the user's units."""
         dequantize = getattr(self.entropy, "dequantize", None)
         if dequantize is None:
             raise InputError(f"the {self.entropy.name} entropy model has no single symbol array; use render()")
-        x = self.reconstruct(dequantize(q))
-        return x if as_float else to_uint8(x)
+        return self.images.postprocess(self.reconstruct(dequantize(q)), as_float=as_float)
 
     def decode(self, data: bytes | bytearray | memoryview, as_float: bool = False) -> np.ndarray | list[np.ndarray]:
         """Payload -> uint8 images (N, H, W) for gray or (N, H, W, C); float32 (N, C, H, W) with as_float.

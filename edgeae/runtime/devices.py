@@ -48,12 +48,27 @@ class SessionSettings:
 
 @dataclass(frozen=True)
 class Int8Settings:
-    """The int8 (QDQ) preset `edgeae export --device` uses; same fields as bundling's Int8Preset."""
+    """The int8 (QDQ) quantisation types `edgeae export --int8` uses; a device profile's [int8] table (every
+    key required there). Defaults: U8 activations / S8 weights, per-channel: onnxruntime's CPU guidance for
+    x86 with VNNI and for ARM64 (x86 without VNNI: reduce_range)."""
 
-    activation_type: str = field(metadata=_choice("uint8", "int8"))
-    weight_type: str = field(metadata=_choice("uint8", "int8"))
-    per_channel: bool
-    reduce_range: bool
+    activation_type: str = field(default="uint8", metadata=_choice("uint8", "int8"))
+    weight_type: str = field(default="int8", metadata=_choice("uint8", "int8"))
+    per_channel: bool = True
+    reduce_range: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls, obj: Any) -> Int8Settings:
+        """None (the defaults), an Int8Settings, or a dict of its fields."""
+        if obj is None:
+            return cls()
+        if isinstance(obj, cls):
+            return obj
+        d = obj if isinstance(obj, dict) else asdict(obj)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @property
     def label(self) -> str:

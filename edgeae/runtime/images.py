@@ -1,4 +1,5 @@
-"""User images (arrays, PIL images, files) <-> the graphs' float32 NCHW input in [0, 1]; never resized."""
+"""User input <-> the graphs' float32 input by the manifest's normalisation: images (arrays, PIL images, files;
+never resized) or raw float tensors (sensor windows, feature vectors)."""
 
 from __future__ import annotations
 
@@ -19,21 +20,42 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 
 
 MAX_SIDE = 1 << 16  # any-size bundles: the largest H or W an image may have
+# PIL modes by channel family: a gray bundle refuses colour files (and the reverse) unless asked to convert.
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def input_adapter(spec: InputSpec, convert: bool = False) -> ImageAdapter | TensorAdapter:
+    """The adapter for a bundle's input kind: images (uint8 / [0, 1] floats, files) or raw float tensors."""
+    return TensorAdapter(spec) if spec.kind == "tensor" else ImageAdapter(spec, convert=convert)
+
+
+def _affine(spec: InputSpec, ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel scale, offset and 1/scale as float32 arrays broadcasting over (N, C, ...)."""
+    view = (1, -1) + (1,) * (ndim - 2)
+    scale = np.asarray(spec.scales, np.float64)
+    return (scale.astype(np.float32).reshape(view), np.asarray(spec.offsets, np.float32).reshape(view),
+            (1.0 / scale).astype(np.float32).reshape(view))
 
 
 class ImageAdapter:
-    """Converts user input to the graph input of one bundle; the affine map is precomputed once."""
+    """Converts user images to the graph input of one bundle and decoder output back to pixels.
 
-    def __init__(self, spec: InputSpec) -> None:
+    Pixels p (uint8) map to p * scale[c] + offset[c] (docs/MANIFEST.md); the decoder's output maps back by the
+    inverse. A file or PIL image whose channels (gray / colour) differ from the bundle's is refused like an
+    array of the wrong shape, unless `convert=True` asks for Pillow's conversion."""
+
+    def __init__(self, spec: InputSpec, convert: bool = False) -> None:
         self.spec = spec
+        self.convert = convert
         c, h, w = spec.shape
         self.chw, self.hwc = (c, h, w), (h, w, c)
         self.any_size = spec.dynamic_size
-        self.scale = np.float32(spec.scale)
-        self.offset = np.float32(spec.offset)
+        self.scale, self.offset, self.inverse = _affine(spec, 4)
+        self.uniform = len(set(spec.scales)) == 1 and len(set(spec.offsets)) == 1
+        self.plain = self.uniform and spec.offsets[0] == 0.0 and abs(255.0 * spec.scales[0] - 1.0) < 1e-9
         # Float input in [0, 1] means uint8 / 255, so it goes through the same map: x * 255 * scale + offset.
-        self.float_scale = np.float32(255.0 * spec.scale)
-        self.float_identity = abs(255.0 * spec.scale - 1.0) < 1e-9 and spec.offset == 0.0
+        self.float_scale = self.scale * np.float32(255.0)
+        self.has_offset = any(spec.offsets)
 
     def __call__(self, images: Any) -> np.ndarray:
         """uint8 / float [0, 1] arrays, PIL images, paths, or a sequence of them -> float32 (N, C, H, W)."""
@@ -50,6 +72,8 @@ class ImageAdapter:
             kinds = {s.dtype.kind for s in singles}
             if len(kinds) > 1:
                 raise InputError("a list of images mixes uint8 and float arrays; convert them to one kind")
+            if len({s.shape for s in singles}) > 1:
+                raise InputError("a list of images holds different sizes; encode each size separately")
             return self._to_float(np.concatenate(singles))
         raise InputError(f"cannot use {type(images).__name__} as images; pass a uint8 or float [0, 1] array, "
                          "a PIL image, a file path, or a list of them")
@@ -99,28 +123,46 @@ class ImageAdapter:
         if x.shape[0] == 0:
             raise InputError("no images given (the batch axis is empty)")
         if x.dtype == np.uint8:
-            out = np.multiply(x, self.scale, dtype=np.float32, out=np.empty(x.shape, np.float32))
-            if self.offset:
+            scale = self.scale.reshape(-1)[0] if self.uniform else self.scale
+            out = np.multiply(x, scale, dtype=np.float32, out=np.empty(x.shape, np.float32))
+            if self.has_offset:
                 out += self.offset
             return out
         lo, hi = x.min(), x.max()
         if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
             raise InputError(f"float images must be in [0, 1], got values in [{lo}, {hi}]; "
                              "divide 0..255 data by 255 or pass uint8")
-        if self.float_identity:
+        if self.plain:
             return np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
         out = np.multiply(x, self.float_scale, dtype=np.float32, out=np.empty(x.shape, np.float32))
-        if self.offset:
+        if self.has_offset:
             out += self.offset
         return out
 
+    def pixels01(self, y: np.ndarray) -> np.ndarray:
+        """Decoder output (graph space, N, C, H, W) -> float32 images in [0, 1], clipped (the inverse map)."""
+        if self.plain:
+            return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
+        u = np.subtract(y, self.offset, dtype=np.float32)
+        u *= self.inverse
+        u *= np.float32(1.0 / 255.0)
+        return np.clip(u, 0.0, 1.0, out=u)
+
+    def postprocess(self, y: np.ndarray, as_float: bool = False) -> np.ndarray:
+        """Decoder output -> uint8 (N, H, W) / (N, H, W, C), or float32 (N, C, H, W) in [0, 1] with as_float."""
+        if self.plain:
+            return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False) if as_float else to_uint8(y)
+        x = self.pixels01(y)
+        return x if as_float else to_uint8(x)
+
     def load(self, source: Any) -> np.ndarray:
         """One PIL image or image file -> uint8 (H, W) or (H, W, 3) in the bundle's channel order."""
-        mode = self.spec.channel_order
+        mode = self.spec.channel_order or "L"
         if isinstance(source, (str, os.PathLike)):
             return np.asarray(self._open(Path(source), mode), dtype=np.uint8)
         if _is_pil(source):
             self._check_size(source.size, "the image")
+            self._check_mode(source.mode, "the image")
             return np.asarray(source.convert(mode) if source.mode != mode else source, dtype=np.uint8)
         raise InputError(f"cannot use {type(source).__name__} as an image; pass an array, a PIL image or a path")
 
@@ -134,12 +176,22 @@ class ImageAdapter:
             raise InputError(f"{name} is {size[1]}x{size[0]} (HxW) but this bundle takes {h}x{w}; "
                              "resize or crop it first (edgeae never resizes silently)")
 
+    def _check_mode(self, mode: str, name: str) -> None:
+        """Gray files for gray bundles, colour files for colour bundles, as with arrays; `convert` lifts it."""
+        gray_file, gray_bundle = mode in GRAY_MODES, self.chw[0] == 1
+        if self.convert or gray_file == gray_bundle:
+            return
+        have, want = ("gray", "colour (RGB)") if gray_file else ("colour", "gray (L)")
+        raise InputError(f"{name} is a {have} image (mode {mode}) but this bundle takes {want} images; convert "
+                         "it first, or pass convert=True (--convert on the command line) to let Pillow convert it")
+
     def _open(self, path: Path, mode: str) -> Any:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as im:
                 self._check_size(im.size, str(path))  # from the header, before any pixel is decoded
+                self._check_mode(im.mode, str(path))
                 return im.convert(mode)
         except InputError:  # a ValueError itself: let it through unchanged
             raise
@@ -147,6 +199,55 @@ class ImageAdapter:
             raise InputError(f"image file {path} does not exist") from None
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+class TensorAdapter:
+    """Raw float tensors (a sensor window (C, L), a feature vector (D,)) <-> the graph input, per channel
+    x * scale[c] + offset[c] and back by the inverse; no clipping, no pixels."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.shape = tuple(spec.shape)
+        self.scale, self.offset, self.inverse = _affine(spec, len(self.shape) + 1)
+        self.identity = set(spec.scales) == {1.0} and not any(spec.offsets)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        """(*shape) or (N, *shape) real numbers -> float32 (N, *shape) graph input."""
+        if isinstance(x, (list, tuple)):
+            try:
+                x = np.asarray(x)
+            except ValueError:
+                raise InputError("a list of tensors must all have the same shape; stack them first") from None
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"cannot use {type(x).__name__} as a tensor; pass a float array of shape "
+                             f"{self.describe()}")
+        if x.dtype.kind not in "fiu":
+            raise InputError(f"tensors must hold real numbers, got dtype {x.dtype}")
+        if x.shape == self.shape:
+            x = x[None]
+        if x.shape[1:] != self.shape:
+            raise InputError(f"array of shape {x.shape} does not fit this bundle, which takes {self.describe()}")
+        if not len(x):
+            raise InputError("no tensors given (the batch axis is empty)")
+        x = np.asarray(x, np.float32)
+        if not np.isfinite(x).all():
+            raise InputError("tensors hold NaN or infinite values; clean or impute them first")
+        if self.identity:
+            return np.ascontiguousarray(x)
+        out = x * self.scale
+        out += self.offset
+        return out
+
+    def describe(self) -> str:
+        return f"float tensors {self.shape} or (N, {', '.join(map(str, self.shape))})"
+
+    def postprocess(self, y: np.ndarray, as_float: bool = True) -> np.ndarray:
+        """Decoder output (graph space) -> float32 (N, *shape) in the user's units (the inverse map)."""
+        if self.identity:
+            return np.asarray(y, np.float32)
+        out = np.subtract(y, self.offset, dtype=np.float32)
+        out *= self.inverse
+        return out
 
 
 def _is_pil(x: Any) -> bool:

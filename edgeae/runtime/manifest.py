@@ -20,6 +20,7 @@ MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises 
 MAX_TABLE = (1 << 24) - 2  # symbols of one entropy table: constriction's limit (rangecoder.MAX_TABLE)
 ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
 CHANNELS = {"L": 1, "RGB": 3}
+KINDS = ("image", "tensor")
 MAX_EXTRA_GRAPHS = 8
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
           "quality", "int8", "source", "tools")
@@ -27,24 +28,61 @@ _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "en
 
 @dataclass(frozen=True)
 class InputSpec:
-    shape: tuple[int, int, int]  # C, H, W
-    channel_order: str  # "L" or "RGB"
-    scale: float  # graph input = uint8 pixel * scale + offset
-    offset: float
+    """What the encoder graph takes and the decoder graph gives back (docs/MANIFEST.md, "input").
+
+    kind "image": shape (C, H, W), uint8 pixels p map to the graph as p * scale[c] + offset[c] (float images in
+    [0, 1] are read as p / 255); the decoder output maps back by the inverse, clipped to 0..255.
+    kind "tensor": shape (C, ...) of raw floats x (a sensor window (C, L), a feature vector (D,)), mapped as
+    x * scale[c] + offset[c] and back by the inverse, unclipped. `scale` / `offset` are one number for every
+    channel or one per channel. `size_multiple` > 0: the graphs take any H, W (images padded to a multiple).
+    """
+
+    shape: tuple[int, ...]  # C, H, W for images; (C, ...) for tensors
+    channel_order: str | None  # "L" or "RGB" for images; None for tensors
+    scale: float | tuple[float, ...]  # graph input = value * scale + offset (per channel when a tuple)
+    offset: float | tuple[float, ...]
     dtype: str = "float32"
     layout: str = "NCHW"
+    kind: str = "image"  # "image" or "tensor"
     size_multiple: int = 0  # images only: 0 = fixed size; else any H, W, padded by the runtime to this multiple
 
     @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The scale of each channel."""
+        return _per_channel(self.scale, self.channels)
+
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        return _per_channel(self.offset, self.channels)
+
+    @property
     def dynamic_size(self) -> bool:
-        return self.size_multiple > 0
+        return self.kind == "image" and self.size_multiple > 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
-             "channel_order": self.channel_order, "scale": self.scale, "offset": self.offset}
+        d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.kind != "image":
+            d = {"kind": self.kind, **d}
+        if self.channel_order is not None:
+            d["channel_order"] = self.channel_order
+        d["scale"] = list(self.scale) if isinstance(self.scale, tuple) else self.scale
+        d["offset"] = list(self.offset) if isinstance(self.offset, tuple) else self.offset
         if self.size_multiple:
             d["size_multiple"] = self.size_multiple
         return d
+
+
+def _per_channel(v: float | tuple[float, ...], channels: int) -> tuple[float, ...]:
+    return tuple(v) if isinstance(v, tuple) else (float(v),) * channels
+
+
+def tensor_layout(ndim: int) -> str:
+    """The layout name of a tensor input with `ndim` axes besides the batch: NC, NCL, NCHW, NCDHW."""
+    return {1: "NC", 2: "NCL", 3: "NCHW", 4: "NCDHW"}[ndim]
 
 
 @dataclass(frozen=True)
@@ -310,19 +348,40 @@ class _Validator:
 
     def input(self, d: Any) -> InputSpec:
         d = self.obj(d, "input")
-        shape = self.array(self.need(d, "shape", "input"), "input.shape", 3)
-        c, h, w = (self.integer(v, f"input.shape[{i}]", 1, 1 << 16) for i, v in enumerate(shape))
-        order = self.text(self.need(d, "channel_order", "input"), "input.channel_order", tuple(CHANNELS))
-        if CHANNELS[order] != c:
-            raise self.fail("input.channel_order", f"is {order!r} but input.shape has {c} channels")
+        kind = self.text(d.get("kind", "image"), "input.kind", KINDS)
+        raw = self.need(d, "shape", "input")
+        shape_l = self.array(raw, "input.shape", 3) if kind == "image" else self.array(raw, "input.shape")
+        if not 1 <= len(shape_l) <= 4:
+            raise self.fail("input.shape", f"must have 1 to 4 dimensions, got {len(shape_l)}")
+        shape = tuple(self.integer(v, f"input.shape[{i}]", 1, 1 << 16) for i, v in enumerate(shape_l))
+        c = shape[0]
+        order: str | None = None
+        if kind == "image":
+            order = self.text(self.need(d, "channel_order", "input"), "input.channel_order", tuple(CHANNELS))
+            if CHANNELS[order] != c:
+                raise self.fail("input.channel_order", f"is {order!r} but input.shape has {c} channels")
+            layout = self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",))
+        else:
+            if "channel_order" in d:
+                raise self.fail("input.channel_order", "is for images only (input.kind is 'tensor')")
+            layout = self.text(d.get("layout", tensor_layout(len(shape))), "input.layout", (tensor_layout(len(shape)),))
+        multiple = self.integer(d.get("size_multiple", 0), "input.size_multiple", 0, 1 << 12)
+        if multiple and kind != "image":
+            raise self.fail("input.size_multiple", "is for images only (input.kind is 'tensor')")
         return InputSpec(
-            shape=(c, h, w), channel_order=order,
-            scale=self.number(self.need(d, "scale", "input"), "input.scale", positive=True),
-            offset=self.number(self.need(d, "offset", "input"), "input.offset"),
+            shape=shape, channel_order=order,
+            scale=self.per_channel(self.need(d, "scale", "input"), "input.scale", c, positive=True),
+            offset=self.per_channel(self.need(d, "offset", "input"), "input.offset", c),
             dtype=self.text(d.get("dtype", "float32"), "input.dtype", ("float32",)),
-            layout=self.text(d.get("layout", "NCHW"), "input.layout", ("NCHW",)),
-            size_multiple=self.integer(d.get("size_multiple", 0), "input.size_multiple", 0, 1 << 12),
+            layout=layout, kind=kind, size_multiple=multiple,
         )
+
+    def per_channel(self, v: Any, path: str, channels: int, positive: bool = False) -> float | tuple[float, ...]:
+        """One number, or a list of one number per channel."""
+        if isinstance(v, list):
+            self.array(v, path, channels)
+            return tuple(self.number(x, f"{path}[{i}]", positive) for i, x in enumerate(v))
+        return self.number(v, path, positive)
 
     def graphs(self, d: Any, files: dict[str, FileEntry]) -> dict[str, GraphEntry]:
         d = self.obj(d, "graphs")

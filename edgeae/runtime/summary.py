@@ -14,6 +14,19 @@ def load_summary_manifest(path: Path) -> dict[str, Any]:
     return load_manifest(path).to_dict()
 
 
+def describe_input(i: dict[str, Any]) -> str:
+    """`1x28x28 L image, pixels -> [0, 1]`, `6x128 tensor, (x - mean) / std per channel`, any-size noted."""
+    shape = "x".join(map(str, i["shape"]))
+    scale, offset = i["scale"], i["offset"]
+    if i.get("kind", "image") == "tensor":
+        plain = scale == 1 and offset == 0
+        return f"{shape} float tensor" + ("" if plain else ", standardised per channel (manifest scale/offset)")
+    if isinstance(scale, list) or isinstance(offset, list):
+        norm = "per-channel mean/std"
+    else:
+        norm = f"[{offset:g}, {offset + 255 * scale:g}]"
+    size = f", any size (multiple of {i['size_multiple']})" if i.get("size_multiple") else ""
+    return f"{shape} {i['channel_order']} image, pixels -> {norm}{size}"
 def _kib(m: dict[str, Any], name: str | None) -> str:
     entry = m["files"].get(name) if name else None
     return f" {entry['bytes'] / 1024:.1f} KiB" if entry else ""
@@ -61,19 +74,21 @@ def summarize(m: dict[str, Any]) -> str:
     q, lat = m.get("quality", {}), m["latent"]
     quant = lat["quantization"]
     family = m.get("model", {}).get("family", "?")
+    metric = q.get("metric", "psnr")
+    nan = float("nan")
     lines = [
         f"name        {m['name']}  ({family})",
-        f"input       {'x'.join(map(str, m['input']['shape']))} {m['input'].get('channel_order', '')} float32",
+        f"input       {describe_input(m['input'])}",
         f"sizes       {sizes_line(m)}",
         f"graphs      {graphs_line(m)}",
         f"latent      {'x'.join(map(str, lat['shape']))} at the reference size -> {quant['levels']} levels/channel "
         f"({quant['bits']} bits)",
         f"entropy     {entropy_line(m)}",
         f"fingerprint {m['fingerprint'][:16]}... (payloads carry the first 8 bytes)",
-        f"PSNR        torch {q.get('psnr_torch', float('nan')):.2f} dB | onnx fp32, float latent "
-        f"{q.get('psnr_onnx_fp32', float('nan')):.2f} | as deployed (quantised latent): fp32 "
-        f"{q.get('psnr_fp32_quantized_latent', float('nan')):.2f}"
-        + (f", int8 {q['psnr_onnx_int8']:.2f}" if "psnr_onnx_int8" in q else ""),
+        f"{metric.upper():11s} torch {q.get(f'{metric}_torch', nan):.2f} dB | onnx fp32, float latent "
+        f"{q.get(f'{metric}_onnx_fp32', nan):.2f} | as deployed (quantised latent): fp32 "
+        f"{q.get(f'{metric}_fp32_quantized_latent', nan):.2f}"
+        + (f", int8 {q[f'{metric}_onnx_int8']:.2f}" if f"{metric}_onnx_int8" in q else ""),
     ]
     int8 = m.get("int8")
     if int8:
@@ -84,5 +99,7 @@ def summarize(m: dict[str, Any]) -> str:
                 faster = "FASTER" if g["int8_faster"] else "SLOWER"
                 verdict = (f", batch 1 / 1 thread: fp32 {g['latency_us_fp32']:.1f} us vs int8 "
                            f"{g['latency_us_int8']:.1f} us -> int8 {faster} ({g['int8_speedup']:.2f}x) on this host")
-            lines.append(f"  {role:8s} size x{g['size_ratio']:.2f}, PSNR {-g['psnr_drop_db']:+.2f} dB{verdict}")
+            drop = g.get(f"{metric}_drop_db", nan)
+            lines.append(f"  {role:8s} size x{g['size_ratio']:.2f}, {metric.upper()} {-drop:+.2f} dB vs fp32 "
+                         f"(limit -{int8['max_drop_db']:g}){verdict}")
     return "\n".join(lines)

@@ -100,7 +100,7 @@ def write_repository(bundle: str | os.PathLike[str], out: str | os.PathLike[str]
     try:
         (tmp / "1").mkdir()
         shutil.copyfile(src, tmp / "1" / "model.onnx")
-        cfg = config_pbtxt(name, graph.input, tuple(m.latent.shape), graph.output, tuple(m.input.shape),
+        cfg = config_pbtxt(name, graph.input, _dims(m.latent.shape, m), graph.output, _dims(m.input.shape, m),
                            max_batch, delay_us)
         (tmp / "config.pbtxt").write_text(cfg)
         os.rename(tmp, final)
@@ -113,6 +113,11 @@ def write_repository(bundle: str | os.PathLike[str], out: str | os.PathLike[str]
                            delay_us=delay_us)
     (out / "README.md").write_text(readme)
     return final
+
+
+def _dims(shape: tuple[int, ...], m: Any) -> tuple[int, ...]:
+    """Triton dims: -1 for the H and W axes of any-size bundles (their graphs take any size)."""
+    return (shape[0], -1, -1) if m.input.size_multiple and len(shape) == 3 else tuple(shape)
 
 
 # --- a minimal protobuf text-format reader --------------------------------------------------------------

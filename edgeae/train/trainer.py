@@ -559,8 +559,10 @@ def train(
     cfg: TrainConfig | None = None,
     overwrite: bool = False,
     stop_at_step: int | None = None,
+    init: str | Path | None = None,
 ) -> RunResult:
-    """Train a model family on a dataset; writes the run directory `out` (see the module docstring)."""
+    """Train a model family on a dataset; writes the run directory `out` (see the module docstring).
+    `init`: start from the weights of another run (see `init_weights`) instead of a random initialisation."""
     cfg = cfg or TrainConfig()
     resolve_device(cfg.device)  # a clear error before any data is read
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
@@ -573,10 +575,43 @@ def train(
         "train": asdict(cfg),
         "latent_shape": list(model.latent_shape),
     }
+    if init is not None:
+        config["init"] = init_weights(model, Path(init))
     run = Path(out)
     _start_run_dir(run, overwrite)
     write_json(run / CONFIG, config)
     return _run(run, model, dataset, cfg, resume=False, stop_at_step=stop_at_step)
+
+
+def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
+    """Load another run's weights (its weights.safetensors, else its checkpoint's) into `model`: same keys, or
+    whatever the family's `load_base_state` maps (a variable-rate model from its base family's run). Returns
+    what config.json records about it: the source run, its family and how many steps it had trained."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = source / WEIGHTS if (source / WEIGHTS).is_file() else source / CHECKPOINT / CKPT_MODEL
+    if not weights.is_file():
+        raise RunDirError(f"--init {source}: no {WEIGHTS} or {CHECKPOINT}/{CKPT_MODEL} there")
+    info: dict[str, Any] = {"run": str(source.resolve()), "weights": weights.name}
+    cfg_file = source / CONFIG
+    if cfg_file.is_file():
+        info["family"] = read_json(cfg_file).get("model", {}).get("family")
+    for state_file in (source / METRICS, source / CHECKPOINT / CKPT_STATE):
+        if state_file.is_file():
+            info["steps"] = read_json(state_file).get("steps")
+            break
+    try:
+        state = load_file(str(weights))
+        hook = getattr(model, "load_base_state", None)
+        if hook is not None:
+            hook(state)
+        else:
+            model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise RunDirError(f"--init {source}: its weights do not fit this model ({first})") from None
+    return info
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None = None, device: str | None = None,

@@ -262,6 +262,18 @@ class Codec(AutoEncoder):
                 "frequencies": freq.tolist()}
 
 
+    def edgeae_entropy(self, latents: np.ndarray, precision: int = 16) -> Any:
+        """The export protocol (docs/EXPORT.md): integer rounding and the learned prior's tables, not a
+        calibrated quantiser. `latents` are not needed: the prior alone decides the support."""
+        from edgeae.bundling.protocol import EntropySection
+
+        t = self.entropy_tables(precision)
+        quant = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
+                 "offset": [float(v) for v in t["offset"]], "step": [float(v) for v in t["step"]]}
+        return EntropySection(quantization=quant, entropy={"coder": "range", "precision": precision,
+                                                           "frequencies": np.asarray(t["frequencies"], np.int64).tolist()})
+
+
 def _integer_rows(probs: np.ndarray, precision: int) -> np.ndarray:
     """Rows of probabilities (zeros allowed) -> ints >= 1 summing exactly to 2**precision per row."""
     total = 1 << precision

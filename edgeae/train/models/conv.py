@@ -57,9 +57,13 @@ class ConvAE(AutoEncoder):
             prev = config.latent_channels
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
-        for ch, size in zip(reversed(config.channels), reversed(sizes[:-1]), strict=True):
-            # Explicit output sizes make odd inputs (7 -> 4 -> 7) come back to the right shape.
-            dec += [nn.Conv2d(prev, ch, k, padding=pad), nn.ReLU(), nn.Upsample(size=size, mode="nearest")]
+        for ch, size, smaller in zip(reversed(config.channels), reversed(sizes[:-1]), reversed(sizes[1:]),
+                                     strict=True):
+            # Explicit output sizes make odd inputs (7 -> 4 -> 7) come back to the right shape; exact doublings
+            # upsample by a factor instead, so the exported graph takes any size (the same pixels at this one).
+            exact = size == (2 * smaller[0], 2 * smaller[1])
+            up = nn.Upsample(scale_factor=2, mode="nearest") if exact else nn.Upsample(size=size, mode="nearest")
+            dec += [nn.Conv2d(prev, ch, k, padding=pad), nn.ReLU(), up]
             prev = ch
         dec += [nn.Conv2d(prev, c_in, k, padding=pad), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)

@@ -102,6 +102,27 @@ def _variable_rate(base_name: str, base_cls: type[Codec], base_cfg: type[CodecCo
             self.lmbdas = lm
             self.q = self.quality = len(lm) // 2
 
+        def load_base_state(self, state: dict[str, torch.Tensor]) -> None:
+            """Weights of a variable-rate run (as they are) or of a plain base-family run: its transforms, and
+            its prior copied to every quality; the gains keep their initialisation."""
+            if "log_gains" in state:
+                self.load_state_dict(state, strict=True)
+                return
+            mapped: dict[str, torch.Tensor] = {}
+            for key, v in state.items():
+                head, _, rest = key.partition(".")
+                if head in ("encoder", "decoder"):
+                    mapped[f"{head}.inner.{rest}"] = v
+                elif head == "prior":
+                    for q in range(len(self.lmbdas)):
+                        mapped[f"priors.{q}.{rest}"] = v.clone()
+                else:
+                    mapped[key] = v
+            result = self.load_state_dict(mapped, strict=False)
+            if result.unexpected_keys or set(result.missing_keys) != {"log_gains"}:
+                raise RuntimeError(f"not a {base_name} state: missing {result.missing_keys[:3]}, unexpected "
+                                   f"{result.unexpected_keys[:3]}")
+
         def gain(self) -> torch.Tensor:
             return torch.exp(self.log_gains[self.q])
 
