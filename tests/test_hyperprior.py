@@ -168,14 +168,14 @@ def test_entropy_tables_are_integer_with_escape():
 
 
 def test_family_trains_and_reports_both_rates():
+    from edgeae.train.data import Dataset, DataSpec
     from edgeae.train.trainer import TrainConfig, fit
 
     model = _tiny_model()
-    data = type("D", (), {})()
     rng = np.random.default_rng(0)
     base = rng.random((1, 3, 64, 64)).astype(np.float32)
-    data.train = np.clip(base + 0.05 * rng.standard_normal((16, 3, 64, 64)), 0, 1).astype(np.float32)
-    data.val = data.train[:4]
+    train = np.clip(base + 0.05 * rng.standard_normal((16, 3, 64, 64)), 0, 1).astype(np.float32)
+    data = Dataset(spec=DataSpec(), train=train, val=train[:4])
     result = fit(model, data, TrainConfig(epochs=3, batch_size=8, lr=2e-3, progress=False))
     hist = result["history"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
