@@ -138,6 +138,16 @@ def test_conv_autoencoder_with_encode_decode_methods_any_size(tmp_path):
     z = make_session(tmp_path / "conv" / "encoder.onnx").run(None, {"image": x})[0]
     with torch.no_grad():
         np.testing.assert_allclose(z, model.encode(torch.from_numpy(x)).numpy(), atol=1e-5)
+    # Through the runtime at a size that is not a multiple of 4: padded, coded, decoded, cropped back.
+    odd = blobs(2, 30, 22)
+    enc, dec = Encoder(tmp_path / "conv"), Decoder(tmp_path / "conv")
+    out = dec.decode(enc.encode(odd), as_float=True)
+    assert out.shape == (2, 1, 30, 22)
+    y_hat = Quantizer(dec.manifest.latent).dequantize(enc.symbols(odd))
+    assert y_hat.shape == (2, 8, 8, 6)
+    with torch.no_grad():
+        ref = model.decode(torch.from_numpy(y_hat)).numpy()[:, :, :30, :22]
+    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=2e-4)
     # Found by default too: no encoder/decoder attributes, so the encode/decode methods.
     res2 = edgeae.export(model=model, out=tmp_path / "conv2", calibration=images, measure_speed=False,
                          input=edgeae.InputSpec(channels=1, height=28, width=28))
@@ -403,7 +413,7 @@ class WithSideGraphs(ConvWithMethods):
             graphs=[ExtraGraph("side_index", "symbols", "index", example, onnx_model=integer,
                                reference=lambda s: s + 1),
                     ExtraGraph("side_net", "z", "scales", np.random.default_rng(0).random((4, 8), dtype=np.float32),
-                               module=nn.Sequential(nn.Linear(8, 8), nn.Softplus()), atol=1e-5)])
+                               module=nn.Sequential(nn.Linear(8, 8), nn.Softplus()))])
 
 
 def test_entropy_protocol_extra_graphs_are_listed_hashed_fingerprinted_and_verified(tmp_path):
@@ -575,6 +585,33 @@ def make():
 
 def broken():
     raise RuntimeError("needs a config file")
+
+
+class Sensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Conv1d(3, 2, 4, stride=4)
+        self.decoder = nn.Sequential(nn.Upsample(scale_factor=4), nn.Conv1d(2, 3, 3, padding=1))
+
+
+def sensor():
+    return Sensor()
+
+
+class Gauss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mu, self.logvar, self.out = nn.Linear(256, 4), nn.Linear(256, 4), nn.Linear(4, 256)
+
+    def encode(self, x):
+        return self.mu(x.flatten(1)), self.logvar(x.flatten(1))
+
+    def decode(self, z):
+        return torch.sigmoid(self.out(z)).reshape(-1, 1, 16, 16)
+
+
+def vae():
+    return Gauss()
 '''
 
 
@@ -626,6 +663,21 @@ def test_cli_exports_a_py_factory_with_safetensors_weights(tmp_path):
         assert not (tmp_path / name).exists()
     res = runner.invoke(main, ["export", str(tmp_path), "--model", "x.py:f"])
     assert res.exit_code == 2 and "not both" in res.output
+    # A VAE's (mu, logvar) by method names and --latent-output; a sensor model's tensors with mean/std.
+    vae = ["export", "--model", f"{tmp_path / 'mymodel.py'}:vae", "--encoder-attr", "encode", "--decoder-attr",
+           "decode", "--input-shape", "1,16,16", "--calibration-data", str(tmp_path / "calib.npy"), "--no-speed"]
+    res = runner.invoke(main, [*vae, "--out", str(tmp_path / "v1")])
+    assert res.exit_code == 1 and "returns 2 outputs" in res.output and not (tmp_path / "v1").exists()
+    res = runner.invoke(main, [*vae, "--latent-output", "0", "--out", str(tmp_path / "v2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["latent"]["shape"] == [4]
+    np.save(tmp_path / "windows.npy", np.random.default_rng(0).normal(1, 2, (16, 3, 32)).astype(np.float32))
+    res = runner.invoke(main, ["export", "--model", f"{tmp_path / 'mymodel.py'}:sensor", "--input-shape", "3,32",
+                               "--mean", "1,1,1", "--std", "2,2,2", "--calibration-data", str(tmp_path / "windows.npy"),
+                               "--out", str(tmp_path / "s"), "--no-speed"])
+    assert res.exit_code == 0, res.output
+    inp = json.loads((tmp_path / "s" / "manifest.json").read_text())["input"]
+    assert inp["kind"] == "tensor" and inp["shape"] == [3, 32] and inp["scale"] == 0.5 and inp["offset"] == -0.5
 
 
 def test_cli_error_from_a_real_process_has_no_traceback(tmp_path):

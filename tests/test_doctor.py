@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def test_doctor_passes_torch_free_with_the_built_in_bundle():
     assert "CPUExecutionProvider" in rows["onnxruntime"] and onnxruntime.__version__ in rows["onnxruntime"]
     assert rows["numpy"] == np.__version__
     assert rows["entropy coder"] == doctor.coder_backend()
-    assert rows["decode ref"].startswith("payload from x86_64") and "symbols identical" in rows["decode ref"]
+    assert rows["decode ref"] == "payloads from x86_64 (v2 165 B, v1 166 B): symbols identical"
     assert "same symbols" in rows["round trip"]
     assert rows["self-test"].startswith("passed")
     assert "imported: []" in res.stdout  # no torch, onnx or scikit-learn behind the runtime
@@ -105,15 +107,27 @@ def test_decoded_images_far_from_the_reference_fail(tmp_path, monkeypatch):
 def test_the_built_in_reference_is_consistent():
     """The shipped files agree with each other and with the shipped bundle (re-run make_selftest.py if not)."""
     rows = dict(doctor.self_test())
-    assert "payload bytes identical" in rows["encode"] and rows["decode"] == "images identical to x86_64's"
+    assert rows["encode"] == "symbols identical to x86_64's; payload byte-identical" and rows["decode"] == "images identical to x86_64's"
     images = np.load(doctor.SELFTEST / "images.npy")
     assert images.dtype == np.uint8 and images.shape == (16, 8, 8) and images.std() > 20  # real digits
 
 
 def test_a_broken_coder_setting_fails_before_the_self_test():
-    import os
-
     pytest.importorskip("edgeae.runtime.rangecoder")
     res = _doctor(env={**os.environ, "EDGEAE_CODER": "nonsense"})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "entropy coder" in res.stderr and "nonsense" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EDGEAE_ARM64_TESTS") != "1",
+                    reason="emulated arm64: run `bash benchmarks/arm64/build.sh`, then set EDGEAE_ARM64_TESTS=1")
+def test_doctor_on_the_emulated_arm64_install():
+    """The CI-sized smoke of benchmarks/arm64: the wheel installed there (no constriction) passes its doctor."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", "-c", f"source {root}/benchmarks/arm64/env.sh && arm_edgeae doctor"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _rows(res.stdout)
+    assert "(aarch64, 64bit)" in rows["platform"] and rows["entropy coder"] == "numpy"
+    assert "symbols identical" in rows["decode ref"] and rows["self-test"].startswith("passed")

@@ -134,6 +134,24 @@ def test_backends_write_identical_bytes_over_ten_thousand_random_streams():
     assert total >= 10_000
 
 
+def test_numpy_coder_in_memory_bounded_groups_writes_the_same_bytes(monkeypatch):
+    rng = np.random.default_rng(8)
+    tables = [random_table(rng, 16, 8, "peaked"), random_table(rng, 3, 8, "uneven"), np.array([256])]
+    coder = RangeCoder(RangeTables(tables, 8), "numpy")
+    streams = random_streams(rng, tables, 200, 90)
+    whole = coder.encode(streams)
+    monkeypatch.setattr(rc.NumpyBackend, "GROUP_SYMBOLS", 100)  # ~100 groups instead of one
+    assert coder.encode(streams) == whole
+    index = [i for _, i in streams]
+    for (s, _), got in zip(streams, coder.decode(whole, index), strict=True):
+        np.testing.assert_array_equal(got, s)
+    last = max(i for i, (s, _) in enumerate(streams) if len(s) > 20)
+    bad = list(whole)
+    bad[last] = b"\xff" * max(8, len(whole[last]))
+    with pytest.raises(CorruptStream, match=f"stream {last}:"):  # numbered across groups
+        coder.decode(bad, index)
+
+
 @needs_constriction
 @pytest.mark.parametrize("precision", [1, 2, 16, 24])
 def test_edge_symbols_and_extreme_probabilities(precision):
@@ -210,6 +228,25 @@ def test_tables_beyond_the_coders_limits_are_refused():
         RangeTables([[1, 2]], 4)
     with pytest.raises(ValueError, match="precision"):
         RangeTables([[1, 1]], 25)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("constriction", marks=needs_constriction)])
+def test_real_digits_latents_give_the_reference_payload_bodies(backend):
+    """The self-test bundle shipped in the package (real digits, its symbols, a payload made on x86-64 with
+    constriction): both backends write exactly the reference bodies and read them back."""
+    from edgeae.runtime import payload as wire
+    from edgeae.runtime.entropy import SymbolCoder
+    from edgeae.runtime.manifest import load_manifest
+
+    here = ROOT / "edgeae" / "runtime" / "_selftest"
+    m = load_manifest(here / "bundle")
+    symbols = np.load(here / "symbols.npy")
+    coder = SymbolCoder(m.latent, m.entropy, backend=backend)
+    assert coder.backend == backend
+    for name in ("reference-v1.eae", "reference.eae"):  # v1, and v2 (one lane each: the same bodies)
+        bodies = list(wire.parse((here / name).read_bytes()).bodies)
+        assert coder.encode(symbols) == bodies == coder.encode(symbols, lanes=True)
+        np.testing.assert_array_equal(coder.decode(bodies), symbols)
 
 
 # --- lanes -----------------------------------------------------------------------------------------------

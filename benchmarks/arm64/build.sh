@@ -6,6 +6,7 @@
 #   EDGEAE_ARM64_CACHE=/some/dir bash ...   # where the machine lives [~/.cache/edgeae-arm64]
 #   bash benchmarks/arm64/build.sh --without constriction   # the wheel built with that requirement deleted
 #                                                            # from pyproject.toml (to show what else blocks)
+#   EDGEAE_ARM64_SRC=/other/checkout bash ...                # install another tree's wheel [this checkout]
 #
 # Needs root on a Debian bookworm x86-64 host with apt (qemu-user-static, arm64 .debs) and the package
 # index (aarch64 wheels). Not run by CI: building takes minutes and every emulated run is ~10-50x slower.
@@ -65,10 +66,10 @@ log "$(run_arm "$ROOT/usr/bin/python3.11" -c 'import platform, sys; print("emula
 
 # 3. The project's wheel, built on this (x86) host from the working tree.
 rm -rf "$CACHE/wheel" && mkdir -p "$CACHE/wheel"
-SRC="$REPO"
+SRC="${EDGEAE_ARM64_SRC:-$REPO}"  # the tree whose wheel the device gets [this checkout]
 if [ -n "$WITHOUT" ]; then  # a copy of the tree (tracked + untracked, not ignored) minus that requirement
-    SRC="$CACHE/src-without-$WITHOUT" && rm -rf "$SRC" && mkdir -p "$SRC"
-    git -C "$REPO" ls-files -z --cached --others --exclude-standard | (cd "$REPO" && xargs -0 cp --parents -t "$SRC")
+    from="$SRC" && SRC="$CACHE/src-without-$WITHOUT" && rm -rf "$SRC" && mkdir -p "$SRC"
+    git -C "$from" ls-files -z --cached --others --exclude-standard | (cd "$from" && xargs -0 cp --parents -t "$SRC")
     sed -i "/^ *\"$WITHOUT[<>=~! ;\"]/d" "$SRC/pyproject.toml"
     log "building the wheel without the $WITHOUT requirement"
 fi
@@ -80,15 +81,24 @@ log "built $(basename "$WHEEL")"
 # Requirements are read from the wheel's own metadata, so this is exactly what `pip install edgeae` asks for.
 mkdir -p "$CACHE/index"
 REQS="$CACHE/requirements.txt"
+# pip download evaluates environment markers for this x86 host even with --platform, so they are evaluated
+# here for the device (aarch64 Linux, CPython 3.11) and only the requirements that apply to it are written.
 "$HOST_PY" - "$WHEEL" >"$REQS" <<'EOF'
 import sys, zipfile
+from packaging.requirements import Requirement
+device = {"platform_machine": "aarch64", "platform_system": "Linux", "sys_platform": "linux", "os_name": "posix",
+          "python_version": "3.11", "python_full_version": "3.11.2", "implementation_name": "cpython",
+          "platform_python_implementation": "CPython", "extra": ""}
 with zipfile.ZipFile(sys.argv[1]) as z:
     meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
     for line in z.read(meta).decode().splitlines():
-        if line.startswith("Requires-Dist:") and "extra ==" not in line:
-            print(line.split(":", 1)[1].strip())
+        if line.startswith("Requires-Dist:"):
+            r = Requirement(line.split(":", 1)[1].strip())
+            if r.marker is None or r.marker.evaluate(device):
+                r.marker = None
+                print(r)
 EOF
-log "runtime requirements: $(tr '\n' ' ' <"$REQS")"
+log "runtime requirements on aarch64 Linux: $(tr '\n' ' ' <"$REQS")"
 download() {
     "$HOST_PY" -m pip download -q --dest "$CACHE/index" --only-binary=:all: --platform "$PLATFORM" \
         --python-version 3.11 --implementation cp --abi cp311 "$@"

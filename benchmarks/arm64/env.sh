@@ -39,7 +39,8 @@ run_arm() {
     # indexes) nor its pip.conf (qemu would show the guest the host's /etc/pip.conf).
     local clean=(-u PYTHONPATH -u PYTHONHOME -u PYTHONDONTWRITEBYTECODE) v
     for v in $(compgen -e | grep '^PIP_' || true); do clean+=(-u "$v"); done
-    env "${clean[@]}" PIP_CONFIG_FILE=/dev/null "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
+    # PYTHONSAFEPATH: `python -c` must not import an edgeae checkout from the current directory either.
+    env "${clean[@]}" PIP_CONFIG_FILE=/dev/null PYTHONSAFEPATH=1 "$QEMU" -cpu "$ARM_CPU" -L "$ROOT" "$@"
 }
 
 # arm_python ARGS...: the device venv's Python; arm_edgeae ARGS...: its installed `edgeae` console script

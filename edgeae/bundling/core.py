@@ -631,7 +631,8 @@ def _extra_graphs(extra: list[ExtraGraph], opset: int) -> dict[str, onnx.ModelPr
 
 
 def _check_extra(g: ExtraGraph, tmp: Path) -> GraphCheck:
-    spec = GraphSpec(g.role, g.file, g.input_name, g.output_name, atol=g.atol, rtol=g.rtol)
+    atol, rtol = g.tolerance
+    spec = GraphSpec(g.role, g.file, g.input_name, g.output_name, atol=atol, rtol=rtol)
 
     def reference(x: np.ndarray) -> np.ndarray:
         return graphs.torch_run(g.module, x) if g.module is not None else np.asarray(g.reference(x))  # type: ignore[misc]

@@ -35,9 +35,9 @@ class ExtraGraph:
 
     Give exactly one of
     - `module`: a torch.nn.Module the exporter traces (dynamic batch axis) and checks against PyTorch on
-      `example` at batch 1 and the whole example, within `atol` + `rtol` * |reference|;
+      `example` at batch 1 and the whole example, within atol + rtol * |reference| (default 1e-4, 1e-3);
     - `onnx_model`: an onnx.ModelProto built by the provider (e.g. an integer-only graph), which the exporter
-      runs in onnxruntime on `example` and compares with `reference(example)` (exactly when atol = rtol = 0).
+      runs in onnxruntime on `example` and compares with `reference(example)` (default: exactly).
     """
 
     role: str  # graphs key and file stem: "hyper_decoder" -> hyper_decoder.onnx
@@ -47,9 +47,16 @@ class ExtraGraph:
     module: Any = None
     onnx_model: Any = None
     reference: Callable[[np.ndarray], np.ndarray] | None = None
-    atol: float = 0.0
-    rtol: float = 0.0
+    atol: float | None = None  # default: 1e-4 for a traced module, 0 (exact) for an onnx_model
+    rtol: float | None = None  # default: 1e-3 for a traced module, 0 for an onnx_model
     dynamic_axes: dict[str, dict[int, str]] | None = None  # traced modules; default: axis 0 of both is "batch"
+
+    @property
+    def tolerance(self) -> tuple[float, float]:
+        """(atol, rtol) of the verification, defaults filled in."""
+        traced = self.module is not None
+        return (self.atol if self.atol is not None else (1e-4 if traced else 0.0),
+                self.rtol if self.rtol is not None else (1e-3 if traced else 0.0))
 
     @property
     def file(self) -> str:

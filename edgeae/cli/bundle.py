@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -91,7 +92,7 @@ def export(run_dir: str | None, model_spec: str | None, out: str | None, opset: 
     encoder.onnx, decoder.onnx (+ int8), manifest.json. docs/EXPORT.md has the details."""
     if (run_dir is None) == (model_spec is None):
         raise click.UsageError("give a RUN_DIR (from `edgeae train`) or --model FILE.py:FACTORY, not both")
-    common = dict(opset=opset, int8=int8, calibration_samples=calibration_samples, latent_bits=latent_bits,
+    common: dict[str, Any] = dict(opset=opset, int8=int8, calibration_samples=calibration_samples, latent_bits=latent_bits,
                   device=device, max_int8_drop_db=max_int8_drop_db, force=force, measure_speed=not no_speed,
                   int8_keep_fp32=_keep(keep_fp32))
     if run_dir is not None:
@@ -106,12 +107,13 @@ def export(run_dir: str | None, model_spec: str | None, out: str | None, opset: 
     else:
         if input_size is not None:
             raise click.UsageError("--input-size is for RUN_DIR; with --model give --input-shape")
-        result = _export_foreign(model_spec, out, calibration_data, common, foreign)  # type: ignore[arg-type]
+        assert model_spec is not None
+        result = _export_foreign(model_spec, out, calibration_data, common, foreign)
     click.echo(str(result))
 
 
-def _export_foreign(model_spec: str, out: str | None, calibration_data: str | None, common: dict,
-                    f: dict) -> object:
+def _export_foreign(model_spec: str, out: str | None, calibration_data: str | None, common: dict[str, Any],
+                    f: dict[str, Any]) -> Any:
     if not f.get("input_shape"):
         raise click.UsageError("--model needs --input-shape (C,H,W for images, C,L or D for tensors)")
     if not calibration_data:
@@ -119,7 +121,7 @@ def _export_foreign(model_spec: str, out: str | None, calibration_data: str | No
     shape = _numbers(f["input_shape"], "--input-shape", int)
     assert shape is not None
     kind = f.get("input_kind") or ("image" if len(shape) == 3 else "tensor")
-    value_range = _numbers(f.get("value_range"), "--range")  # type: ignore[arg-type]
+    value_range = _numbers(f.get("value_range"), "--range")
     if value_range is not None and len(value_range) != 2:
         raise click.BadParameter("give LOW,HIGH", param_hint="--range")
     latent_output = f.get("latent_output")
@@ -130,21 +132,21 @@ def _export_foreign(model_spec: str, out: str | None, calibration_data: str | No
     from edgeae.bundling.foreign import build_model, file_digest
 
     try:
-        spec = edgeae.InputSpec(shape=shape, kind=kind, range=value_range,  # type: ignore[arg-type]
-                                mean=_numbers(f.get("mean"), "--mean"),  # type: ignore[arg-type]
-                                std=_numbers(f.get("std"), "--std"),  # type: ignore[arg-type]
+        spec = edgeae.InputSpec(shape=shape, kind=kind, range=value_range,
+                                mean=_numbers(f.get("mean"), "--mean"),
+                                std=_numbers(f.get("std"), "--std"),
                                 dynamic_size=bool(f.get("dynamic_size")),
-                                size_multiple=f.get("size_multiple"))  # type: ignore[arg-type]
+                                size_multiple=f.get("size_multiple"))
         spec.normalisation()
     except ValueError as exc:
         raise click.UsageError(f"input: {exc}") from None
-    model = build_model(model_spec, f.get("weights"))  # type: ignore[arg-type]
+    model = build_model(model_spec, f.get("weights"))
     weights = f.get("weights")
     source = {"model": model_spec, **({"weights": str(weights), "weights_sha256": file_digest(Path(str(weights)))}
                                       if weights else {})}
     name = f.get("name") or (Path(out).name if out else model_spec.rpartition(":")[2])
     tol = {k: f[k] for k in ("atol", "rtol") if f.get(k) is not None}
-    return edgeae.export(model=model, encode=f.get("encoder_attr"), decode=f.get("decoder_attr"),  # type: ignore[arg-type]
+    return edgeae.export(model=model, encode=f.get("encoder_attr"), decode=f.get("decoder_attr"),
                          latent_output=latent_output, out=Path(out) if out else Path("export") / str(name),
                          input=spec, calibration=calibration_data, validation=f.get("validation_data"),
                          name=str(name), source=source, **tol, **common)

@@ -39,8 +39,11 @@ class Scorer:
         self.encoder = Encoder(bundle, precision, threads=threads, convert=convert)
         self.decoder = Decoder(self.encoder.bundle, precision, threads=threads)
         self.mode = mode
-        spec = self.encoder.manifest.input
-        self._scale, self._offset = np.float32(255.0 * spec.scale), np.float32(spec.offset)
+        from edgeae.runtime.images import ImageAdapter
+
+        if not isinstance(self.encoder.images, ImageAdapter):
+            raise InputError("anomaly scores are for image bundles; this bundle takes tensors")
+        self.pixels01 = self.encoder.images.pixels01  # graph space -> pixels in [0, 1] (the manifest's inverse)
 
     def score(self, images: Any) -> np.ndarray:
         """uint8 / float [0, 1] images (any form the runtime takes) -> float64 MSE per image, shape (N,)."""
@@ -48,12 +51,12 @@ class Scorer:
         out = np.empty(len(x))
         for i in range(0, len(x), CHUNK):
             xs = x[i : i + CHUNK]
-            unit = (xs - self._offset) / self._scale  # back to pixels in [0, 1]
+            unit = self.pixels01(xs)  # back to pixels in [0, 1]
             if self.mode == "payload":
                 payloads = [self.encoder.pack([item]) for item in self.encoder.code(xs)]
                 rec = np.concatenate([self.decoder.decode(p, as_float=True) for p in payloads])
             else:
-                rec = self.decoder.reconstruct(self.encoder.latents(xs))
+                rec = self.pixels01(self.decoder.reconstruct(self.encoder.latents(xs)))
             out[i : i + CHUNK] = ((rec.astype(np.float64) - unit) ** 2).reshape(len(xs), -1).mean(axis=1)
         return out
 
@@ -144,4 +147,4 @@ def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tupl
         raise InputError("no images given")
     x = np.concatenate(arrays)
     # preprocess gave graph input; hand back [0, 1] floats, which preprocess maps the same way again
-    return names, np.clip((x - scorer._offset) / scorer._scale, 0.0, 1.0)
+    return names, scorer.pixels01(x)

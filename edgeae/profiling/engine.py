@@ -135,9 +135,12 @@ def _images(b: Bundle, source: Any, n: int) -> tuple[np.ndarray, str]:
     """float32 (n, C, H, W) in [0, 1]: the given images (repeated to fill n) or deterministic synthetic ones."""
     from edgeae.runtime.images import IMAGE_SUFFIXES, ImageAdapter
 
+    if b.manifest.input.kind != "image":
+        raise InputError("edgeae profile measures image bundles; this bundle takes tensors")
     adapter = ImageAdapter(b.manifest.input)
     if source is None:
-        return synthetic_images(b.manifest.input.shape, n), f"{n} synthetic images (smooth blobs, seed 0)"
+        c, h, w = b.manifest.input.shape
+        return synthetic_images((c, h, w), n), f"{n} synthetic images (smooth blobs, seed 0)"
     if isinstance(source, np.ndarray):
         x, label = adapter(source), f"{len(source)} given images"
     else:

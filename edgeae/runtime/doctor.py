@@ -3,12 +3,13 @@
 The self-test runs a tiny real bundle shipped in the package (`_selftest/`, made on x86-64 by
 benchmarks/arm64/make_selftest.py with our trainer and exporter) through the runtime, torch-free:
 
-1. decode `reference.eae`, a payload encoded on x86-64: its symbols must be exactly the stored ones
-   (the entropy decoder reads other machines' payloads);
+1. decode `reference.eae` and `reference-v1.eae`, payloads encoded on x86-64 (the current wire format and
+   v1): their symbols must be exactly the stored ones (the entropy decoder reads other machines' payloads);
 2. encode the stored digits here and decode the result here: same symbols (a payload round trip);
-3. compare the symbols computed here from the digits with x86-64's, and this machine's payload bytes with
-   x86-64's: reported; a symbol off by more than one step fails (a broken encoder graph), off by one is float
-   rounding in the encoder graph, reported but harmless (every machine decodes any payload the same way);
+3. compare the symbols computed here from the digits with x86-64's: a symbol off by more than one step fails
+   (a broken encoder graph), off by one is float rounding in the encoder graph, reported but harmless (every
+   machine decodes any payload the same way); with the same symbols, the payload must be x86-64's byte for
+   byte (unless the runtime now writes another wire-format version);
 4. the images decoded here from `reference.eae` against x86-64's decode: at most 2 grey levels apart
    (float arithmetic in the decoder graph differs between CPUs by a few ulps, not more).
 
@@ -131,16 +132,20 @@ def self_test(bundle: str | os.PathLike[str] | None = None, threads: int = 1) ->
                            f"latent {tuple(m.latent.shape)}, fingerprint {m.fingerprint[:16]}"))
     images = np.load(SELFTEST / "images.npy") if not own else _noise_images(tuple(m.input.shape))
     try:
-        if not own:  # 1. a payload made on x86-64
+        if not own:  # 1. payloads made on x86-64: the current wire format, and v1 from older installs
             reference = (SELFTEST / "reference.eae").read_bytes()
             made = json.loads((SELFTEST / "reference.json").read_text())
             theirs = np.load(SELFTEST / "symbols.npy").astype(np.int64)
-            got = dec.symbols(reference)
-            if not np.array_equal(got, theirs):
-                raise SelfTestFailed(f"self-test: the payload encoded on {made['machine']} decodes to "
-                                     f"{int((got != theirs).sum())} wrong symbol(s) here: the entropy decoder "
-                                     "is broken on this install; report it with this output")
-            rows.append(("decode ref", f"payload from {made['machine']} ({len(reference)} B): symbols identical"))
+            read = []
+            for name in ("reference.eae", "reference-v1.eae"):
+                data = (SELFTEST / name).read_bytes()
+                got = dec.symbols(data)
+                if not np.array_equal(got, theirs):
+                    raise SelfTestFailed(f"self-test: the payload {name} encoded on {made['machine']} decodes to "
+                                         f"{int((got != theirs).sum())} wrong symbol(s) here: the entropy decoder "
+                                         "is broken on this install; report it with this output")
+                read.append(f"v{parse(data).header.version} {len(data)} B")
+            rows.append(("decode ref", f"payloads from {made['machine']} ({', '.join(read)}): symbols identical"))
         # 2. a round trip on this machine
         payload = enc.encode(images)
         ours = enc.symbols(images)
@@ -163,10 +168,16 @@ def self_test(bundle: str | os.PathLike[str] | None = None, threads: int = 1) ->
                                        f"from {made['machine']}'s (float rounding in the encoder graph; payloads "
                                        "still decode identically everywhere)"))
             else:
-                same = "identical" if payload == reference else (
-                    "identical bodies, header differs" if parse(payload).bodies == parse(reference).bodies
-                    else "different bytes (another wire-format version)")
-                rows.append(("encode", f"symbols identical to {made['machine']}'s; payload bytes {same}"))
+                mine_v, theirs_v = parse(payload).header.version, parse(reference).header.version
+                if payload == reference:
+                    same = "payload byte-identical"
+                elif mine_v != theirs_v:
+                    same = f"payload in wire format v{mine_v} (the reference is v{theirs_v})"
+                else:  # same symbols, same format: the bytes are a pure function of them
+                    raise SelfTestFailed(f"self-test: the same symbols give other bytes than on {made['machine']} "
+                                         f"(wire format v{mine_v}): the entropy coder is not byte-compatible on "
+                                         "this install; report it with this output")
+                rows.append(("encode", f"symbols identical to {made['machine']}'s; {same}"))
             # 4. the decoder graph against x86-64's
             mine = np.asarray(dec.decode(reference)).astype(np.int16)
             worst = int(np.abs(mine - np.load(SELFTEST / "decoded.npy").astype(np.int16)).max())

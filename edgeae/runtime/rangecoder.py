@@ -22,13 +22,14 @@ this integer formula is the same table. A one-symbol table (levels = 1) carries 
 must be 0, are not coded and decode to 0 (constriction cannot build a one-symbol model; both backends skip
 them). A table has at most MAX_TABLE = 2**24 - 2 entries, constriction's limit.
 
-**numpy backend.** constriction's arithmetic per stream (lower and range in u64, scale = range >> 24, one
-word per renormalisation, the same seal), vectorised across streams: one loop over symbol positions doing
-~11 (encode) / ~27 (decode) numpy ops on all streams still running, the per-symbol cumulatives and
-frequencies gathered beforehand. constriction holds back words while a carry is undecided ("inverted
-situation"); the numpy encoder writes every word at once and adds the carries afterwards, which gives the
-same words. The decoder maps a quantile to its symbol through a per-table lookup on the top bits of the
-quantile, with a binary search only for the few quantiles that land in a bucket shared by two symbols.
+**numpy backend.** constriction's arithmetic per stream (u64 state, scale = range >> 24, one word per
+renormalisation, the same seal), vectorised across streams: one loop over symbol positions doing numpy ops
+on all streams still running (~4 per step to encode, ~17 to decode), per-symbol frequencies gathered
+beforehand. The encoder's loop runs only the range recursion; lower is then assembled as the exact sum of
+the steps' additions, 32-bit digit by digit with carries, which is what constriction's "inverted
+situation" bookkeeping writes. The decoder maps a quantile to its symbol through a per-table lookup on
+the quantile's top bits, with a binary search only where a bucket is shared by two symbols. Batches over
+GROUP_SYMBOLS symbols are coded in groups of whole streams to bound memory (~60 bytes a symbol).
 
 **Lanes (wire format v2).** One big item is a single stream, which numpy cannot vectorise, so
 `encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes (the first n % L lanes
@@ -38,15 +39,20 @@ from n alone, so it is not stored: L = clamp(n // LANE_SYMBOLS, 1, MAX_LANES). C
 round-robin) keep a channel's symbols in one run per lane, so constriction makes ~C + L calls, not C * L.
 Each lane costs ~3.2 bytes (its seal word, less the rounding it saves, plus a 1-byte varint).
 
-Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols, the photos codec's own tables, a
-31.7 KB v1 body; CPU time, 1 thread, numpy / constriction, benchmarks/bench_coder.py):
+Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols with the photos codec's own tables,
+a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, on a shared
+2-core host (`benchmarks/bench_coder.py --bundle ...`, 13:49 run):
 
     symbols/lane  lanes  overhead          encode  decode
-    (v1, 1 lane)      1  0                  -       -
-    4096             48  +186 B (0.59%)    7.2x    13.2x
-    2048             96  +309 B (0.98%)    5.9x     6.1x   <- LANE_SYMBOLS: the ~1% budget
-    1024            192  +599 B (1.89%)    4.4x     4.1x
-     512            384  +1203 B (3.80%)   2.6x     2.2x
+    v1 (1 stream)     1  -                 494x    455x   (numpy cannot vectorise one stream)
+    4096             48  +177 B (0.56%)    11.6x    8.9x
+    2048             96  +309 B (0.97%)     6.7x    4.9x   <- LANE_SYMBOLS: the ~1% budget
+    1024            192  +575 B (1.81%)     4.2x    3.0x
+     512            384  +1167 B (3.67%)    1.9x    1.5x
+
+constriction codes ~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~3 us (encode) / ~14 us
+(decode) of numpy call overhead per symbol position plus ~40 / ~100 ns per symbol, so its time is set by
+the longest lane. On MNIST-size batches (64 items of 8x7x7, v1) it is 2.1x (encode) / 3.6x (decode).
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class RangeTables:
         self.sizes = np.array([len(r) for r in rows], np.int64)
         self.degenerate = self.sizes == 1  # one-symbol tables: nothing to code
         self.any_degenerate = bool(self.degenerate.any())
+        self.uniform = bool((self.sizes == self.sizes[0]).all())  # all tables of one size
         self.start = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         n_all = int(self.start[-1])
         if n_all >= 1 << 31:
@@ -119,7 +126,7 @@ class RangeTables:
         self.left, self.freq = left, freq
         # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
         self.invalid = n_all
-        self.packed_ext = np.append(left | (freq << _U64(PRECISION)), _U64(1 << PRECISION))
+        self.left_freq_ext = np.stack([np.append(left, _U64(0)), np.append(freq, _U64(1))])
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
         self._models: dict[int, object] = {}
 
@@ -154,7 +161,13 @@ class RangeTables:
     def check(self, symbols: np.ndarray, index: np.ndarray) -> None:
         if len(index) and (index.min() < 0 or index.max() >= len(self)):
             raise ValueError(f"table indices must be in 0..{len(self) - 1}")
-        if len(symbols) and (symbols.min() < 0 or (symbols >= self.sizes[index]).any()):
+        if not len(symbols):
+            return
+        if self.uniform:
+            bad = symbols.min() < 0 or symbols.max() >= self.sizes[0]
+        else:
+            bad = symbols.min() < 0 or bool((symbols >= self.sizes[index]).any())
+        if bad:
             raise ValueError("symbols must be integers in 0..(table size - 1); quantise the latent first")
 
 
@@ -258,7 +271,8 @@ class ConstrictionBackend(_Backend):
 
 class _Layout:
     """Streams sorted longest first, symbols laid out position-major: position j of the k_j streams still
-    running occupies slots [start[j], start[j] + k_j), so each step of the loop works on array prefixes."""
+    running occupies slots [start[j], start[j] + k_j), so each step of the loop works on array prefixes.
+    Depends on the stream lengths only, so it is cached (a device codes the same shapes again and again)."""
 
     def __init__(self, lengths: np.ndarray) -> None:
         self.order = np.argsort(-lengths, kind="stable")
@@ -268,11 +282,32 @@ class _Layout:
         counts = np.bincount(ns, minlength=self.maxlen + 1)
         self.k = (len(ns) - np.cumsum(counts)[: self.maxlen]).astype(np.int64)  # streams longer than j
         self.start = _offsets(self.k)
-        # Slot -> index into the streams' concatenation (in the caller's stream order).
-        total = int(self.start[-1])
-        rank = np.arange(total, dtype=np.int64) - np.repeat(self.start[:-1], self.k)
-        pos = np.repeat(np.arange(self.maxlen, dtype=np.int64), self.k)
-        self.src = _offsets(lengths)[:-1][self.order][rank] + pos
+        self.off = _offsets(lengths)  # stream offsets in the caller's concatenation
+        # Slot -> index into the caller's concatenation, built per block of steps with the same k.
+        starts = self.off[:-1][self.order]
+        blocks, j = [], 0
+        self.blocks: list[tuple[int, int, int]] = []  # (j0, j1, k): steps j0 .. j1-1 run the first k streams
+        while j < self.maxlen:
+            k = int(self.k[j])
+            j1 = int(ns[k - 1])
+            self.blocks.append((j, j1, k))
+            blocks.append((starts[:k][None, :] + np.arange(j, j1, dtype=np.int64)[:, None]).reshape(-1))
+            j = j1
+        self.src = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        self.sid = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # stream of each position
+
+
+_LAYOUTS: dict[bytes, _Layout] = {}
+
+
+def _layout(lengths: np.ndarray) -> _Layout:
+    key = lengths.astype(np.int64).tobytes()
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        if len(_LAYOUTS) >= 8:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        lay = _LAYOUTS[key] = _Layout(lengths)
+    return lay
 
 
 def _drop_degenerate(tables: RangeTables, index: np.ndarray, lengths: np.ndarray):
@@ -289,51 +324,71 @@ class NumpyBackend(_Backend):
     """constriction's range coder in numpy, vectorised across streams (never a Python loop per symbol)."""
 
     name = "numpy"
+    # Streams are coded in groups of at most this many symbols (whole streams), which bounds the working
+    # memory (~60 bytes a symbol) at a small cost in speed for very large batches.
+    GROUP_SYMBOLS = 1 << 22
 
     def encode_flat(self, tables, symbols, index, lengths):
+        groups = _groups(lengths, self.GROUP_SYMBOLS)
+        if len(groups) > 1:
+            parts = [self._encode(tables, symbols[a:b], index[a:b], lengths[s0:s1]) for s0, s1, a, b in groups]
+            return np.concatenate([w for w, _ in parts]), np.concatenate([n for _, n in parts])
+        return self._encode(tables, symbols, index, lengths)
+
+    def decode_flat(self, tables, words, nwords, index, lengths):
+        groups = _groups(lengths, self.GROUP_SYMBOLS)
+        if len(groups) > 1:
+            woff = _offsets(nwords)
+            return np.concatenate([self._decode(tables, words[woff[s0]:woff[s1]], nwords[s0:s1], index[a:b],
+                                                lengths[s0:s1], s0) for s0, s1, a, b in groups])
+        return self._decode(tables, words, nwords, index, lengths)
+
+    def _encode(self, tables, symbols, index, lengths):
         keep, lengths = _drop_degenerate(tables, index, lengths)
         g = tables.start[index] + symbols
         if keep is not None:
             g = g[keep]
-        lay = _Layout(lengths)
+        lay = _layout(lengths)
         freq = tables.freq[g[lay.src]]  # position-major
         nstreams, total = len(lengths), len(g)
         scale = np.empty(total, _U64)  # range >> 24 at each step
-        ren = np.empty(total, np.uint8)  # the step renormalised (range fell below 2**32)
+        ren = np.empty(total, bool)  # the step renormalised (range fell below 2**32)
         rng = np.full(nstreams, np.iinfo(_U64).max, _U64)
-        shift = np.empty(nstreams, _U64)
-        c5, c24 = _U64(5), _U64(24)
+        c24, c32 = _U64(24), _U64(32)
         # Only the range recursion is sequential; lower is a sum over the steps, assembled afterwards.
-        for j in range(lay.maxlen):
-            k, a = int(lay.k[j]), int(lay.start[j])
-            b = a + k
-            rg, sh, sc = rng[:k], shift[:k], scale[a:b]
-            np.right_shift(rg, c24, out=sc)
-            np.multiply(sc, freq[a:b], out=rg)
-            np.less(rg, _LOW32, out=ren[a:b])
-            np.left_shift(ren[a:b], c5, out=sh)  # 32 where renormalising, else 0
-            np.left_shift(rg, sh, out=rg)
+        for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams
+            rg = rng[:k]
+            a0, a1 = int(lay.start[j0]), int(lay.start[j1])
+            scale_b, freq_b, ren_b = (x[a0:a1].reshape(-1, k) for x in (scale, freq, ren))
+            for jj in range(j1 - j0):
+                sc, rn = scale_b[jj], ren_b[jj]
+                np.right_shift(rg, c24, out=sc)
+                np.multiply(sc, freq_b[jj], out=rg)
+                np.less(rg, _LOW32, out=rn)
+                np.left_shift(rg, c32, out=rg, where=rn)
         del freq
         scale_s = np.empty(total, _U64)
         scale_s[lay.src] = scale
-        ren_s = np.empty(total, np.int64)
+        ren_s = np.empty(total, bool)
         ren_s[lay.src] = ren
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
         final_rng[lay.order] = rng
-        return _assemble(lengths, scale_s * tables.left[g], ren_s, final_rng)
+        np.multiply(scale_s, tables.left[g], out=scale_s)
+        return _assemble(lay, lengths, scale_s, ren_s, final_rng)
 
-    def decode_flat(self, tables, words, nwords, index, lengths):
+    def _decode(self, tables, words, nwords, index, lengths, first=0):
         nstreams = len(lengths)
         n_all = len(index)
         keep, lengths = _drop_degenerate(tables, index, lengths)
         for s in np.flatnonzero(nwords > lengths + 2):  # a valid stream has <= renormalisations + 2 words
-            raise CorruptStream(f"stream {s}: the body holds more data than its {lengths[s]} coded symbols")
+            raise CorruptStream(f"stream {first + s}: the body holds more data than its {lengths[s]} coded symbols")
         coded_index = index if keep is None else index[keep]
-        lay = _Layout(lengths)
+        lay = _layout(lengths)
         lut, keys, bits = tables.lookup()
         row = _U64((1 << bits) + 1)
-        toff = coded_index[lay.src].astype(_U64) * row  # lookup row of each slot's table
+        t_pm = coded_index[lay.src]
+        toff = t_pm.astype(_U64) * row  # lookup row of each slot's table
 
         # Words of each stream (caller's order) in a zero-padded region of length + 4: reads past the end
         # give 0, as in constriction, and a stream reads at most 2 + one word per symbol.
@@ -348,41 +403,46 @@ class NumpyBackend(_Backend):
         rpos = b0 + 2
         rng = np.full(nstreams, np.iinfo(_U64).max, _U64)
         gsym = np.empty(len(lay.src), np.int32)  # global symbol index per slot; n_all = invalid quantile
-        scale, tmp, q, pk, fr, sh = (np.empty(nstreams, _U64) for _ in range(6))
-        ren = np.empty(nstreams, np.int64)
-        c5, c24 = _U64(5), _U64(24)
+        scale, tmp, q, fr, sh = (np.empty(nstreams, _U64) for _ in range(5))
+        ren = np.empty(nstreams, bool)
+        c24, c32 = _U64(24), _U64(32)
         cbits, cmax = _U64(PRECISION - bits), _U64(1 << PRECISION)
+        lf = tables.left_freq_ext  # (2, entries + 1): left cumulatives over frequencies
+        # State rows: d = point - lower, range, and a temporary; `dr` shifts d and range in one call, `tr`
+        # (rows temporary, range) takes left * scale and frequency * scale in one multiply.
+        state = np.empty((3, nstreams), _U64)
+        state[0], state[1] = diff, rng
         with np.errstate(divide="ignore"):  # scale >= 2**8 always; guard anyway
-            for j in range(lay.maxlen):
-                k, a = int(lay.k[j]), int(lay.start[j])
-                b = a + k
-                d, rg, sc, tp, qq, pp, ff, rn, hh = (diff[:k], rng[:k], scale[:k], tmp[:k], q[:k], pk[:k],
-                                                     fr[:k], ren[:k], sh[:k])
-                gs = gsym[a:b]
-                np.right_shift(rg, c24, out=sc)
-                np.floor_divide(d, sc, out=qq)
-                np.minimum(qq, cmax, out=qq)  # >= 2**24 is invalid data: the lookup's last bucket, a sentinel
-                np.right_shift(qq, cbits, out=tp)
-                np.add(tp, toff[a:b], out=tp)
-                np.take(lut, tp.view(np.int64), out=gs)
-                if gs.min() < 0:  # a bucket shared by two or more symbols: binary search there
-                    amb = np.flatnonzero(gs < 0)
-                    tq = (toff[a:b][amb] // row << c24) + qq[amb]
-                    gs[amb] = np.searchsorted(keys, tq, side="right") - 1
-                np.take(tables.packed_ext, gs, out=pp)
-                np.bitwise_and(pp, _MASK24, out=tp)
-                np.right_shift(pp, c24, out=ff)
-                np.multiply(tp, sc, out=tp)
-                np.subtract(d, tp, out=d)
-                np.multiply(ff, sc, out=rg)
-                np.less(rg, _LOW32, out=rn)
-                np.take(wbuf, rpos[:k], out=tp)
-                np.multiply(tp, rn.view(np.uint64), out=tp)  # the next word only where renormalising
-                np.add(rpos[:k], rn, out=rpos[:k])
-                np.left_shift(rn.view(np.uint64), c5, out=hh)
-                np.left_shift(d, hh, out=d)
-                np.left_shift(rg, hh, out=rg)
-                np.bitwise_or(d, tp, out=d)
+            for j0, j1, k in lay.blocks:  # steps j0 .. j1-1 all run the first k streams: views made once
+                d, rg, tp, dr, tr = state[0, :k], state[1, :k], state[2, :k], state[:2, :k], state[2:0:-1, :k]
+                sc, qq, wd, rn, hh, rp = scale[:k], q[:k], fr[:k], ren[:k], sh[:k], rpos[:k]
+                got = np.empty((2, k), _U64)
+                a0, a1 = int(lay.start[j0]), int(lay.start[j1])
+                toff_b = toff[a0:a1].reshape(-1, k)
+                gsym_b = gsym[a0:a1].reshape(-1, k)
+                for jj in range(j1 - j0):
+                    gs = gsym_b[jj]
+                    np.right_shift(rg, c24, out=sc)
+                    np.floor_divide(d, sc, out=qq)
+                    np.minimum(qq, cmax, out=qq)  # >= 2**24 is invalid data: the last bucket, a sentinel
+                    np.right_shift(qq, cbits, out=tp)
+                    np.add(tp, toff_b[jj], out=tp)
+                    np.take(lut, tp.view(np.int64), out=gs, mode="wrap")  # in bounds; 'wrap' avoids buffering
+                    if gs.min() < 0:  # a bucket shared by two or more symbols: binary search there
+                        amb = np.flatnonzero(gs < 0)
+                        tq = (toff_b[jj][amb] // row << c24) + qq[amb]
+                        gs[amb] = np.searchsorted(keys, tq, side="right") - 1
+                    np.take(lf, gs, axis=1, out=got, mode="wrap")
+                    np.multiply(got, sc, out=tr)  # tp = left * scale, rg = frequency * scale
+                    np.subtract(d, tp, out=d)
+                    np.less(rg, _LOW32, out=rn)
+                    np.take(wbuf, rp, out=wd, mode="wrap")
+                    np.multiply(wd, rn, out=wd)  # the next word only where renormalising
+                    np.add(rp, rn, out=rp)
+                    np.multiply(rn, c32, out=hh)  # shift by 32 where renormalising, else 0
+                    np.left_shift(dr, hh, out=dr)
+                    np.bitwise_or(d, wd, out=d)
+        diff, rng = state[0], state[1]
         consumed = rpos - b0  # 2 for the initial point + one per renormalisation
         exhausted = (nwords[lay.order] <= consumed) & ((lay.lengths == 0) | (diff < _MAX_DIFFERENCE))
         bad = np.zeros(nstreams, bool)  # by rank
@@ -393,9 +453,9 @@ class NumpyBackend(_Backend):
         for r in np.flatnonzero(bad | ~exhausted):
             s = int(lay.order[r])
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
-            raise CorruptStream(f"stream {s}: the entropy-coded body {why}")
+            raise CorruptStream(f"stream {first + s}: the entropy-coded body {why}")
         coded = np.empty(len(lay.src), np.int32)
-        coded[lay.src] = gsym - tables.start[coded_index[lay.src]]
+        coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
         if keep is None:
             return coded
         out = np.zeros(n_all, np.int32)
@@ -403,7 +463,21 @@ class NumpyBackend(_Backend):
         return out
 
 
-def _assemble(lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
+def _groups(lengths: np.ndarray, limit: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive runs of whole streams of at most `limit` symbols (a longer stream alone):
+    (first stream, end stream, first symbol, end symbol)."""
+    off = _offsets(lengths)
+    if off[-1] <= limit:
+        return [(0, len(lengths), 0, int(off[-1]))]
+    out, s0 = [], 0
+    while s0 < len(lengths):
+        s1 = max(s0 + 1, int(np.searchsorted(off, off[s0] + limit, side="right")) - 1)
+        out.append((s0, s1, int(off[s0]), int(off[s1])))
+        s0 = s1
+    return out
+
+
+def _assemble(lay: _Layout, lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
               rng: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's words from its per-step record (streams concatenated in the caller's order).
 
@@ -414,13 +488,13 @@ def _assemble(lengths: np.ndarray, add: np.ndarray, ren: np.ndarray,
     bookkeeping achieves), then the seal: digit R of X + 2**32 - 1 at digit R + 1 (the point), plus a zero
     word if the top word of lower + range equals the point's (nothing for a stream that coded no symbol).
     """
-    nstreams = len(lengths)
-    off = _offsets(lengths)
-    cs = _offsets(ren)  # renormalisations before each position, all streams
+    off = lay.off
+    cs = np.zeros(len(ren) + 1, np.int64)
+    np.cumsum(ren, out=cs[1:])  # renormalisations before each position, all streams
     nren = cs[off[1:]] - cs[off[:-1]]
-    dbase = _offsets(nren + 2)  # each stream's digits 0 .. R+1
-    sid = np.repeat(np.arange(nstreams), lengths)
-    pos = dbase[:-1][sid] + cs[:-1] - cs[off[:-1]][sid]  # digit of each step's high half (nondecreasing)
+    dbase = _offsets(nren + 2)  # each stream's digits 0 .. R+1 (dbase[s] = cs[off[s]] + 2 s)
+    pos = lay.sid * 2  # digit of each step's high half: dbase[s] + renormalisations before it in s
+    pos += cs[:-1]
     digits = np.zeros(int(dbase[-1]), _U64)
     if len(pos):
         first = np.concatenate([[0], np.flatnonzero(pos[1:] != pos[:-1]) + 1])
@@ -546,7 +620,9 @@ def _flatten(streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray, np.ndar
         lengths[i] = len(symbols)
     if not streams:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
-    return np.concatenate(syms).astype(np.int64), np.concatenate(idxs).astype(np.int64), lengths
+    if len(streams) == 1:
+        return syms[0].astype(np.int64, copy=False), idxs[0].astype(np.int64, copy=False), lengths
+    return np.concatenate(syms).astype(np.int64, copy=False), np.concatenate(idxs).astype(np.int64, copy=False), lengths
 
 
 class RangeCoder:
