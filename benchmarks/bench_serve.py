@@ -32,6 +32,7 @@ from edgeae.runtime.codec import Encoder
 from edgeae.serve.testing import ProcessServer, free_port
 
 LEVELS = (1, 8, 32)
+HEADERS = {"Content-Type": "application/octet-stream"}
 
 
 def make_bundle(root: Path) -> Path:
@@ -59,7 +60,7 @@ def load(base: str, payloads: list[bytes], concurrency: int, requests: int, seco
 
     def worker() -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        conn.request("POST", "/v1/decode", body=payloads[0])  # warm-up: connect, not counted
+        conn.request("POST", "/v1/decode", body=payloads[0], headers=HEADERS)  # warm-up: connect, not counted
         conn.getresponse().read()
         barrier.wait()
         while time.perf_counter() < stop_at:
@@ -68,7 +69,7 @@ def load(base: str, payloads: list[bytes], concurrency: int, requests: int, seco
             if i is None:
                 break
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/decode", body=payloads[i % len(payloads)])
+            conn.request("POST", "/v1/decode", body=payloads[i % len(payloads)], headers=HEADERS)
             r = conn.getresponse()
             r.read()
             with lock:

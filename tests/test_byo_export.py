@@ -284,7 +284,8 @@ class CompressAIStyle(nn.Module):
         return EntropySection(quantization={"bits": int(np.ceil(np.log2(max(levels, 2)))), "levels": levels,
                                             "offset": lo.tolist(), "step": [1.0] * len(lo)},
                               entropy=histogram_tables(symbols, levels, precision=precision),
-                              model={"name": "integer rounding + histogram (test)"})
+                              model={"name": "integer rounding + histogram (test)"},
+                              size_multiple=8)  # as if it downsampled the latent once more (a hyperprior's z)
 
 
 def test_compressai_style_codec_with_gdn_and_its_own_entropy_model(tmp_path):
@@ -295,6 +296,8 @@ def test_compressai_style_codec_with_gdn_and_its_own_entropy_model(tmp_path):
                         measure_speed=False)
     m = res.manifest
     assert m["latent"]["quantization"]["step"] == [1.0] * 6 and m["latent"]["stride"] == 4
+    assert m["input"]["size_multiple"] == 8  # lcm(latent stride 4, the entropy model's 8)
+    assert res.checks[0].results[-1].size == (1, 24, 32)  # the any-size check ran at the reference + 8, + 16
     assert all(float(v).is_integer() for v in m["latent"]["quantization"]["offset"])
     assert m["model"]["entropy_model"]["name"].startswith("integer rounding")
     ops = {n.op_type for n in onnx.load(str(tmp_path / "gdn" / "decoder.onnx")).graph.node}

@@ -231,22 +231,22 @@ def test_tables_beyond_the_coders_limits_are_refused():
 
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("constriction", marks=needs_constriction)])
-def test_real_digits_latents_give_the_reference_payload_bodies(backend):
-    """The self-test bundle shipped in the package (real digits, its symbols, a payload made on x86-64 with
+def test_real_digits_latents_give_the_reference_payload_bodies(backend, monkeypatch):
+    """The self-test bundle shipped in the package (real digits, its symbols, payloads made on x86-64 with
     constriction): both backends write exactly the reference bodies and read them back."""
     from edgeae.runtime import payload as wire
-    from edgeae.runtime.entropy import SymbolCoder
+    from edgeae.runtime.entropy_models.factorized import Factorized
     from edgeae.runtime.manifest import load_manifest
 
+    monkeypatch.setenv(rc.ENV, backend)
     here = ROOT / "edgeae" / "runtime" / "_selftest"
-    m = load_manifest(here / "bundle")
+    model = Factorized(load_manifest(here / "bundle"))
+    assert model.tables.backend == backend
     symbols = np.load(here / "symbols.npy")
-    coder = SymbolCoder(m.latent, m.entropy, backend=backend)
-    assert coder.backend == backend
     for name in ("reference-v1.eae", "reference.eae"):  # v1, and v2 (one lane each: the same bodies)
         bodies = list(wire.parse((here / name).read_bytes()).bodies)
-        assert coder.encode(symbols) == bodies == coder.encode(symbols, lanes=True)
-        np.testing.assert_array_equal(coder.decode(bodies), symbols)
+        assert model.encode_symbols(symbols, lanes=False) == bodies == model.encode_symbols(symbols, lanes=True)
+        np.testing.assert_array_equal(model.decode_symbols(bodies, symbols.shape[1:]), symbols)
 
 
 # --- lanes -----------------------------------------------------------------------------------------------
@@ -303,6 +303,38 @@ def test_damaged_lane_framing_is_corrupt_stream():
                 rc._varint(10_000) + rc._varint(1) + body[2:]):  # lanes longer than the body
         with pytest.raises(CorruptStream):
             coder.decode_lanes([bad], [item[1]])
+
+
+LANE_N = 2 * rc.LANE_SYMBOLS + 5  # two lanes
+LANE_TABLES = RangeTables([[1, 2, 13], [4, 4, 4, 4]], 4)
+LANE_INDEX = np.repeat([0, 1], [LANE_N // 2, LANE_N - LANE_N // 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=24), st.integers(0, 3))
+def test_arbitrary_lane_bodies_decode_alike_or_are_corrupt_stream_in_both(head, cut):
+    # a real two-lane body with its lane table (and the first words) replaced by arbitrary bytes
+    real = RangeCoder(LANE_TABLES, "numpy").encode_lanes(
+        [(np.random.default_rng(cut).integers(0, 3, LANE_N), LANE_INDEX)])[0]
+    body = head + real[len(head) + cut:]
+    got = _outcome(RangeCoder(LANE_TABLES, "numpy"), body, LANE_INDEX, lanes=True)
+    if HAVE_CONSTRICTION:
+        assert _outcome(RangeCoder(LANE_TABLES, "constriction"), body, LANE_INDEX, lanes=True) == got
+
+
+def test_concurrent_decodes_share_the_caches_safely():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    tables = [random_table(rng, 32, 12, "peaked") for _ in range(3)]
+    coder = RangeCoder(RangeTables(tables, 12), "numpy")
+    batches = [random_streams(rng, tables, int(rng.integers(1, 40)), 300) for _ in range(24)]
+    bodies = [coder.encode(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: coder.decode(bodies[i], [x for _, x in batches[i]]), range(len(batches))))
+    for batch, out in zip(batches, outs, strict=True):
+        for (s, _), got in zip(batch, out, strict=True):
+            np.testing.assert_array_equal(got, s)
 
 
 # --- invalid bodies ---------------------------------------------------------------------------------------

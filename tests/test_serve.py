@@ -41,6 +41,7 @@ def server(tiny_bundle, tmp_path_factory):
 
 
 def _post(base: str, path: str, content, **headers):
+    headers.setdefault("content-type", "application/octet-stream")
     return httpx.post(base + path, content=content, headers=headers, timeout=30)
 
 
@@ -162,28 +163,29 @@ def test_model_health_metrics_openapi(server, tiny_bundle):
 
 def test_full_queue_answers_503_with_retry_after(tiny_bundle, codec):
     enc, _ = codec
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow(_batch: int) -> None:  # test hook: the decoder blocks until the test lets it go
-        gate.wait(10)
+        entered.set()
+        assert gate.wait(30)
 
     app = create_app(ServeConfig(bundle=str(tiny_bundle), max_batch=1, max_wait_ms=0, queue=2), hook=slow)
+    batcher = lambda: app.state.service.batcher  # noqa: E731
     payloads = enc.encode_each(_images(6, seed=5))
-    with ThreadServer(app) as s, cf.ThreadPoolExecutor(6) as ex:
-        futures = [ex.submit(_post, s.base, "/v1/decode", p) for p in payloads]
-        busy = []
-        for f in futures:
-            try:
-                busy.append(f.result(timeout=3))
-            except cf.TimeoutError:
-                pass
-        refused = [r for r in busy if r.status_code == 503]
-        assert len(refused) >= 1 and all(r.headers["retry-after"] == "1" for r in refused)
+    with ThreadServer(app) as s, cf.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(_post, s.base, "/v1/decode", payloads[0])
+        assert entered.wait(30)  # the first request is in the decoder
+        second = ex.submit(_post, s.base, "/v1/decode", payloads[1])
+        while batcher().outstanding < 2:  # the second is queued: the queue (2) is full
+            assert not second.done(), second.result().text
+            threading.Event().wait(0.005)
+        refused = [_post(s.base, "/v1/decode", p) for p in payloads[2:]]
+        assert [r.status_code for r in refused] == [503] * 4
+        assert all(r.headers["retry-after"] == "1" for r in refused)
         assert refused[0].json()["error"] == "overloaded"
         gate.set()
-        results = [f.result(timeout=20) for f in futures]
-        assert sum(r.status_code == 200 for r in results) >= 2
-        assert {r.status_code for r in results} <= {200, 503}
+        assert first.result(timeout=30).status_code == 200 and second.result(timeout=30).status_code == 200
+        assert batcher().outstanding == 0
         assert _post(s.base, "/v1/decode", payloads[0]).status_code == 200
 
 
@@ -197,3 +199,63 @@ def test_several_decode_threads_and_no_store(tiny_bundle, codec):
                    for r, p in zip(rs, payloads, strict=True))
         r = _post(s.base, "/v1/ingest", payloads[0])
         assert (r.status_code, r.json()["error"]) == (404, "no_store")
+
+
+def test_store_index_expiry_cli_and_sweep_spares_live_writers(tmp_path, codec):
+    import fcntl
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+
+    enc, dec = codec
+    store = ImageStore(tmp_path / "s")
+    ps = enc.encode_each(_images(3, seed=60))
+    now = time.time()
+    for i, p in enumerate(ps):  # received 10, 5 and 0 days ago
+        assert store.put(p, dec.decode(p), device="cam", bundle="fp", received=now - (10 - 5 * i) * 86400)[1]
+    assert store.count() == (3, 3, sum(map(len, ps)), store.count()[3]) and store.count()[3] > 0
+    runner = CliRunner()
+    out = runner.invoke(main, ["store", "list", str(store.root), "--device", "cam"]).output
+    assert out.count("cam") == 3 and payload_id(ps[0]) in out
+    assert runner.invoke(main, ["store", "count", str(store.root), "--days", "7"]).output.startswith("2 payloads")
+    res = runner.invoke(main, ["store", "expire", str(store.root), "--keep-days", "7"])
+    assert res.exit_code == 0 and "expired 1" in res.output
+    assert sorted(e.id for e in store.entries()) == store.ids() == sorted(payload_id(p) for p in ps[1:])
+    # a crash left one half-built folder; another writer is building one right now (it holds the lock)
+    shard = store.root / "ab"
+    shard.mkdir(exist_ok=True)
+    crashed, live = shard / ".tmp-crashed", shard / ".tmp-live"
+    crashed.mkdir()
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ImageStore(store.root)
+        assert not crashed.exists() and live.exists()
+    finally:
+        os.close(fd)
+    res = runner.invoke(main, ["store", "count", str(tmp_path)])
+    assert res.exit_code != 0 and "index.sqlite3" in res.output and "Traceback" not in res.output
+
+
+def test_keys_cli_adds_rotates_and_revokes(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+    from edgeae.serve.auth import KeyRing
+
+    kf = tmp_path / "keys.toml"
+    runner = CliRunner()
+    first = runner.invoke(main, ["keys", "add", str(kf), "cam.01"]).output.strip()
+    ring = KeyRing(kf, reload_s=0)
+    assert ring.device(first).name == "cam.01" and ring.device(first).scopes == {"ingest", "decode"}
+    second = runner.invoke(main, ["keys", "add", str(kf), "cam.01", "--scope", "metrics"]).output.strip()
+    assert second != first and ring.device(first) is None and ring.device(second).scopes == {"metrics"}
+    assert runner.invoke(main, ["keys", "revoke", str(kf), "cam.01"]).exit_code == 0
+    assert ring.device(second) is None and len(ring) == 0
+    assert oct(kf.stat().st_mode & 0o777) == "0o600"
+    res = runner.invoke(main, ["keys", "add", str(kf), "bad name!"])
+    assert res.exit_code != 0 and "device name" in res.output

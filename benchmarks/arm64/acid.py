@@ -34,7 +34,7 @@ def prepare(args: argparse.Namespace) -> None:
     bundle, out = Path(args.bundle), Path(args.out)
     (c, h, w), mode, multiple = _input_spec(bundle)
     out.mkdir(parents=True, exist_ok=True)
-    if (h, w) == (8, 8) and c == 1:
+    if (h, w) == (8, 8) and c == 1 and not multiple:  # any-size bundles get photographs of their own sizes
         from sklearn.datasets import load_digits
 
         digits = np.rint(load_digits().images[-args.digits:] / 16.0 * 255.0).astype(np.uint8)
@@ -67,8 +67,15 @@ def symbols(args: argparse.Namespace) -> None:
     from edgeae.runtime import Decoder
 
     dec = Decoder(args.bundle, threads=1)
+    verify = ""
     if hasattr(dec.entropy, "verify"):
-        dec = Decoder(args.bundle, threads=1, verify=True)
+        try:
+            import edgeae.runtime.inthyper  # noqa: F401  (the numpy int64 reference of the hyper-decoder)
+        except ImportError:
+            verify = " (no numpy reference of the hyper-decoder in this runtime: not verified)"
+        else:
+            dec = Decoder(args.bundle, threads=1, verify=True)
+            verify = " (every hyper-decoder run verified against the numpy int64 reference)"
     found: dict[str, np.ndarray] = {}
     for f in sorted(Path(args.payloads).rglob("*.eae")):
         name, data = f.relative_to(args.payloads).as_posix(), f.read_bytes()
@@ -78,7 +85,7 @@ def symbols(args: argparse.Namespace) -> None:
             latents, sizes = dec.items(data)
             found.update({f"{name}/{i}-{h}x{w}": y for i, (y, (h, w)) in enumerate(zip(latents, sizes, strict=True))})
     np.savez(args.out, **found)
-    print(f"{len(found)} arrays from {args.payloads}")
+    print(f"{len(found)} arrays from {args.payloads}{verify}")
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import platform
 from collections.abc import Callable, Iterable
@@ -206,6 +208,8 @@ def _build(job: Job, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
     latents = run_graph(tmp / specs["encoder"].file, job.train)
     _finite(latents, "the exported encoder's latents of the calibration data")
     latent, entropy, section = latent_model(job.entropy, latents, job.latent_bits, job.stride)
+    if section and section.size_multiple and job.input.dynamic_size:
+        job.input = _entropy_multiple(job.input, section.size_multiple)
     extras = _extra_graphs(section.graphs if section else [], job.opset)
     fp = graphs.fingerprint(graphs.graph_digest(protos["encoder"]), graphs.graph_digest(protos["decoder"]),
                             graphs.tables_digest(latent, entropy),
@@ -426,6 +430,17 @@ def _any_size(spec: InputSpec, shapes: dict[str, tuple[int, ...]]) -> tuple[int,
         raise ExportError(f"the reference size {h}x{w} must be a multiple of size_multiple {multiple}; choose "
                           "calibration images of such a size")
     return multiple, stride
+
+
+def _entropy_multiple(spec: ManifestInput, need: int) -> ManifestInput:
+    """An entropy model that downsamples the latent again (a hyperprior's z) needs sizes that are a multiple
+    of its own stride too: the bundle's size_multiple becomes the least common multiple."""
+    multiple = math.lcm(spec.size_multiple, int(need))
+    _, h, w = spec.shape
+    if h % multiple or w % multiple:
+        raise ExportError(f"the entropy model needs sizes that are multiples of {multiple}, but the reference "
+                          f"size is {h}x{w}; choose calibration images of such a size")
+    return dataclasses.replace(spec, size_multiple=multiple)
 
 
 def _at_least_two(x: np.ndarray) -> np.ndarray:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +17,8 @@ import torch
 
 from edgeae.bundling.spec import SUPPORTED_OPSETS, GraphSpec
 from edgeae.errors import TraceError, UnsupportedOperatorError
+from edgeae.runtime.fingerprint import fingerprint, tables_digest  # noqa: F401 (one definition, shared with the runtime)
+from edgeae.runtime.fingerprint import graph_digest as runtime_graph_digest
 
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, example: torch.Tensor) -> onnx.ModelProto:
@@ -80,25 +79,9 @@ def _first(exc: BaseException) -> str:
 
 
 def graph_digest(model: onnx.ModelProto) -> str:
-    """sha256 of the model as exported, before edgeae's metadata is added (so the fingerprint can go in)."""
-    clean = onnx.ModelProto()
-    clean.CopyFrom(model)
-    del clean.metadata_props[:]
-    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-
-
-def tables_digest(latent: dict[str, Any], entropy: dict[str, Any]) -> str:
-    canonical = json.dumps({"latent": latent, "entropy": entropy}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def fingerprint(encoder_digest: str, decoder_digest: str, tables: str, *extra: str) -> str:
-    """sha256 over the graphs' and tables' digests; extra graphs' digests (sorted by role) follow, so a bundle
-    without extra graphs has the fingerprint it always had."""
-    h = hashlib.sha256()
-    for part in (encoder_digest, decoder_digest, tables, *extra):
-        h.update(bytes.fromhex(part))
-    return h.hexdigest()
+    """sha256 of the model as exported, without edgeae's metadata (so the fingerprint can go in): the runtime's
+    own digest (edgeae.runtime.fingerprint) of the bytes as `save` writes them."""
+    return runtime_graph_digest(model.SerializeToString(deterministic=True))
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:

@@ -84,12 +84,16 @@ class EntropySection:
                   is fine once the runtime's manifest validator and entropy layer know it.
     graphs:       extra graphs the runtime needs for this entropy model (e.g. a hyperprior's hyper_decoder).
     model:        free-form facts recorded as manifest["model"]["entropy_model"] (name, parameters).
+    size_multiple: any-size bundles: the input size multiple this entropy model needs (a hyperprior: latent
+                  stride x hyper-latent stride); the bundle's input.size_multiple becomes the least common
+                  multiple of this and the latent stride. 0: no constraint of its own.
     """
 
     quantization: dict[str, Any]
     entropy: dict[str, Any]
     graphs: list[ExtraGraph] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
+    size_multiple: int = 0
 
     @classmethod
     def from_any(cls, obj: Any) -> EntropySection:
@@ -97,7 +101,8 @@ class EntropySection:
         if isinstance(obj, cls):
             return obj
         if isinstance(obj, dict) and {"quantization", "entropy"} <= set(obj):
-            return cls(obj["quantization"], obj["entropy"], list(obj.get("graphs", [])), dict(obj.get("model", {})))
+            return cls(obj["quantization"], obj["entropy"], list(obj.get("graphs", [])), dict(obj.get("model", {})),
+                       int(obj.get("size_multiple", 0)))
         raise TypeError(f"{ENTROPY_METHOD} must return an EntropySection (or a dict with quantization and "
                         f"entropy), got {type(obj).__name__}")
 

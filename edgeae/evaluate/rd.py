@@ -22,6 +22,7 @@ from edgeae.evaluate import bdrate
 from edgeae.evaluate.classical import CODECS, DEFAULT_QUALITIES, LOSSY, evaluate_classical, settings
 from edgeae.evaluate.metrics import as_nhwc, ms_ssim, ms_ssim_applies, psnr, ssim
 from edgeae.evaluate.results import RDPoint, write_json
+from edgeae.fsutil import read_json_bounded
 
 SCHEMA = "edgeae.rd"
 MAX_JSON_BYTES = 256 << 20
@@ -203,13 +204,10 @@ class RDEvaluation:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RDEvaluation:
         """Read an rd.json written by `save` (size-bounded)."""
-        import json
-
         p = Path(path)
-        if p.stat().st_size > MAX_JSON_BYTES:
-            raise InputError(f"{p} is larger than {MAX_JSON_BYTES >> 20} MiB; not an edgeae RD result")
+        data = read_json_bounded(p, MAX_JSON_BYTES, InputError, hint="not an edgeae RD result")
         try:
-            return cls.from_dict(json.loads(p.read_text()))
+            return cls.from_dict(data)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{p} is not a readable edgeae RD result: {exc}") from None
 

@@ -1,17 +1,24 @@
-"""A bundle folder on disk: its validated manifest, with every file checked against the manifest's sha256."""
+"""A bundle folder on disk: its validated manifest, every file checked against the manifest's sha256, and the
+fingerprint recomputed from the graphs and tables (edgeae.runtime.fingerprint), so a bundle is bound to the
+fingerprint its payloads carry. Sessions are built from `graph_bytes`: the bytes that were verified, read once,
+never a path re-read later."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from edgeae.errors import BundleError
-from edgeae.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
+from edgeae.runtime.fingerprint import fingerprint as compute_fingerprint
+from edgeae.runtime.fingerprint import graph_digest, graph_metadata, tables_digest
+from edgeae.runtime.manifest import MANIFEST_NAME, ROLES, Manifest, read_manifest_json
 from edgeae.runtime.payload import fingerprint_prefix
 
 PRECISIONS = ("fp32", "int8")
+FINGERPRINT_KEY = "edgeae.fingerprint"  # the exporter writes the fingerprint into each graph's metadata
+REEXPORT = "restore the bundle folder from its export or re-export it with `edgeae export`"
 
 
 @dataclass(frozen=True)
@@ -19,14 +26,20 @@ class Bundle:
     path: Path
     manifest: Manifest
     missing: frozenset[str] = frozenset()  # listed files absent from a partial bundle
+    digests: dict[str, str] = field(default_factory=dict)  # role -> verified digest of its fp32 graph
+    bound_by: str = "graphs"  # "graphs": fingerprint recomputed; "metadata": partial bundle without digests
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, partial: bool = False) -> Bundle:
-        """Validate the manifest and check every listed file's size and sha256. `path`: a bundle folder, its
-        manifest.json, or the name of a pretrained bundle shipped with edgeae (`edgeae models --pretrained`).
+        """Validate the manifest, check every listed file's size and sha256 and recompute the fingerprint.
+        `path`: a bundle folder, its manifest.json, or the name of a pretrained bundle shipped with edgeae
+        (`edgeae models --pretrained`).
 
         Every listed file must exist, unless `partial`: a device may ship only the encoder side and a decode
-        server only the decoder side (export/README.md); then `graph_path` refuses the missing graphs.
+        server only the decoder side (export/README.md); then `graph_path` refuses the missing graphs. The
+        fingerprint needs both fp32 graphs' digests: an absent graph's digest comes from the manifest
+        (`graphs.<role>.digest`); a partial bundle of an older export without them is checked against the
+        fingerprint in its present graphs' metadata instead (`bound_by = "metadata"`, weaker).
         """
         from edgeae import zoo
 
@@ -36,9 +49,12 @@ class Bundle:
             root = root.parent
         if not root.is_dir():
             raise BundleError(f"bundle folder {str(root)!r} does not exist; export one with `edgeae export RUN`")
-        manifest = load_manifest(root)
+        raw = read_manifest_json(root)
+        manifest = Manifest.from_dict(raw, source=str(root / MANIFEST_NAME))
         real_root = root.resolve()
-        missing = set()
+        graph_files = {g.file: role for role, g in manifest.graphs.items()}
+        int8_files = {g.int8_file for g in manifest.graphs.values() if g.int8_file}
+        missing, digests, metadata = set(), {}, {}
         for name, entry in manifest.files.items():
             file = _inside(root, real_root, name)
             if not file.is_file():
@@ -47,10 +63,15 @@ class Bundle:
                     continue
                 raise BundleError(f"{root}: {name} is listed in {MANIFEST_NAME} but missing; copy the whole "
                                   "bundle folder or re-export it with `edgeae export`")
-            if file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
-                raise BundleError(f"{root}: {name} does not match its sha256 in {MANIFEST_NAME} (changed after "
-                                  "export?); restore the file or re-export the bundle")
-        return cls(root, manifest, frozenset(missing))
+            if name in graph_files or name in int8_files:
+                data = _read_verified(root, file, name, entry.bytes, entry.sha256)
+                metadata[name] = graph_metadata(data)
+                if name in graph_files:
+                    digests[graph_files[name]] = graph_digest(data)
+            elif file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
+                raise _tampered(root, name)
+        bound_by = _check_fingerprint(root, manifest, raw, digests, metadata)
+        return cls(root, manifest, frozenset(missing), digests, bound_by)
 
     @property
     def fingerprint(self) -> str:
@@ -61,8 +82,7 @@ class Bundle:
         """The 8 bytes every payload made with this bundle carries."""
         return fingerprint_prefix(self.manifest.fingerprint)
 
-    def graph_path(self, role: str, precision: str = "fp32") -> Path:
-        """The verified file of one of the bundle's graphs (encoder, decoder or an extra role), fp32 or int8."""
+    def _graph_name(self, role: str, precision: str) -> str:
         if role not in self.manifest.graphs:
             raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")
         if precision not in PRECISIONS:
@@ -75,7 +95,67 @@ class Bundle:
         if name in self.missing:
             raise BundleError(f"bundle {self.path} does not include {name} (needed for the {precision} {role}); "
                               "copy it from the exported bundle")
-        return self.path / name
+        return name
+
+    def graph_path(self, role: str, precision: str = "fp32") -> Path:
+        """The file of the encoder or decoder graph, fp32 or int8 (verified at open; tools that hand a path
+        on, like Triton's repository writer, use this; sessions use `graph_bytes`)."""
+        return self.path / self._graph_name(role, precision)
+
+    def graph_bytes(self, role: str, precision: str = "fp32") -> bytes:
+        """The graph's bytes, read now and checked against the manifest (size, sha256, and for fp32 the digest
+        the fingerprint was recomputed from): build sessions from these, so a file swapped after `open` is
+        refused instead of run."""
+        name = self._graph_name(role, precision)
+        entry = self.manifest.files[name]
+        data = _read_verified(self.path, self.path / name, name, entry.bytes, entry.sha256)
+        if precision == "fp32" and role in self.digests and graph_digest(data) != self.digests[role]:
+            raise _tampered(self.path, name)
+        return data
+
+
+def _read_verified(root: Path, file: Path, name: str, size: int, sha256: str) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            data = f.read(size + 1)
+    except OSError as exc:
+        raise BundleError(f"{root}: cannot read {name}: {exc.strerror or exc}; {REEXPORT}") from None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        raise _tampered(root, name)
+    return data
+
+
+def _tampered(root: Path, name: str) -> BundleError:
+    return BundleError(f"{root}: {name} does not match its sha256 in {MANIFEST_NAME} (changed after export?); "
+                       f"{REEXPORT}")
+
+
+def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, str],
+                       metadata: dict[str, dict[str, str]]) -> str:
+    """Refuse a bundle whose graphs or tables do not give its fingerprint; returns how it was bound."""
+    parts: dict[str, str | None] = {}
+    for role, graph in m.graphs.items():
+        recorded, found = graph.digest, digests.get(role)
+        if recorded is not None and found is not None and recorded != found:
+            raise BundleError(f"{root}: {graph.file} is not the {role} graph this bundle was exported "
+                              f"with (its digest differs from graphs.{role}.digest); {REEXPORT}")
+        parts[role] = found or recorded
+    for name, meta in metadata.items():  # int8 graphs are not part of the fingerprint: their metadata must agree
+        if FINGERPRINT_KEY in meta and meta[FINGERPRINT_KEY] != m.fingerprint:
+            raise BundleError(f"{root}: {name} was exported for bundle {meta[FINGERPRINT_KEY][:16]}, not this "
+                              f"one ({m.fingerprint[:16]}); {REEXPORT}")
+    if None in parts.values():  # a partial bundle from an export that did not record graph digests
+        if not metadata:
+            raise BundleError(f"{root}: no graph present to check the fingerprint against; {REEXPORT}")
+        return "metadata"
+    known = {role: d for role, d in parts.items() if d is not None}
+    extra = {role: d for role, d in known.items() if role not in ROLES}
+    want = compute_fingerprint(known["encoder"], known["decoder"], tables_digest(raw["latent"], raw["entropy"]),
+                               *(d for _, d in sorted(extra.items())))
+    if want != m.fingerprint:
+        raise BundleError(f"{root}: the graphs and latent/entropy tables give fingerprint {want[:16]}, but the "
+                          f"manifest says {m.fingerprint[:16]} (a graph or table was replaced or edited); {REEXPORT}")
+    return "graphs"
 
 
 def _inside(root: Path, real_root: Path, name: str) -> Path:

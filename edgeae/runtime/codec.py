@@ -45,7 +45,8 @@ class _Graph:
             precision = "fp32"  # extra graphs without an int8 variant (the integer hyper-decoder) run as they are
         self.role = role
         self.path = bundle.graph_path(role, precision)
-        self.session = make_session(self.path, profile=device, threads=threads)
+        # built from the bytes verified now (sha256 + fingerprint digest), never from the path re-read later
+        self.session = make_session(bundle.graph_bytes(role, precision), profile=device, threads=threads)
         inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [entry.input] or entry.output not in self.outputs:
@@ -167,12 +168,10 @@ class Encoder(_Codec):
 
     def items(self, images: Any) -> list[wire.Item]:
         """User images (one array/batch, or a list of images of any sizes) -> coded items in input order."""
-        groups = list(self._groups(images))
-        n = sum(len(idx) for idx, _, _ in groups)
-        if n > self.packer.max_items:
-            raise InputError(f"{n} images exceed one payload's {self.packer.max_items}; use encode_each "
-                             "or smaller batches")
-        out: list[Any] = [None] * n
+        return self._items(list(self._groups(images)))
+
+    def _items(self, groups: list[tuple[list[int], np.ndarray, list[tuple[int, int]]]]) -> list[wire.Item]:
+        out: list[Any] = [None] * sum(len(idx) for idx, _, _ in groups)
         for idx, x, sizes in groups:
             for i, item in zip(idx, self._code(x, sizes), strict=True):
                 out[i] = item
@@ -183,7 +182,16 @@ class Encoder(_Codec):
 
     def encode(self, images: Any) -> bytes:
         """One payload holding every image of the batch (images may differ in size on any-size bundles)."""
-        return self.pack(self.items(images))
+        groups = list(self._groups(images))
+        n = sum(len(idx) for idx, _, _ in groups)
+        if n > self.packer.max_items:
+            raise InputError(f"{n} images exceed one payload's {self.packer.max_items}; use encode_each "
+                             "or smaller batches")
+        pixels = sum(int(np.prod(x.shape[2:])) * len(x) for _, x, _ in groups)
+        if pixels > wire.MAX_PAYLOAD_PIXELS:
+            raise InputError(f"{pixels} (padded) pixels exceed one payload's {wire.MAX_PAYLOAD_PIXELS}; use "
+                             "encode_each or smaller batches")
+        return self.pack(self._items(groups))
 
     def encode_each(self, images: Any) -> list[bytes]:
         """One payload per image (the graph still runs on whole groups)."""
@@ -202,9 +210,11 @@ class Encoder(_Codec):
         if not self.any_size:
             return self.fixed_size
         h, w = int(shape[-2]), int(shape[-1])
-        if h * w > wire.MAX_ITEM_PIXELS or max(h, w) > wire.MAX_SIDE:
+        ph, pw = self.padded(h, w)
+        if ph * pw > wire.MAX_ITEM_PIXELS or max(h, w) > wire.MAX_SIDE:
             raise InputError(f"an image of {h}x{w} pixels exceeds the format's limits (sides up to "
-                             f"{wire.MAX_SIDE}, {wire.MAX_ITEM_PIXELS} pixels); split or downscale it first")
+                             f"{wire.MAX_SIDE}, {wire.MAX_ITEM_PIXELS} pixels once padded); split or downscale "
+                             "it first")
         return h, w
 
     def _groups(self, images: Any) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, int]]]]:
@@ -255,17 +265,21 @@ class Decoder(_Codec):
             if h.shape != self.latent_shape:
                 raise CorruptStream(f"payload latent shape {h.shape} contradicts its bundle's {self.latent_shape}")
             return wire.Payload(h, tuple(wire.Item(*self.fixed_size, it.parts) for it in p.items))
-        total = 0
         for height, width in set(h.sizes):
             if not self.any_size and (height, width) != self.fixed_size:
                 raise CorruptStream(f"payload holds a {height}x{width} item but this bundle takes only "
                                     f"{self.fixed_size[0]}x{self.fixed_size[1]}")
-        for height, width in h.sizes:
-            symbols = int(np.prod(self.latent_shape_for(height, width)))
-            total += symbols
-            if symbols > wire.MAX_ITEM_SYMBOLS or total > wire.MAX_TOTAL_SYMBOLS:
-                raise CorruptStream(f"payload announces more latent symbols than the format's limits "
-                                    f"({wire.MAX_ITEM_SYMBOLS} an item, {wire.MAX_TOTAL_SYMBOLS} a payload)")
+        symbols = pixels = 0
+        for height, width in h.sizes:  # the work the graphs would do: padded pixels and latent symbols
+            n = int(np.prod(self.latent_shape_for(height, width)))
+            ph, pw = self.padded(height, width)
+            symbols += n
+            pixels += ph * pw
+            if n > wire.MAX_ITEM_SYMBOLS or symbols > wire.MAX_TOTAL_SYMBOLS or ph * pw > wire.MAX_ITEM_PIXELS \
+                    or pixels > wire.MAX_PAYLOAD_PIXELS:
+                raise CorruptStream(f"payload announces more padded pixels or latent symbols than the format's "
+                                    f"limits ({wire.MAX_ITEM_PIXELS} / {wire.MAX_ITEM_SYMBOLS} an item, "
+                                    f"{wire.MAX_PAYLOAD_PIXELS} / {wire.MAX_TOTAL_SYMBOLS} a payload)")
         return p
 
     def items(self, data: bytes | bytearray | memoryview) -> tuple[list[np.ndarray], list[tuple[int, int]]]:

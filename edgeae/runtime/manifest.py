@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -10,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeae.errors import BundleError
+from edgeae.fsutil import read_json_bounded
 
 SCHEMA = "edgeae.bundle"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
 MAX_LATENT_BITS = 24
+MAX_LATENT_SYMBOLS = 1 << 24  # = payload.MAX_ITEM_SYMBOLS (the runtime never decodes more per item)
 MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises probabilities to 24 bits
 MAX_TABLE = (1 << 24) - 2  # symbols of one entropy table: constriction's limit (rangecoder.MAX_TABLE)
 ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an entropy model's, docs/EXPORT.md)
@@ -92,10 +93,12 @@ class GraphEntry:
     output: str
     opset: int
     int8_file: str | None = None
+    digest: str | None = None  # sha256 of the fp32 graph without its metadata (the fingerprint's part)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
-                "int8_file": self.int8_file}
+        d = {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
+             "int8_file": self.int8_file}
+        return d if self.digest is None else {**d, "digest": self.digest}
 
 
 @dataclass(frozen=True)
@@ -233,22 +236,12 @@ class Manifest:
 
 
 def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The raw JSON of a bundle folder's manifest.json (or a manifest path), read with a size bound."""
+    """The raw JSON of a bundle folder's manifest.json (or a manifest path): size, depth and digit bounded
+    (`fsutil.read_json_bounded`); a BundleError, never RecursionError or ValueError."""
     p = Path(path)
     p = p / MANIFEST_NAME if p.is_dir() else p
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise BundleError(f"{p} not found; is this a bundle written by `edgeae export`?") from None
-    except OSError as exc:
-        raise BundleError(f"cannot read {p}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{p} is larger than {MAX_MANIFEST_BYTES} bytes; not an edgeae manifest")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{p} is not valid JSON ({exc}); re-export the bundle") from None
+    return read_json_bounded(p, MAX_MANIFEST_BYTES, BundleError,
+                             hint="is it a bundle written by `edgeae export`? (re-export the bundle)")
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -403,6 +396,7 @@ class _Validator:
                 output=self.text(self.need(g, "output", p), f"{p}.output"),
                 opset=self.integer(self.need(g, "opset", p), f"{p}.opset", 1, 1000),
                 int8_file=None if int8 is None else self.text(int8, f"{p}.int8_file"),
+                digest=None if g.get("digest") is None else self.hexdigest(g["digest"], f"{p}.digest"),
             )
             for key in ("file", "int8_file"):
                 name = getattr(entry, key)
@@ -417,6 +411,9 @@ class _Validator:
         if not 1 <= len(shape) <= 6:
             raise self.fail("latent.shape", f"must have 1 to 6 dimensions, got {len(shape)}")
         shape_t = tuple(self.integer(v, f"latent.shape[{i}]", 1, 1 << 24) for i, v in enumerate(shape))
+        if math.prod(shape_t) > MAX_LATENT_SYMBOLS:
+            raise self.fail("latent.shape", f"has {math.prod(shape_t)} symbols per image, over the payload "
+                            f"format's {MAX_LATENT_SYMBOLS}")
         axis = self.integer(self.need(d, "channel_axis", "latent"), "latent.channel_axis", 1, len(shape_t))
         stride = self.integer(d.get("stride", 0), "latent.stride", 0, 1 << 12)
         if stride and (len(shape_t) != 3 or axis != 1):

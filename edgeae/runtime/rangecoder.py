@@ -32,33 +32,35 @@ the quantile's top bits, with a binary search only where a bucket is shared by t
 GROUP_SYMBOLS symbols are coded in groups of whole streams to bound memory (~60 bytes a symbol).
 
 **Lanes (wire format v2).** One big item is a single stream, which numpy cannot vectorise, so
-`encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes (the first n % L lanes
-one symbol longer), each an ordinary constriction stream. Body = varint word count of each lane but the
+`encode_lanes` splits an item of n symbols into L = lane_count(n) contiguous lanes, lane i holding symbols
+(i * n) // L .. ((i + 1) * n) // L - 1 (lengths differ by at most one), each an ordinary constriction stream. Body = varint word count of each lane but the
 last, then every lane's words (LE u32), in lane order; with L = 1 it is exactly the v1 body. L follows
 from n alone, so it is not stored: L = clamp(n // LANE_SYMBOLS, 1, MAX_LANES). Contiguous lanes (not
 round-robin) keep a channel's symbols in one run per lane, so constriction makes ~C + L calls, not C * L.
 Each lane costs ~3.2 bytes (its seal word, less the rounding it saves, plus a 1-byte varint).
 
 Trade-off on a real 768x512 photo latent (32x64x96 = 196,608 symbols with the photos codec's own tables,
-a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, on a shared
-2-core host (`benchmarks/bench_coder.py --bundle ...`, 13:49 run):
+a 31.8 KB v1 body), numpy time / constriction time for the same lanes, CPU time, 1 thread, medians of 7,
+on a shared 2-core host (load ~15; `benchmarks/bench_coder.py --bundle ...`, 14:27 run):
 
     symbols/lane  lanes  overhead          encode  decode
-    v1 (1 stream)     1  -                 494x    455x   (numpy cannot vectorise one stream)
-    4096             48  +177 B (0.56%)    11.6x    8.9x
-    2048             96  +309 B (0.97%)     6.7x    4.9x   <- LANE_SYMBOLS: the ~1% budget
-    1024            192  +575 B (1.81%)     4.2x    3.0x
-     512            384  +1167 B (3.67%)    1.9x    1.5x
+    v1 (1 stream)     1  -                 293x    404x   (numpy cannot vectorise one stream)
+    4096             48  +177 B (0.56%)    10.7x    9.5x
+    2048             96  +309 B (0.97%)     5.7x    4.7x   <- LANE_SYMBOLS: the ~1% budget
+    1024            192  +575 B (1.81%)     3.8x    3.1x
+     512            384  +1167 B (3.67%)    2.3x    1.7x
 
-constriction codes ~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~3 us (encode) / ~14 us
-(decode) of numpy call overhead per symbol position plus ~40 / ~100 ns per symbol, so its time is set by
-the longest lane. On MNIST-size batches (64 items of 8x7x7, v1) it is 2.1x (encode) / 3.6x (decode).
+(synthetic 192x32x48, 60.8 KB: 2048/lane = 144 lanes, +503 B = 0.83%, 5.7x / 4.5x.) constriction codes
+~7 ns a symbol (encode), ~30 ns (decode); the numpy coder pays ~1.5 us (encode) / ~12 us (decode) of numpy
+call overhead per symbol position plus ~50 / ~60 ns per symbol, so its time is set by the longest lane
+and, for encoding, by its per-symbol setup. MNIST-size batches (64 items of 8x7x7, v1): 1.9x / 3.7x.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -298,15 +300,18 @@ class _Layout:
 
 
 _LAYOUTS: dict[bytes, _Layout] = {}
+_LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
-        if len(_LAYOUTS) >= 8:
-            _LAYOUTS.pop(next(iter(_LAYOUTS)))
-        lay = _LAYOUTS[key] = _Layout(lengths)
+        lay = _Layout(lengths)
+        with _LAYOUTS_LOCK:
+            while len(_LAYOUTS) >= 8:
+                _LAYOUTS.pop(next(iter(_LAYOUTS)))
+            _LAYOUTS[key] = lay
     return lay
 
 

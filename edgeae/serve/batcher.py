@@ -1,15 +1,18 @@
 """Dynamic micro-batching off the event loop.
 
 Requests go into a bounded queue; `workers` decode threads each take the first waiting request, then gather
-more until `max_batch` requests or `max_wait_ms` have passed (no wait when no other request is queued or
-being received), parse + entropy-decode each (a bad payload fails
-only its own request), run ONE decoder graph over all of them and hand each request its images back on the
-event loop. A full queue refuses at once (`Overloaded`), so a slow decoder turns into 503s, not memory growth.
+more until `max_batch` requests, `max_batch_items` items or `max_batch_pixels` output values are in hand or
+`max_wait_ms` have passed (no wait when no other request is queued or being received), parse +
+entropy-decode each (a bad payload fails only its own request), run ONE decoder graph over all of them and
+hand each request its images back on the event loop. A full queue refuses at once (`Overloaded`), so a slow
+decoder turns into 503s, not memory growth. A job whose client went away or whose time ran out is cancelled:
+it is skipped if its decoding has not started. Every job is finished exactly once (`_outstanding` is exact).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -22,18 +25,33 @@ import numpy as np
 from edgeae.serve.engine import DecodeEngine
 from edgeae.serve.metrics import Metrics
 
+log = logging.getLogger("edgeae.serve")
+
 
 class Overloaded(Exception):
     """The request queue is full; retry later."""
 
 
+class Cancelled(Exception):
+    """The job was cancelled (client gone or time limit) before it was decoded."""
+
+
 @dataclass
-class _Job:
+class Job:
     payload: bytes
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     render: Callable[[np.ndarray], Any] | None = None
+    items: int = 1
+    pixels: int = 0  # output values (items x C x H x W), for the per-batch cap
+    request_id: str = "-"
     queued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    finished: bool = False
+
+    def cancel(self) -> None:
+        """Skip this job if its decoding has not started (called on the event loop)."""
+        self.cancelled = True
 
 
 _STOP = object()
@@ -41,11 +59,14 @@ _STOP = object()
 
 class MicroBatcher:
     def __init__(self, engine: DecodeEngine, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
-                 workers: int = 1, metrics: Metrics | None = None) -> None:
+                 workers: int = 1, metrics: Metrics | None = None, max_batch_items: int | None = None,
+                 max_batch_pixels: int | None = None) -> None:
         if max_batch < 1 or queue_size < 1 or workers < 1 or max_wait_ms < 0:
             raise ValueError("max_batch, queue_size and workers must be >= 1 and max_wait_ms >= 0")
         self.engine = engine
         self.max_batch = max_batch
+        self.max_batch_items = max_batch_items
+        self.max_batch_pixels = max_batch_pixels
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
         self.metrics = metrics or Metrics()
@@ -72,17 +93,22 @@ class MicroBatcher:
     def outstanding(self) -> int:
         return self._outstanding
 
-    async def decode(self, payload: bytes, render: Callable[[np.ndarray], Any] | None = None) -> Any:
-        """The payload's uint8 images, or `render(images)` computed in the decode thread (PNG/npy encoding stays
-        off the event loop); raises its PayloadError, or Overloaded when the queue is full."""
+    def submit(self, payload: bytes, render: Callable[[np.ndarray], Any] | None = None, *, items: int = 1,
+               pixels: int = 0, request_id: str = "-") -> Job:
+        """Queue a payload (call on the event loop); `job.future` gets the images, or `render(images)`
+        computed in the decode thread. Raises Overloaded when the queue is full."""
         with self._lock:
             if self._outstanding >= self.queue_size:
                 raise Overloaded(f"{self._outstanding} requests waiting (queue {self.queue_size})")
             self._outstanding += 1
         loop = asyncio.get_running_loop()
-        job = _Job(payload, loop.create_future(), loop, render)
+        job = Job(payload, loop.create_future(), loop, render, items, pixels, request_id)
         self._q.put(job)
-        return await job.future
+        return job
+
+    async def decode(self, payload: bytes, render: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """The payload's uint8 images (or `render(images)`); raises its PayloadError, or Overloaded."""
+        return await self.submit(payload, render).future
 
     def close(self) -> None:
         for _ in self._threads:
@@ -92,9 +118,15 @@ class MicroBatcher:
 
     # --- decode threads -----------------------------------------------------------------------------------
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        """The first job plus whatever is queued, up to max_batch; waits up to max_wait for more only while
-        requests are queued or still being received (`arrive`), so a lone request is decoded at once."""
+    def _fits(self, jobs: list[Job], job: Job) -> bool:
+        if self.max_batch_items is not None and sum(j.items for j in jobs) + job.items > self.max_batch_items:
+            return False
+        return self.max_batch_pixels is None or sum(j.pixels for j in jobs) + job.pixels <= self.max_batch_pixels
+
+    def _gather(self, first: Job, carry: list[Job]) -> list[Job]:
+        """The first job plus whatever is queued, up to the batch caps; waits up to max_wait for more only while
+        requests are queued or still being received (`arrive`), so a lone request is decoded at once. A job
+        that would break a cap is left in `carry` to start the next batch."""
         jobs = [first]
         deadline = time.perf_counter() + self.max_wait
         while len(jobs) < self.max_batch:
@@ -108,33 +140,48 @@ class MicroBatcher:
             if job is _STOP:
                 self._q.put(_STOP)
                 break
+            if not self._fits(jobs, job):
+                carry.append(job)
+                break
             jobs.append(job)
         return jobs
 
     def _work(self) -> None:
+        carry: list[Job] = []
         while True:
-            first = self._q.get()
+            first = carry.pop() if carry else self._q.get()
             if first is _STOP:
                 return
-            jobs = self._gather(first)
+            jobs = self._gather(first, carry)
             try:
                 self._decode(jobs)
-            except BaseException as exc:  # never let a decode thread die: fail the batch instead
+            except BaseException as exc:  # never let a decode thread die: fail what is left of the batch
+                log.error("decode batch of %d failed (requests %s): %r", len(jobs),
+                          ",".join(j.request_id for j in jobs), exc, exc_info=exc)
                 for job in jobs:
                     self._finish(job, exc=exc)
 
-    def _decode(self, jobs: list[_Job]) -> None:
-        ok: list[tuple[_Job, np.ndarray]] = []
+    def _decode(self, jobs: list[Job]) -> None:
+        ok: list[tuple[Job, Any]] = []
         for job in jobs:
+            if job.cancelled:
+                self.metrics.observe_cancelled()
+                self._finish(job, exc=Cancelled("cancelled before decoding"))
+                continue
             try:
                 ok.append((job, self.engine.prepare(job.payload)))
             except Exception as exc:
                 self._finish(job, exc=exc)
-        if not ok:
+        live = [(job, q) for job, q in ok if not job.cancelled]
+        for job, _ in ok:
+            if job.cancelled:
+                self.metrics.observe_cancelled()
+                self._finish(job, exc=Cancelled("cancelled before the graph run"))
+        if not live:
             return
-        self.metrics.observe_batch(len(ok))
-        results = self.engine.run([q for _, q in ok])
-        for (job, _), images in zip(ok, results, strict=True):
+        self.metrics.observe_batch(len(live))
+        results = self.engine.run([q for _, q in live])
+        for (job, _), images in zip(live, results, strict=True):
             try:
                 result = job.render(images) if job.render is not None else images
             except Exception as exc:
@@ -142,8 +189,11 @@ class MicroBatcher:
             else:
                 self._finish(job, result=result)
 
-    def _finish(self, job: _Job, result: Any = None, exc: BaseException | None = None) -> None:
+    def _finish(self, job: Job, result: Any = None, exc: BaseException | None = None) -> None:
         with self._lock:
+            if job.finished:  # a batch that failed after some of its jobs were finished: once only
+                return
+            job.finished = True
             self._outstanding -= 1
 
         def settle() -> None:

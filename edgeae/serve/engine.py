@@ -1,9 +1,10 @@
-"""The decode engine the servers share: per-request parse + entropy decode, then ONE decoder graph run over the
-concatenated latents of several requests, split back per request. Torch-free (runtime only)."""
+"""The decode engine the servers share: per-request parse + entropy decode, then one decoder graph run per
+latent shape over the items of several requests, split back per request. Torch-free (runtime only)."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,8 +15,9 @@ from edgeae.runtime.codec import Decoder
 
 
 class DecodeEngine:
-    """Wraps a runtime Decoder. `prepare` (payload -> int symbols) raises the payload's PayloadError;
-    `run` decodes several prepared requests in one graph run. Both are thread-safe (onnxruntime sessions are).
+    """Wraps a runtime Decoder. `prepare` (payload -> per-item latents and sizes: parse + entropy decoding)
+    raises the payload's PayloadError; `run` renders several prepared requests with one decoder graph run per
+    latent shape (`Decoder.render`). Both are thread-safe (onnxruntime sessions are).
 
     `hook`: an optional callable run before each graph run (tests use it to slow decoding down)."""
 
@@ -30,25 +32,41 @@ class DecodeEngine:
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
 
-    def prepare(self, payload: bytes) -> np.ndarray:
-        """Strict parse (fingerprint included) and entropy decoding: int32 symbols (N, *latent_shape)."""
-        return self.decoder.symbols(payload)
+    @property
+    def fingerprint_prefix(self) -> bytes:
+        return self.decoder.fingerprint
 
-    def run(self, prepared: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Symbols of several requests -> their uint8 images, from one decoder graph run."""
+    def output_values(self, header: Any) -> int:
+        """Output values (items x C x H x W) a parsed payload header decodes to, known before decoding: the
+        sizes a v2 header carries, else the bundle's fixed size."""
+        shape = self.manifest.input.shape
+        pixels = getattr(header, "pixels", 0)  # sum of H x W over the items (v2; 0 in v1)
+        if pixels:
+            return shape[0] * pixels
+        return header.items * math.prod(shape)
+
+    def prepare(self, payload: bytes) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Strict parse (fingerprint included) and entropy decoding: per-item latents and original sizes."""
+        return self.decoder.items(payload)
+
+    def run(self, prepared: Sequence[tuple[list[np.ndarray], list[tuple[int, int]]]]) -> list[Any]:
+        """Several requests' items -> per request its uint8 images: an (N, H, W[, C]) array, or a list of
+        per-item arrays when its items differ in size."""
         if not prepared:
             return []
         if self.hook is not None:
             self.hook(len(prepared))
-        sizes = [len(q) for q in prepared]
-        images = self.decoder.from_symbols(np.concatenate(prepared) if len(prepared) > 1 else prepared[0])
+        latents = [y for ys, _ in prepared for y in ys]
+        sizes = [hw for _, hws in prepared for hw in hws]
+        images = self.decoder.render(latents, sizes)
         out, start = [], 0
-        for n in sizes:
-            out.append(images[start : start + n])
-            start += n
+        for ys, _ in prepared:
+            mine = images[start : start + len(ys)]
+            start += len(ys)
+            out.append(np.stack(mine) if len({im.shape for im in mine}) == 1 else mine)
         return out
 
-    def decode(self, payload: bytes) -> np.ndarray:
+    def decode(self, payload: bytes) -> Any:
         return self.run([self.prepare(payload)])[0]
 
     def summary(self) -> dict[str, Any]:

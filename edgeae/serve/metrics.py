@@ -25,6 +25,7 @@ class Metrics:
         self.latency_n: Counter[str] = Counter()
         self.ingested_new = 0
         self.ingested_dup = 0
+        self.cancelled = 0  # jobs skipped because their client left or their time ran out
 
     def observe_request(self, endpoint: str, status: int, seconds: float, error: str | None = None) -> None:
         with self._lock:
@@ -35,6 +36,10 @@ class Metrics:
             self.latency_sum[endpoint] += seconds
             self.latency_n[endpoint] += 1
 
+    def observe_cancelled(self) -> None:
+        with self._lock:
+            self.cancelled += 1
+
     def observe_batch(self, size: int) -> None:
         with self._lock:
             for i, b in enumerate(BATCH_BUCKETS):
@@ -43,7 +48,7 @@ class Metrics:
             self.batch_sum += size
             self.batch_n += 1
 
-    def render(self, queue_depth: int = 0) -> str:
+    def render(self, queue_depth: int = 0, gauges: dict[str, float] | None = None) -> str:
         with self._lock:
             lines = ["# HELP edgeae_requests_total HTTP requests by endpoint and status.",
                      "# TYPE edgeae_requests_total counter"]
@@ -72,5 +77,9 @@ class Metrics:
             lines += ["# TYPE edgeae_ingested_total counter",
                       f'edgeae_ingested_total{{new="true"}} {self.ingested_new}',
                       f'edgeae_ingested_total{{new="false"}} {self.ingested_dup}',
-                      "# TYPE edgeae_queue_depth gauge", f"edgeae_queue_depth {queue_depth}"]
+                      "# TYPE edgeae_queue_depth gauge", f"edgeae_queue_depth {queue_depth}",
+                      "# HELP edgeae_cancelled_total Decode jobs skipped: client gone or time limit.",
+                      "# TYPE edgeae_cancelled_total counter", f"edgeae_cancelled_total {self.cancelled}"]
+            for name, value in sorted((gauges or {}).items()):
+                lines += [f"# TYPE edgeae_{name} gauge", f"edgeae_{name} {value}"]
         return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeae.errors import RunDirError
-from edgeae.fsutil import write_atomic
+from edgeae.fsutil import read_json_bounded, write_atomic
 
 CONFIG, WEIGHTS, METRICS, GRID = "config.json", "weights.safetensors", "metrics.json", "reconstructions.png"
 MAX_JSON_BYTES = 16 << 20
@@ -36,12 +36,7 @@ class LoadedRun:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise RunDirError(f"{path} is larger than {MAX_JSON_BYTES} bytes; is it really an edgeae file?")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc}); re-run `edgeae train`") from None
+    return read_json_bounded(path, MAX_JSON_BYTES, RunDirError, hint="re-run `edgeae train`")
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:

@@ -40,9 +40,10 @@ class Factorized(EntropyModel):
         if index is None:
             if len(shape) != len(self.manifest.latent.shape) or shape[self.axis - 1] != self.channels:
                 raise ValueError(f"a latent of shape {shape} does not have the bundle's {self.channels} channels")
-            index = self._index[shape] = np.repeat(np.arange(self.channels), int(np.prod(shape)) // self.channels)
-            if len(self._index) > 64:  # many image sizes: keep the cache small
-                self._index.pop(next(iter(self._index)))
+            index = np.repeat(np.arange(self.channels), int(np.prod(shape)) // self.channels)
+            if len(self._index) >= 64:  # many image sizes: keep the cache small (clear() is thread-safe)
+                self._index.clear()
+            self._index[shape] = index
         return index
 
     def _rows(self, q: np.ndarray) -> np.ndarray:

@@ -74,7 +74,10 @@ class Hyperprior(EntropyModel):
     def _zindex(self, zshape: tuple[int, ...]) -> np.ndarray:
         idx = self._z_index.get(zshape)
         if idx is None:
-            idx = self._z_index[zshape] = np.repeat(np.arange(zshape[0]), zshape[1] * zshape[2])
+            idx = np.repeat(np.arange(zshape[0]), zshape[1] * zshape[2])
+            if len(self._z_index) >= 64:  # many image sizes: keep the cache small
+                self._z_index.clear()
+            self._z_index[zshape] = idx
         return idx
 
     def hyper_decode(self, z: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,8 +2,9 @@
 
 The only place the entropy models reach the coder (edgeae/runtime/rangecoder.py, constriction or numpy,
 byte-identical). Every table is a row of ints >= 1 summing to 2**precision (rows may differ in length).
-Version 2 codes each body as lanes (rangecoder's lane rule: one lane below 8192 symbols, so small bodies
-are exactly version 1's); version-1 bodies are one stream each (docs/FORMAT.md, coder 1 `range`).
+Version 2 codes each body as lanes (rangecoder.lane_count: one lane below 2 x rangecoder.LANE_SYMBOLS
+symbols, so small bodies are exactly version 1's); version-1 bodies are one stream each (docs/FORMAT.md,
+coder 1 `range`).
 """
 
 from __future__ import annotations

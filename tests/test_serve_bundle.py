@@ -1,0 +1,165 @@
+"""Bundles a decode server can trust: the fingerprint recomputed from the graphs and tables at open, sessions
+built from the verified bytes, and one typed line for every malformed manifest (bounded JSON)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeae.cli import main
+from edgeae.errors import BundleError, InputError, RunDirError
+from edgeae.fsutil import parse_json_bounded, read_json_bounded
+from edgeae.runtime import Bundle, Decoder, Encoder
+from edgeae.runtime.fingerprint import graph_digest, graph_metadata
+
+
+def _copy(src, tmp_path, name="b"):
+    out = tmp_path / name
+    shutil.copytree(src, out)
+    return out
+
+
+def _edit_manifest(bundle, edit):
+    p = bundle / "manifest.json"
+    m = json.loads(p.read_text())
+    edit(m)
+    p.write_text(json.dumps(m))
+
+
+def _reseal(bundle, name):
+    """What an attacker who can write the folder does: fix the file's sha256 and size in the manifest."""
+    data = (bundle / name).read_bytes()
+
+    def edit(m):
+        m["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    _edit_manifest(bundle, edit)
+
+
+def test_fingerprint_is_recomputed_from_the_real_graphs(tiny_bundle):
+    b = Bundle.open(tiny_bundle)
+    assert b.bound_by == "graphs" and set(b.digests) == {"encoder", "decoder"}
+    meta = graph_metadata((tiny_bundle / "decoder.onnx").read_bytes())
+    assert meta["edgeae.fingerprint"] == b.fingerprint
+
+
+def test_swapped_decoder_with_resealed_sha256_is_refused(tiny_bundle, other_bundle, tmp_path):
+    b = _copy(tiny_bundle, tmp_path)
+    shutil.copy(other_bundle / "decoder.onnx", b / "decoder.onnx")
+    _reseal(b, "decoder.onnx")
+    with pytest.raises(BundleError, match="not the decoder graph this bundle was exported with"):
+        Bundle.open(b)
+    swapped = graph_digest((b / "decoder.onnx").read_bytes())
+    _edit_manifest(b, lambda m: m["graphs"]["decoder"].__setitem__("digest", swapped))  # forge the record too
+    with pytest.raises(BundleError, match="decoder.onnx was exported for bundle"):
+        Bundle.open(b)
+    onnx = pytest.importorskip("onnx")  # and its metadata: only the recomputed fingerprint is left
+    model = onnx.load(str(b / "decoder.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "edgeae.fingerprint":
+            prop.value = Bundle.open(tiny_bundle).fingerprint
+    onnx.save(model, str(b / "decoder.onnx"))
+    _reseal(b, "decoder.onnx")
+    with pytest.raises(BundleError, match="give fingerprint .* manifest says"):
+        Bundle.open(b)
+    # the same for the tables: one frequency moved between two symbols keeps the sums valid
+    c = _copy(tiny_bundle, tmp_path, "c")
+
+    def edit(m):
+        row = m["entropy"]["frequencies"][0]
+        row[0] -= 1
+        row[1] += 1
+    _edit_manifest(c, edit)
+    with pytest.raises(BundleError, match="give fingerprint"):
+        Bundle.open(c)
+
+
+def test_swapped_int8_graph_is_refused_by_its_metadata(tiny_bundle, make_bundle, tmp_path):
+    other_int8 = make_bundle("conv", int8=True, seed=1)
+    b = _copy(tiny_bundle, tmp_path)
+    shutil.copy(other_int8 / "decoder.int8.onnx", b / "decoder.int8.onnx")
+    _reseal(b, "decoder.int8.onnx")
+    with pytest.raises(BundleError, match="decoder.int8.onnx was exported for bundle"):
+        Bundle.open(b)
+
+
+def test_file_swapped_after_open_is_refused_not_run(tiny_bundle, other_bundle, tmp_path):
+    b = _copy(tiny_bundle, tmp_path)
+    opened = Bundle.open(b)
+    shutil.copy(other_bundle / "decoder.onnx", b / "decoder.onnx")  # swapped between open and first use
+    with pytest.raises(BundleError, match="decoder.onnx does not match its sha256"):
+        Decoder(opened)
+    _reseal(b, "decoder.onnx")  # even with the manifest rewritten under it, the verified digest decides
+    with pytest.raises(BundleError, match="does not match"):
+        opened.graph_bytes("decoder")
+    assert graph_digest((tiny_bundle / "decoder.onnx").read_bytes()) == opened.digests["decoder"]
+
+
+def test_decoder_only_bundle_is_bound_by_recorded_digest_or_metadata(tiny_bundle, other_bundle, tmp_path):
+    b = _copy(tiny_bundle, tmp_path)
+    (b / "encoder.onnx").unlink()
+    (b / "encoder.int8.onnx").unlink()
+    assert Bundle.open(b, partial=True).bound_by == "graphs"  # the export recorded every graph's digest
+
+    def older_export(m):
+        for role in ("encoder", "decoder"):
+            m["graphs"][role].pop("digest", None)
+    _edit_manifest(b, older_export)
+    part = Bundle.open(b, partial=True)
+    assert part.bound_by == "metadata"  # an export that recorded no graph digests: the graphs' metadata
+    enc_digest = graph_digest((tiny_bundle / "encoder.onnx").read_bytes())
+
+    def record(m):
+        for role in ("encoder", "decoder"):
+            m["graphs"][role]["digest"] = graph_digest((tiny_bundle / f"{role}.onnx").read_bytes())
+    _edit_manifest(b, record)
+    part = Bundle.open(b, partial=True)
+    assert part.bound_by == "graphs" and part.manifest.graphs["encoder"].digest == enc_digest
+    payload = Encoder(tiny_bundle).encode(np.zeros((2, 8, 8), np.uint8))
+    assert np.array_equal(Decoder(part).decode(payload), Decoder(tiny_bundle).decode(payload))
+    shutil.copy(other_bundle / "decoder.onnx", b / "decoder.onnx")
+    _reseal(b, "decoder.onnx")
+    with pytest.raises(BundleError, match="not the decoder graph this bundle was exported with"):
+        Bundle.open(b, partial=True)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "nests deeper than 64"),
+    ('{"schema": ' + "7" * 5000 + "}", "number of 5000 characters"),
+    ('{"a": NaN}', "contains NaN"),
+    ('{"a": ', "not valid JSON"),
+])
+def test_malformed_manifest_json_is_one_typed_line(tiny_bundle, tmp_path, text, message):
+    b = _copy(tiny_bundle, tmp_path)
+    (b / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match=message):
+        Bundle.open(b)
+    res = CliRunner().invoke(main, ["inspect", str(b)])
+    assert res.exit_code != 0 and message.split()[0] in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_absurd_latent_shape_is_refused_at_open(tiny_bundle, tmp_path):
+    b = _copy(tiny_bundle, tmp_path)
+    _edit_manifest(b, lambda m: m["latent"].__setitem__("shape", [8, 2 ** 24, 2 ** 24]))
+    with pytest.raises(BundleError, match="latent.shape has .* symbols per image"):
+        Bundle.open(b)
+
+
+def test_one_bounded_json_reader_for_every_edgeae_file(tmp_path):
+    p = tmp_path / "x.json"
+    data = {"a": [1, 2.5, ']]]\\"[[' + "[" * 100], "b": {}}  # brackets inside strings do not nest
+    p.write_text(json.dumps(data))
+    assert read_json_bounded(p, 1000, InputError) == data
+    with pytest.raises(RunDirError, match="larger than 10 bytes; re-run"):
+        read_json_bounded(p, 10, RunDirError, hint="re-run")
+    with pytest.raises(InputError, match="not found"):
+        read_json_bounded(tmp_path / "nope.json", 10, InputError)
+    assert parse_json_bounded("[" * 64 + "]" * 64, "x", InputError) is not None
+    for bad in (b"\xff\xfe", "[" * 65 + "]" * 65, "[1e" + "9" * 200 + "]", "[Infinity]"):
+        with pytest.raises(InputError):
+            parse_json_bounded(bad, "x", InputError)
