@@ -1,13 +1,20 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce (the runs: N=64, M=128, 4 downsamplings, photos/train 128-px patches, batch 8, lr 5e-4 cosine, one
-thread each, each pair trained the same way for the same steps; see the report in NOTES.md / issue 14):
+Reproduce (each pair trained the same way for the same steps, one thread each, on photos/train only):
 
+    for L in 0067 003; do
+      edgeae train --model hyperprior --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
+          --crops-per-image 4 --set channels=64 --set latent_channels=128 --lmbda 0.$L --epochs 1000 \
+          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/hyper_l$L
+      edgeae train --model codec --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
+          --crops-per-image 4 --channels 64 --latent 128 --set downsamplings=4 --lmbda 0.$L --epochs 1000 \
+          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/codec_l$L
+    done
     for r in hyper_l0067 codec_l0067 hyper_l003 codec_l003; do
-        edgeae export /work/runs/$r --int8 --out /tmp/bundles/$r --force; done
-    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \\
-        --hyper /tmp/bundles/hyper_l003,/tmp/bundles/hyper_l0067 \\
-        --codec /tmp/bundles/codec_l003,/tmp/bundles/codec_l0067 --data ../shared/data/photos/val
+        edgeae export /work/runs/$r --int8 --out /work/bundles/$r --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
+        --hyper /work/bundles/hyper_l003,/work/bundles/hyper_l0067 \
+        --codec /work/bundles/codec_l003,/work/bundles/codec_l0067 --json /work/bundles/bench_hyperprior.json
 
 What it prints:
 1. per bundle: mean bits per pixel (payload bytes * 8 / original pixels, headers included) and mean PSNR (RGB,
@@ -158,8 +165,7 @@ def speed(bundle: str, image: np.ndarray, repeats: int) -> dict:
         except Exception as exc:  # a bundle exported without --int8
             out[precision] = f"unavailable: {exc}"
             continue
-        x = enc.preprocess(image)
-        x = x[0] if isinstance(x, list) else x
+        x = enc.pad(enc.preprocess(image))
         name = enc.session.get_inputs()[0].name
         bare = _median_ms(lambda: enc.session.run(None, {name: x}), repeats)  # noqa: B023
         full = _median_ms(lambda: enc.encode(image), repeats)  # noqa: B023
@@ -189,8 +195,9 @@ def main() -> None:
     for rr, p in zip(rates, curves_by_bundle(curves["hyperprior"], a.hyper.split(",")), strict=True):
         print(f"  {Path(rr['bundle']).name}: bpp float hyper-decoder {rr['bpp_total_float']:.4f}  integer "
               f"{rr['bpp_total_integer']:.4f} ({(rr['bpp_total_integer'] / rr['bpp_total_float'] - 1) * 100:+.2f}%)  "
-              f"payload {p['bpp']:.4f}  (z {rr['bpp_z']:.4f}; index != fake-quant on "
-              f"{rr['index_mismatch_vs_fake_quant']:.2%})")
+              f"payload {p['bpp']:.4f}  (z {rr['bpp_z']:.4f}; y with the Gaussian at the float scales "
+              f"{rr['bpp_y_float_hyper']:.4f} vs at the integer path's scales {rr['bpp_y_fake_quant']:.4f}; "
+              f"index != fake-quant PyTorch on {rr['index_mismatch_vs_fake_quant']:.3%})")
     speed_img = dict(images).get(SPEED_IMAGE)
     speeds = []
     if speed_img is not None:
