@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.edgeae-installed
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test test-fast wheel venv lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast lane: everything but the tests marked slow (real trainings, exports, the README walk-through).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# A wheel in dist/ (the runtime; extras as usual: pip install 'dist/edgeae-0.1.0-py3-none-any.whl[server]').
+wheel: $(PY)
+	$(PIP) wheel -q --no-deps -w dist .
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgeae tests benchmarks

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-_START = time.perf_counter()
+QUICK = {"epochs": 3, "codec_epochs": 3, "family_bits": (4,), "codec_lambdas": (0.005, 0.08),
+         "profile_seconds": 0.02}  # --quick: every stage runs, in seconds; the figures mean nothing
+ANOMALIES = 8  # inverted validation digits written for `edgeae score`
+PHOTO_CODEC = "photo:3"  # the zoo's pretrained photo codec (edgeae.zoo), when the package ships it
 
 
 @dataclass
@@ -22,34 +25,55 @@ class DemoConfig:
     # The learned codec (Balle-style, factorized prior) at three rate-distortion trade-offs: its own RD curve.
     codec_lambdas: tuple[float, ...] = (0.005, 0.02, 0.08)
     codec_epochs: int = 80
+    profile_seconds: float = 0.3  # per profiled configuration
     echo: Callable[[str], None] = print
+
+    @classmethod
+    def quick(cls, **kw) -> DemoConfig:
+        """Every stage at the smallest sizes (tests, a first look); the numbers it prints mean nothing."""
+        return cls(**{**QUICK, **kw})
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Train the seed-003 conv AE on scikit-learn's digits, export it with int8, then exercise the runtime."""
-    global _START
-    t0 = _START = time.perf_counter()
+    import edgeae.bundling.build  # noqa: F401  (the [train] extra: a missing one fails before anything prints)
+    import edgeae.train.trainer  # noqa: F401
+
+    t0 = time.perf_counter()
+
+    def heading(text: str) -> None:
+        cfg.echo(f"\n== {text}   [t={time.perf_counter() - t0:.0f}s]")
+
+    heading(f"1. train the seed-003 {cfg.family} autoencoder on scikit-learn's digits (8x8, 1,797 images)")
     run = _train(cfg)
+    heading("2. export: encoder.onnx + decoder.onnx, int8 twins, verified against PyTorch")
     bundle = _export(cfg, run)
     family = _export_family(cfg, run)
+    heading("2b. train the learned codec (strided convs, learned per-channel prior) at lambda "
+            + ", ".join(map(str, cfg.codec_lambdas)))
     codecs = _codec_family(cfg)
     images = _validation_images(bundle)
+    _write_images(cfg, images)
+    heading(f"3. encode {len(images)} validation images on the torch-free runtime, decode them, compare with "
+            "JPEG/WebP")
     ev = _codec_stage(cfg, bundle, family, codecs, images)
+    heading("4. profile on this host: fp32 vs int8, batch 1, 1 thread, vs PyTorch eager and JPEG")
     _profile_stage(cfg, bundle)
+    heading("5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
     report = _eval_stage(cfg, ev, images)
+    photo = None
+    if _pretrained(PHOTO_CODEC):
+        heading(f"6. the pretrained photo codec ({PHOTO_CODEC}, shipped in the package) on a 512x512 photograph vs "
+                "JPEG / WebP at the same size")
+        photo = _photo_stage(cfg)
     cfg.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
-    return {"run": run, "bundle": bundle, "report": report}
-
-
-def _heading(cfg: DemoConfig, text: str) -> None:
-    now = time.perf_counter()
-    cfg.echo(f"\n== {text}   [t={now - _START:.0f}s]")
+    return {"run": run, "bundle": bundle, "report": report, "images": cfg.out / "images",
+            "anomalies": cfg.out / "anomalies", **({"photo": photo} if photo else {})}
 
 
 def _train(cfg: DemoConfig) -> Path:
     from edgeae.train.trainer import TrainConfig, train
 
-    _heading(cfg, f"1. train the seed-003 {cfg.family} autoencoder on scikit-learn's digits (8x8, 1,797 images)")
     res = train(cfg.family, "digits", cfg.out / cfg.bundle.name, {"loss": "bce"},
                 TrainConfig(epochs=cfg.epochs, batch_size=32, lr=3e-3, progress=False), overwrite=True)
     hist, final = res.metrics["history"], res.metrics["final"]
@@ -67,7 +91,6 @@ def _export(cfg: DemoConfig, run: Path) -> Path:
     from edgeae.bundling.build import ExportOptions, export_run
     from edgeae.runtime.summary import summarize
 
-    _heading(cfg, "2. export: encoder.onnx + decoder.onnx, int8 twins, verified against PyTorch")
     res = export_run(run, ExportOptions(out=cfg.bundle, int8=True, force=True))
     cfg.echo(f"bundle: {res.path}")
     cfg.echo(summarize(res.manifest))
@@ -88,8 +111,6 @@ def _codec_family(cfg: DemoConfig) -> list[Path]:
     from edgeae.bundling.build import ExportOptions, export_run
     from edgeae.train.trainer import TrainConfig, train
 
-    lams = ", ".join(map(str, cfg.codec_lambdas))
-    _heading(cfg, f"2b. train the learned codec (strided convs, learned per-channel prior) at lambda {lams}")
     cfg.echo(f"{'lambda':>7} {'val PSNR':>9} {'model bpp':>10} {'seconds':>8}")
     bundles = []
     for lam in cfg.codec_lambdas:
@@ -115,13 +136,26 @@ def _validation_images(bundle: Path) -> np.ndarray:
     return np.clip(np.round(data.val[:, 0] * 255), 0, 255).astype(np.uint8)
 
 
+def _write_images(cfg: DemoConfig, images: np.ndarray) -> None:
+    """The validation digits as PNG files (what a device camera would hand over), and a few inverted ones
+    (white strokes on black turned black on white: unlike anything the model was trained on) for `edgeae score`."""
+    from edgeae.fsutil import write_atomic
+    from edgeae.runtime.images import png_bytes
+
+    for i, image in enumerate(images):
+        write_atomic(cfg.out / "images" / f"validation-{i:04d}.png", png_bytes(image))
+    for i, image in enumerate(images[:ANOMALIES]):
+        write_atomic(cfg.out / "anomalies" / f"inverted-{i:04d}.png", png_bytes(255 - image))
+    cfg.echo(f"wrote {len(images)} validation images to {cfg.out / 'images'} and {ANOMALIES} inverted ones to "
+             f"{cfg.out / 'anomalies'} (PNG)")
+
+
 def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path], codecs: list[Path], images: np.ndarray):
     from edgeae.evaluate.rd import evaluate
     from edgeae.fsutil import write_atomic
     from edgeae.runtime import Encoder
 
     n, h, w = images.shape
-    _heading(cfg, f"3. encode {n} validation images on the torch-free runtime, decode them, compare with JPEG/WebP")
     # One evaluation serves this table and the report: every bundle through the runtime's Encoder/Decoder
     # (one payload per image) and every JPEG/WebP quality, on the same images.
     ev = evaluate([bundle, *family, *codecs], images, labels=["conv"] * (1 + len(family)) + ["codec"] * len(codecs),
@@ -147,14 +181,12 @@ def _codec_stage(cfg: DemoConfig, bundle: Path, family: list[Path], codecs: list
 def _profile_stage(cfg: DemoConfig, bundle: Path) -> None:
     from edgeae.profiling.engine import quick_profile
 
-    _heading(cfg, "4. profile on this host: fp32 vs int8, batch 1, 1 thread, vs PyTorch eager and JPEG")
-    cfg.echo(quick_profile(bundle))
+    cfg.echo(quick_profile(bundle, seconds=cfg.profile_seconds))
 
 
 def _eval_stage(cfg: DemoConfig, ev, images: np.ndarray) -> Path:
     from edgeae.evaluate.report import write_report
 
-    _heading(cfg, "5. rate-distortion vs JPEG / WebP / PNG (BD-rate over the overlapping PSNR range)")
     cfg.echo(f"{'curve':<16} {'setting':<22} {'bytes':>7} {'bpp':>6} {'PSNR':>6}")
     for p in ev.points:
         if p.codec not in ("jpeg", "webp") or p.setting in ("q=1", "q=20", "q=50", "q=90"):
@@ -164,3 +196,29 @@ def _eval_stage(cfg: DemoConfig, ev, images: np.ndarray) -> Path:
     report = write_report(ev, cfg.out / "report", images)
     cfg.echo(f"report: {report} (with rd.png, grid.png, rd.json beside it)")
     return report
+
+
+def _pretrained(name: str) -> bool:
+    from edgeae.zoo import pretrained
+
+    return any(r["name"] == name for r in pretrained())
+
+
+def _photo_stage(cfg: DemoConfig) -> Path:
+    """scikit-image's astronaut (not in the codec's training set), coded by the pretrained codec; JPEG and WebP
+    at their best quality that fits the same number of bytes."""
+    import skimage.data
+
+    from edgeae.zoo.compare import compare_at_budget
+
+    path = cfg.out / "photo" / "compare.png"
+    r = compare_at_budget(skimage.data.astronaut(), PHOTO_CODEC, out=path, precision="int8")
+    h, w = r["size"]
+    cfg.echo(f"budget: {r['budget_bytes']} bytes for {h}x{w} RGB")
+    cfg.echo(f"{'codec':<8} {'setting':<22} {'bytes':>7} {'bpp':>6} {'PSNR dB':>8} {'MS-SSIM':>8}")
+    for codec, row in r["codecs"].items():
+        ms = row.get("ms_ssim")
+        cfg.echo(f"{codec:<8} {row['setting']:<22} {row['bytes']:>7} {row['bpp']:>6.3f} {row['psnr']:>8.2f} "
+                 f"{'-' if ms is None else f'{ms:.4f}':>8}")
+    cfg.echo(f"side by side: {path}")
+    return path

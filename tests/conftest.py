@@ -73,3 +73,10 @@ def shared_mnist() -> Path:
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"shared MNIST not found at {SHARED_MNIST}")
     return SHARED_MNIST
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the shared MNIST files carry the `mnist` marker (deselect them with -m "not mnist")."""
+    for item in items:
+        if "shared_mnist" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mnist)

@@ -399,6 +399,11 @@ def test_hyperprior_payload_layout(bundles):
     assert wire.describe(enc.encode(_image(64, 64)))["entropy_model"] == "hyperprior"
     with pytest.raises(InputError, match="no single symbol array"):
         enc.symbols(_image(8, 8))
+    with pytest.raises(InputError, match="no single symbol array"):
+        Decoder(bundles["hyperprior"]).symbols(enc.encode(_image(8, 8)))
+    fact = Encoder(bundles["factorized"])
+    with pytest.raises(InputError, match="several sizes"):
+        Decoder(bundles["factorized"]).symbols(fact.encode([_image(8, 8), _image(9, 9)]))
 
 
 def test_a_hyper_decoder_giving_bad_indices_is_a_bundle_error(tmp_path):

@@ -647,8 +647,10 @@ def test_cli_exports_a_py_factory_with_safetensors_weights(tmp_path):
     # The trained weights are what was exported: the runtime reproduces the trained model, not a fresh one.
     x = blobs(3, 16, 16)
     round_trip(tmp_path / "b", x, trained.encoder, trained.decoder, unit, pixels01)
-    res = runner.invoke(main, [*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "pt")])
+    res = runner.invoke(main, [*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "pt"),
+                               "--int8-roles", "encoder", "--calibration-samples", "8"])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["graphs"]["decoder"]["int8_file"] is None
     assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["fingerprint"] == m["fingerprint"]
     bad = {
         "pickled": ([*args, "--weights", str(tmp_path / "pickled.pt")], "is not a plain state_dict"),
@@ -740,3 +742,19 @@ def test_an_rgb_file_to_a_gray_bundle_is_refused_unless_converted(tmp_path):
     with pytest.raises(InputError, match=r"is a gray image \(mode L\) but this bundle takes colour"):
         Encoder(tmp_path / "c").preprocess(tmp_path / "gray.png")
     assert Encoder(tmp_path / "c", convert=True).preprocess(tmp_path / "gray.png").shape == (1, 3, 16, 16)
+
+
+def test_int8_for_the_encoder_only(tmp_path):
+    """int8="encoder": an int8 encoder (the device side) with the fp32 decoder only; the runtime pairs them."""
+    images = blobs(16)
+    res = edgeae.export(model=Branchy(), out=tmp_path / "e8", calibration=images, int8="encoder",
+                        input=_spec(), measure_speed=False, calibration_samples=8)
+    m = res.manifest
+    assert m["graphs"]["encoder"]["int8_file"] == "encoder.int8.onnx" and m["graphs"]["decoder"]["int8_file"] is None
+    assert set(m["int8"]["graphs"]) == {"encoder"} and "psnr_onnx_int8" in m["quality"]
+    assert sorted(p.name for p in (tmp_path / "e8").glob("*.onnx")) == ["decoder.onnx", "encoder.int8.onnx",
+                                                                         "encoder.onnx"]
+    payload = Encoder(tmp_path / "e8", "int8").encode(images[:3])
+    assert Decoder(tmp_path / "e8").decode(payload).shape == (3, 28, 28)
+    with pytest.raises(ExportError, match="int8 takes True/False or the roles encoder / decoder, got 'middle'"):
+        edgeae.export(model=Branchy(), out=tmp_path / "x", calibration=images, int8=("middle",), input=_spec())

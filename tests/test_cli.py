@@ -55,3 +55,16 @@ def test_models_lists_every_family():
     assert res.exit_code == 0
     for fam in ("dense", "conv", "vae", "sparse"):
         assert fam in res.output
+
+
+def test_a_broken_family_module_is_an_import_error_not_an_unknown_family(monkeypatch):
+    import sys
+
+    import edgeae.train.models
+    from edgeae.train.models import registry
+
+    registry.families()  # every family module imported once, as in real use ...
+    monkeypatch.setitem(sys.modules, "edgeae.train.models.codec", None)  # ... then make that import fail
+    monkeypatch.delattr(edgeae.train.models, "codec")
+    with pytest.raises(ImportError, match="edgeae.train.models.codec"):
+        registry.build_model("codec")

@@ -164,9 +164,11 @@ def test_evaluate_families_bd_rates_json_round_trip(make_bundle, tiny_bundle, di
     assert set(labelled.curves("edgeae")) == {"big (fp32)", "small (fp32)"}
 
 
-def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle):
-    with pytest.raises(InputError, match="takes 8x8x1"):
-        evaluate([tiny_bundle], np.zeros((2, 28, 28, 1), np.uint8), progress=False)
+def test_images_that_do_not_fit_the_bundle_are_refused(tiny_bundle, make_bundle):
+    with pytest.raises(InputError, match="takes 8x8x1"):  # a fixed-size (dense) bundle
+        evaluate([make_bundle("dense")], np.zeros((2, 28, 28, 1), np.uint8), progress=False)
+    with pytest.raises(InputError, match="takes 1-channel images of any size"):  # conv: any size, gray
+        evaluate([tiny_bundle], np.zeros((2, 28, 28, 3), np.uint8), progress=False)
     with pytest.raises(InputError, match="none of the precisions"):
         evaluate([tiny_bundle], np.zeros((2, 8, 8), np.uint8), precisions=["fp16"], progress=False)
     with pytest.raises(InputError, match="labels"):
@@ -290,3 +292,98 @@ def test_dominance_names_a_cheaper_better_classical_point():
                        pt("webp", 200, 30.0, "q=20"), pt("jpeg", 400, 24.0)], (8, 8, 1), 10)
     (p, q), = dominance(ev)
     assert (p.mean_bytes, q.setting) == (300, "q=1")
+
+
+# ---------------------------------------------------------------- several sizes, image folders
+
+
+def test_points_of_several_size_groups_merge_in_input_order(tiny_bundle, digits_val):
+    from edgeae.evaluate.classical import evaluate_classical
+    from edgeae.evaluate.rd import evaluate_bundle, merge_points
+
+    x = digits_val[:10]
+    whole = evaluate_bundle(tiny_bundle, x)
+    odd, even = np.arange(1, 10, 2), np.arange(0, 10, 2)
+    merged = merge_points([(odd, evaluate_bundle(tiny_bundle, x[odd])), (even, evaluate_bundle(tiny_bundle, x[even]))])
+    assert merged.per_image == whole.per_image and merged.mean_psnr == pytest.approx(whole.mean_psnr)
+    assert merged.mean_bpp == pytest.approx(whole.mean_bpp) and merged.n == 10
+    # two real sizes: bits per pixel over all pixels, per-image values where each image was
+    big = np.kron(digits_val[:3], np.ones((1, 2, 2, 1), np.uint8))  # 16x16
+    small = digits_val[3:5]
+    (pb,), (ps,) = evaluate_classical(big, ["png"]), evaluate_classical(small, ["png"])
+    m = merge_points([(np.array([0, 2, 4]), pb), (np.array([1, 3]), ps)])
+    assert m.per_image.bytes == [pb.per_image.bytes[0], ps.per_image.bytes[0], pb.per_image.bytes[1],
+                                 ps.per_image.bytes[1], pb.per_image.bytes[2]]
+    assert m.mean_bpp == pytest.approx(8 * sum(m.per_image.bytes) / (3 * 256 + 2 * 64))
+
+
+def test_evaluate_takes_a_list_of_images_and_refuses_other_sizes_for_a_fixed_size_bundle(make_bundle, digits_val):
+    dense = make_bundle("dense")
+    ev = evaluate([dense], list(digits_val[:4, ..., 0]), ["jpeg"], [50], progress=False, precisions=["fp32"])
+    assert ev.n_images == 4 and ev.shapes == [(8, 8, 1)] and ev.size_label() == "8x8"
+    with pytest.raises(InputError, match="takes 8x8x1 images"):
+        evaluate([dense], [digits_val[0], np.zeros((16, 16, 1), np.uint8)], ["jpeg"], [50], progress=False)
+
+
+def test_cli_eval_on_an_image_folder(tiny_bundle, make_bundle, digits_val, tmp_path):
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(digits_val[i, ..., 0]).save(tmp_path / "imgs" / ("sub" if i % 2 else ".") / f"{i}.png")
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs"), "--codecs",
+                                    "webp", "--qualities", "10,50", "--json", str(tmp_path / "e.json"),
+                                    "--report", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "5 images 8x8, 1 channel(s)" in res.output
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["n_images"] == 5 and data["dataset"]["split"] == "all" and len(data["dataset"]["files"]) == 5
+    assert (tmp_path / "r" / GRID).is_file()
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "imgs" / "odd.png")
+    res = CliRunner().invoke(main, ["eval", str(make_bundle("dense")), "--test-data", str(tmp_path / "imgs")])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "odd.png is 9x9 (HxW) but this bundle takes 8x8" in lines[0]
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "imgs" / "odd.png")  # colour, for a gray bundle
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs")])
+    assert res.exit_code == 1 and "colour image" in res.output
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--test-data", str(tmp_path / "imgs"), "--convert",
+                                    "--codecs", "png", "--json", str(tmp_path / "c.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "c.json").read_text())  # the any-size conv bundle: 8x8 and the 9x9 file
+    assert d["n_images"] == 6 and d["shapes"] == [[8, 8, 1], [9, 9, 1]]
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle)])
+    assert res.exit_code == 1 and "--dataset" in res.output and "--test-data" in res.output
+
+
+def test_cli_eval_split_all_takes_the_whole_dataset(tiny_bundle, tmp_path):
+    res = CliRunner().invoke(main, ["eval", str(tiny_bundle), "--dataset", "digits", "--split", "all", "--codecs",
+                                    "png", "--precision", "fp32", "--json", str(tmp_path / "e.json"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 1797
+
+
+def test_an_any_size_bundle_evaluates_every_image_at_its_own_size(tmp_path):
+    from test_anysize import factorized_bundle  # a hand-built any-size bundle (tests/test_anysize.py)
+
+    from edgeae.runtime import Encoder
+    from edgeae.runtime.files import encode_files
+
+    bundle = factorized_bundle(tmp_path / "b", multiple=2)
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    sizes = [(8, 8), (13, 21), (8, 8), (30, 6)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    res = CliRunner().invoke(main, ["eval", str(bundle), "--test-data", str(tmp_path / "imgs"), "--codecs", "png",
+                                    "--json", str(tmp_path / "e.json"), "--report", str(tmp_path / "r"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "4 images 8x8 and 2 other sizes" in res.output
+    d = json.loads((tmp_path / "e.json").read_text())
+    assert d["shapes"] == [[8, 8, 1], [13, 21, 1], [30, 6, 1]] and d["n_images"] == 4
+    edgeae_point = next(p for p in d["points"] if p["codec"] == "edgeae")
+    # per image, in file order: the payload the runtime writes for that file alone, at that file's size
+    written = encode_files(Encoder(bundle), [tmp_path / "imgs"], tmp_path / "e").written
+    assert edgeae_point["per_image"]["bytes"] == [w.nbytes for w in written]
+    pixels = sum(h * w for h, w in sizes)
+    assert edgeae_point["mean_bpp"] == pytest.approx(8 * sum(w.nbytes for w in written) / pixels)
+    assert (tmp_path / "r" / REPORT).is_file()

@@ -392,3 +392,25 @@ def test_init_from_another_run_maps_a_base_run_into_a_variable_rate_model(tmp_pa
     with pytest.raises(RunDirError, match="do not fit this model"):
         train("dense", "digits", tmp_path / "bad", {}, cfg, init=tmp_path / "base")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_slim_checkpoint_resumes_elsewhere_without_adam_moments(tmp_path, folders):
+    import shutil
+
+    from edgeae.train.trainer import TrainingInterrupted, resume, slim_checkpoint
+
+    spec = _crop_spec(folders)
+    cfg = TrainConfig(epochs=2, batch_size=6, progress=False, threads=1)
+    with pytest.raises(TrainingInterrupted):
+        train("codec", spec, tmp_path / "run", CODEC_TINY, cfg, stop_at_step=4)
+    slim = slim_checkpoint(tmp_path / "run", tmp_path / "slim")
+    full_size = sum(p.stat().st_size for p in (tmp_path / "run" / "checkpoint").iterdir())
+    slim_size = sum(p.stat().st_size for p in (slim / "checkpoint").iterdir())
+    assert slim_size < full_size * 0.6
+    # "Another machine": the data moved; --data/--val-data say where it is now.
+    moved = tmp_path / "moved"
+    shutil.copytree(folders[0], moved / "train")
+    shutil.copytree(folders[1], moved / "val")
+    done = resume(slim, data=str(moved / "train"), val_data=str(moved / "val"))
+    assert done.metrics["steps"] == 12 and [d["first_step"] for d in done.metrics["devices"]] == [1, 5]
+    assert load_run(slim).config["data"]["data"] == str((moved / "train").resolve())

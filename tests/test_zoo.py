@@ -48,7 +48,8 @@ def test_build_writes_an_index_with_measured_points(tiny_zoo):
     assert index["schema"] == "edgeae.zoo" and "tiny" in index["models"]
     for k in ("1", "2"):
         files = {p.name for p in (root / "zoo" / f"tiny-q{k}").iterdir()}
-        assert {"manifest.json", "encoder.onnx", "decoder.onnx"} <= files and any("int8" in f for f in files)
+        assert {"manifest.json", "encoder.onnx", "decoder.onnx", "encoder.int8.onnx"} <= files
+        assert "decoder.int8.onnx" not in files  # the zoo ships int8 encoders only
 
 
 @pytest.mark.slow
@@ -142,3 +143,16 @@ def test_the_zoo_and_models_pretrained_need_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_model_cards_render_from_the_index(tiny_zoo, tmp_path):
+    from edgeae.zoo.card import BEGIN, END, update
+
+    _, root = tiny_zoo
+    md = tmp_path / "MODELS.md"
+    md.write_text(f"# Models\n\n{BEGIN}\nold\n{END}\n\ntail\n")
+    body = update(md, zoo_dir=root / "zoo")
+    text = md.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "`tiny:1`" in body and "BD-rate vs WEBP" in body
+    assert "Training data" in body and "steps" in body

@@ -33,6 +33,7 @@ class ExportOptions:
     out: Path | None = None  # default: export/<run name>/
     opset: int = DEFAULT_OPSET
     int8: bool = False
+    int8_roles: tuple[str, ...] | None = None  # only these graphs int8 (e.g. ("encoder",)); implies int8
     calibration_samples: int = 256
     latent_bits: int = 8
     device: str | None = None  # device profile name or TOML path (int8 preset)
@@ -59,7 +60,8 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
                      size_multiple=getattr(model, "stride", None) if _any_size(run.family, model) else None)
     return core.export(
         model=model, out=Path(opts.out) if opts.out else Path("export") / run.name, input=spec,
-        calibration=train, validation=val, latent_bits=opts.latent_bits, int8=opts.int8, opset=opts.opset,
+        calibration=train, validation=val, latent_bits=opts.latent_bits, int8=opts.int8_roles or opts.int8,
+        opset=opts.opset,
         atol=1e-4, rtol=0.0, name=run.name, device=opts.device, max_int8_drop_db=opts.max_int8_drop_db,
         calibration_samples=opts.calibration_samples, int8_keep_fp32=opts.int8_keep_fp32,
         measure_speed=opts.measure_speed, force=opts.force,

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,8 @@ def export(encoder: nn.Module | None = None, decoder: nn.Module | None = None, *
            out: str | os.PathLike[str], input: InputSpec, calibration: Any, validation: Any = None,
            model: nn.Module | None = None, encode: str | None = None, decode: str | None = None,
            latent_output: int | str | None = None, decoder_output: int | str | None = None,
-           latent_bits: int = 8, int8: bool = False, opset: int = DEFAULT_OPSET, atol: float = 1e-4,
+           latent_bits: int = 8, int8: bool | str | Sequence[str] = False, opset: int = DEFAULT_OPSET,
+           atol: float = 1e-4,
            rtol: float = 1e-3, entropy: Any = None, name: str | None = None, device: str | None = None,
            max_int8_drop_db: float = MAX_INT8_DROP_DB, calibration_samples: int = 256,
            int8_keep_fp32: dict[str, tuple[str, ...]] | None = None, measure_speed: bool = True,
@@ -120,7 +121,8 @@ def export(encoder: nn.Module | None = None, decoder: nn.Module | None = None, *
     latent_bits: uniform levels per latent channel (2**bits), unless the model brings its own entropy model
         (`edgeae_entropy`, docs/EXPORT.md; or pass one as `entropy=`).
     int8: also write int8 (QDQ) twins, calibrated on the calibration data, each refused if it loses more than
-        `max_int8_drop_db` against fp32. atol / rtol: fp32 parity with PyTorch, element-wise.
+        `max_int8_drop_db` against fp32; True for both graphs, or the roles to quantise ("encoder": an int8
+        encoder with an fp32 decoder). atol / rtol: fp32 parity with PyTorch, element-wise.
     """
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
@@ -149,7 +151,7 @@ def export(encoder: nn.Module | None = None, decoder: nn.Module | None = None, *
             "parameters": int(sum(p.numel() for p in params.values())),
             **({"adapters": adapters} if adapters else {}), **(model_info or {})}
     job = Job(encoder=enc, decoder=dec, input=manifest_input, train=train, val=val, latent_bits=latent_bits,
-              int8=int8, opset=opset, atol=atol, rtol=rtol, entropy=provider, stride=stride,
+              int8_roles=int8_roles(int8), opset=opset, atol=atol, rtol=rtol, entropy=provider, stride=stride,
               device=device, max_int8_drop_db=max_int8_drop_db, calibration_samples=calibration_samples,
               int8_keep_fp32=int8_keep_fp32, measure_speed=measure_speed, name=name or Path(out).name,
               model_info=info, source=source or {"exported_by": "edgeae.export"})
@@ -170,7 +172,7 @@ class Job:
     model_info: dict[str, Any]
     source: dict[str, Any]
     latent_bits: int = 8
-    int8: bool = False
+    int8_roles: tuple[str, ...] = ()  # graphs that get an int8 twin
     opset: int = DEFAULT_OPSET
     atol: float = 1e-4
     rtol: float = 0.0
@@ -183,8 +185,23 @@ class Job:
     measure_speed: bool = True
 
     @property
+    def int8(self) -> bool:
+        return bool(self.int8_roles)
+
+    @property
     def tensor(self) -> bool:
         return self.input.kind == "tensor"
+
+
+def int8_roles(int8: bool | str | Sequence[str]) -> tuple[str, ...]:
+    """`int8=` as the roles it quantises: True = both graphs, False = none, or a role / roles."""
+    if isinstance(int8, bool):
+        return ("encoder", "decoder") if int8 else ()
+    roles = (int8,) if isinstance(int8, str) else tuple(int8)
+    bad = [r for r in roles if r not in ("encoder", "decoder")]
+    if bad:
+        raise ExportError(f"int8 takes True/False or the roles encoder / decoder, got {', '.join(map(repr, bad))}")
+    return tuple(r for r in ("encoder", "decoder") if r in roles)
 
 
 def run_job(job: Job, out: Path, force: bool = False) -> ExportResult:
@@ -768,6 +785,8 @@ def _int8(job: Job, specs: dict[str, GraphSpec], tmp: Path, y: np.ndarray, requa
     reference = quality[f"{metric}_fp32_quantized_latent"]
     keep = job.int8_keep_fp32 or {}
     for role, spec in specs.items():
+        if role not in job.int8_roles:
+            continue
         fp32, int8 = tmp / spec.file, tmp / spec.int8_file
         grid = latent_grid(latent, preset.activation_type) if role == "encoder" else None
         try:
@@ -797,8 +816,9 @@ def _int8(job: Job, specs: dict[str, GraphSpec], tmp: Path, y: np.ndarray, requa
         if drop > job.max_int8_drop_db:
             check.fail(f"int8 {role} loses {drop:.2f} dB {metric.upper()} (limit {job.max_int8_drop_db} dB); "
                        "raise --max-int8-drop-db, add --calibration-samples, or export without --int8", ExportError)
-    quality[f"{metric}_onnx_int8"] = scorer(run_graph(tmp / specs["decoder"].int8_file,
-                                                      requant(run_graph(tmp / specs["encoder"].int8_file, val))))
+    # The pipeline with every quantised graph int8 (an fp32 decoder when only the encoder is).
+    enc, dec = (tmp / (s.int8_file if r in job.int8_roles else s.file) for r, s in specs.items())
+    quality[f"{metric}_onnx_int8"] = scorer(run_graph(dec, requant(run_graph(enc, val))))
     return report
 
 
@@ -819,7 +839,7 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
     # alone (the runtime keeps it once its GraphEntry knows the field).
     graph_section: dict[str, Any] = {
         role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
-               "int8_file": s.int8_file if int8 else None,
+               "int8_file": s.int8_file if role in job.int8_roles else None,
                "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
     for g in sorted(extras, key=lambda g: g.role):
         proto = onnx.load(str(tmp / g.file))

@@ -69,6 +69,9 @@ FOREIGN_OPTIONS = ("weights", "input_shape", "input_kind", "value_range", "mean"
 @click.option("--name", help="Bundle name [default: the run name, or the --out folder's name].")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--int8", "int8", is_flag=True, help="Also write int8 (QDQ) graphs, calibrated on training data.")
+@click.option("--int8-roles", type=click.Choice(["encoder", "decoder"]), multiple=True,
+              help="Only these graphs get an int8 twin (repeatable; implies --int8), e.g. an int8 encoder with "
+              "an fp32 decoder.")
 @click.option("--calibration-samples", type=int, default=256, show_default=True)
 @click.option("--calibration-data", type=click.Path(), help="Folder of images or .npy: (N, C, H, W) / (N, H, W[, C]) "
               "uint8 or float [0, 1] images; raw float tensors (N, ...).")
@@ -85,16 +88,16 @@ FOREIGN_OPTIONS = ("weights", "input_shape", "input_kind", "value_range", "mean"
 @click.option("--no-speed", is_flag=True, help="Skip the fp32-vs-int8 latency measurement.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(run_dir: str | None, model_spec: str | None, out: str | None, opset: int, int8: bool,
-           calibration_samples: int, calibration_data: str | None, latent_bits: int, device: str | None,
+           int8_roles: tuple[str, ...], calibration_samples: int, calibration_data: str | None, latent_bits: int, device: str | None,
            max_int8_drop_db: float, keep_fp32: tuple[str, ...], input_size: str | None, no_speed: bool,
            force: bool, **foreign: object) -> None:
     """Export a trained run (RUN_DIR) or your own PyTorch model (--model) as a verified bundle:
     encoder.onnx, decoder.onnx (+ int8), manifest.json. docs/EXPORT.md has the details."""
     if (run_dir is None) == (model_spec is None):
         raise click.UsageError("give a RUN_DIR (from `edgeae train`) or --model FILE.py:FACTORY, not both")
-    common: dict[str, Any] = dict(opset=opset, int8=int8, calibration_samples=calibration_samples, latent_bits=latent_bits,
-                  device=device, max_int8_drop_db=max_int8_drop_db, force=force, measure_speed=not no_speed,
-                  int8_keep_fp32=_keep(keep_fp32))
+    common: dict[str, Any] = dict(opset=opset, int8=int8_roles or int8, calibration_samples=calibration_samples,
+                                  latent_bits=latent_bits, device=device, max_int8_drop_db=max_int8_drop_db,
+                                  force=force, measure_speed=not no_speed, int8_keep_fp32=_keep(keep_fp32))
     if run_dir is not None:
         given = [f"--{k.replace('_', '-')}" for k in FOREIGN_OPTIONS if foreign.get(k) not in (None, False)]
         if given:
@@ -102,7 +105,8 @@ def export(run_dir: str | None, model_spec: str | None, out: str | None, opset: 
         from edgeae.bundling.build import ExportOptions, export_run
 
         opts = ExportOptions(out=Path(out) if out else None, input_size=_size(input_size),
-                             calibration_data=Path(calibration_data) if calibration_data else None, **common)
+                             calibration_data=Path(calibration_data) if calibration_data else None,
+                             **{**common, "int8": bool(int8 or int8_roles)}, int8_roles=int8_roles or None)
         result = export_run(run_dir, opts)
     else:
         if input_size is not None:
@@ -164,9 +168,13 @@ def inspect(path: str, as_json: bool) -> None:
         manifest = load_summary_manifest(p)
         click.echo(json.dumps(manifest, indent=2) if as_json else summarize(manifest))
         return
+    from edgeae.runtime.files import read_payload
     from edgeae.runtime.payload import describe
 
-    info = describe(p.read_bytes())
+    try:
+        info = describe(read_payload(p))
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {p}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

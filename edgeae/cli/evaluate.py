@@ -17,9 +17,16 @@ def _ints(text: str) -> tuple[int, ...]:
 
 @main.command("eval")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--dataset", required=True, help="Dataset name (digits, mnist, photos, images, npy); its "
-              "validation split is evaluated.")
+@click.option("--dataset", help="Dataset name (digits, mnist, photos, images, npy): its validation split, or "
+              "all of it with --split all (needs the [train] extra).")
 @click.option("--data", type=click.Path(), help="Dataset path, for datasets that need one.")
+@click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
+              help="With --dataset: the validation split, or every image of the dataset.")
+@click.option("--test-data", "test_data", multiple=True, type=click.Path(exists=True),
+              help="Instead of --dataset: image files or folders (walked recursively), every image evaluated "
+              "whole, at its own size where the bundle takes any size (repeatable).")
+@click.option("--convert", is_flag=True, help="With --test-data: convert image files of the other kind (RGB <-> "
+              "gray) instead of refusing them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split seed: use the one the bundle was "
               "trained with, so the validation images were never trained on.")
 @click.option("--patch", type=int, default=32, show_default=True, help="Patch size (photos / images).")
@@ -32,7 +39,7 @@ def _ints(text: str) -> tuple[int, ...]:
               "[default: the manifest's model family].")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), multiple=True,
               help="Only these precisions [default: fp32, and int8 where the bundle has it].")
-@click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N validation images.")
+@click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N images.")
 @click.option("--method", type=click.Choice(["pchip", "cubic"]), default="pchip", show_default=True,
               help="BD-rate interpolation of log-rate vs PSNR.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md, rd.png, "
@@ -40,12 +47,11 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="onnxruntime threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def eval_cmd(bundles, dataset, data, seed, patch, color, codecs, qualities, labels, precision, limit, method,
-             report_dir, json_path, threads, no_progress) -> None:
+def eval_cmd(bundles, dataset, data, split, test_data, convert, seed, patch, color, codecs, qualities, labels, precision,
+             limit, method, report_dir, json_path, threads, no_progress) -> None:
     """Rate-distortion of BUNDLES (real payloads, one per image) vs classical codecs, with BD-rates."""
     from edgeae.evaluate.classical import parse_codecs
-    from edgeae.evaluate.rd import evaluate, to_uint8_images
-    from edgeae.train.data import load_dataset
+    from edgeae.evaluate.rd import eval_images, evaluate
 
     try:
         codec_names = parse_codecs(codecs)
@@ -55,11 +61,8 @@ def eval_cmd(bundles, dataset, data, seed, patch, color, codecs, qualities, labe
         raise click.BadParameter(f"{len(labels)} labels for {len(bundles)} bundles; give one, or one per bundle",
                                  param_hint="--label")
     names = list(labels) * len(bundles) if len(labels) == 1 else (list(labels) or None)
-    ds = load_dataset(dataset, data=data, seed=seed, patch=patch, color=color)
-    images = to_uint8_images(ds.val[:limit] if limit else ds.val)
-    info = {"name": dataset, "data": data, "seed": seed, "split": "val", "n_val": len(ds.val), "limit": limit}
-    if dataset in ("photos", "images"):
-        info.update(patch=patch, color=color)
+    images, info = eval_images(bundles, dataset=dataset, data=data, split=split, test_data=test_data, seed=seed,
+                               patch=patch, color=color, limit=limit, convert=convert)
     ev = evaluate(bundles, images, codec_names, _ints(qualities), names, precision or None,
                   progress=not no_progress, keep=6 if report_dir else 0, dataset=info, method=method,
                   threads=threads)
@@ -70,11 +73,11 @@ def eval_cmd(bundles, dataset, data, seed, patch, color, codecs, qualities, labe
     if report_dir:
         from edgeae.evaluate.report import write_report
 
-        click.echo(f"wrote {write_report(ev, report_dir, images)}")
+        click.echo(f"wrote {write_report(ev, report_dir)}")
 
 
 def _print_tables(ev) -> None:
-    click.echo(f"{ev.n_images} images {ev.image_shape[0]}x{ev.image_shape[1]}x{ev.image_shape[2]}")
+    click.echo(f"{ev.n_images} images {ev.size_label()}, {ev.image_shape[2]} channel(s)")
     click.echo(f"{'curve':<22} {'setting':<24} {'bytes':>8} {'bpp':>8} {'PSNR':>7} {'SSIM':>7}")
     for p in ev.points:
         q = "exact" if p.lossless and p.exact == p.n else f"{p.mean_psnr:.2f}"
@@ -102,25 +105,20 @@ def _print_tables(ev) -> None:
               "refusing them.")
 def score_cmd(bundle, inputs, threshold, calibrate_dir, percentile, mode, int8, json_path, convert) -> None:
     """Anomaly scores: per-image reconstruction MSE ([0, 1] pixels) of INPUT images through BUNDLE."""
-    from edgeae.evaluate.anomaly import Scorer, ScoreReport, calibrate, load_images
+    from edgeae.evaluate.anomaly import score_inputs
     from edgeae.evaluate.results import write_json
 
     if threshold is not None and calibrate_dir:
         raise click.UsageError("give --threshold or --calibrate, not both")
-    scorer = Scorer(bundle, mode, "int8" if int8 else "fp32", convert=convert)
-    n_cal = None
-    if calibrate_dir:
-        _, normal = load_images([calibrate_dir], scorer)
-        threshold, n_cal = calibrate(scorer.score(normal), percentile), len(normal)
-        click.echo(f"threshold {threshold:.6g} = {percentile:g}th percentile of {n_cal} normal images")
-    names, images = load_images(inputs, scorer)
-    s = scorer.score(images)
-    rep = ScoreReport(names, [float(v) for v in s], threshold, percentile if calibrate_dir else None, n_cal, mode,
-                      scorer.encoder.precision)
+    rep = score_inputs(bundle, inputs, threshold=threshold, calibrate_with=[calibrate_dir] if calibrate_dir else (),
+                       percentile=percentile, mode=mode, precision="int8" if int8 else "fp32", convert=convert)
+    if rep.calibration_images is not None:
+        click.echo(f"threshold {rep.threshold:.6g} = {percentile:g}th percentile of {rep.calibration_images} "
+                   "normal images")
     for name, v, flag in zip(rep.names, rep.scores, rep.flags, strict=True):
         click.echo(f"{v:.6g}  {'ANOMALY ' if flag else ''}{name}")
-    if threshold is not None:
-        click.echo(f"{sum(bool(f) for f in rep.flags)}/{len(names)} above threshold {threshold:.6g}")
+    if rep.threshold is not None:
+        click.echo(f"{sum(bool(f) for f in rep.flags)}/{len(rep.names)} above threshold {rep.threshold:.6g}")
     if json_path:
         write_json(json_path, rep.to_dict())
         click.echo(f"wrote {json_path}")

@@ -67,9 +67,11 @@ def _words(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--images", type=click.Path(exists=True), help="A folder of images or a .npy array [default: synthetic].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON.")
 @click.option("--histogram", type=click.Path(dir_okay=False), help="Write latency histograms (PNG, needs matplotlib).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True),
+              help="Seconds one configuration (one worker process) may take before the profile fails  [default: 300]")
 def profile(bundle: str, device: str | None, part: str, precision: str | None, threads: str | None, batch: str,
             warmup: int, runs: int | None, seconds: float | None, per_op: bool, baseline: str | None,
-            images: str | None, json_path: str | None, histogram: str | None) -> None:
+            images: str | None, json_path: str | None, histogram: str | None, timeout: float | None) -> None:
     """Latency (cold and steady), throughput, memory and size of a bundle, each configuration in a fresh process."""
     from edgeae.cli.train import _ints
     from edgeae.profiling.engine import PARTS, ProfileSettings, profile_bundle
@@ -79,7 +81,7 @@ def profile(bundle: str, device: str | None, part: str, precision: str | None, t
         parts=PARTS if parts == ("all",) else parts, precisions=_words(precision, "--precision"),
         threads=tuple(_ints(threads)) if threads else None, batches=tuple(_ints(batch) or ()), device=device,
         warmup=warmup, runs=runs, seconds=seconds, per_op=per_op, baselines=_words(baseline, "--baseline") or (),
-        images=images)
+        images=images, **({"timeout": timeout} if timeout else {}))
     report = profile_bundle(bundle, settings)
     _print(report)
     if json_path:

@@ -39,7 +39,7 @@ def _ints(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
 
-RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "no_progress"}
+RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "no_progress", "data", "val_data"}
 
 
 @main.command()
@@ -78,7 +78,8 @@ RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "no_progress"
               help="Start from the weights of another run (same family, or a variable-rate family from its base "
               "family's run) instead of a random initialisation; a fresh optimiser and schedule.")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
-              help="Continue RUN from its checkpoint (only --epochs, --max-steps, --device, --threads may change).")
+              help="Continue RUN from its checkpoint (only --epochs, --max-steps, --device, --threads, and --data / "
+              "--val-data for the same data in another place, may change).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where to train (auto: cuda when available).")
 @click.option("--threads", type=int, help="torch CPU threads [default: OMP_NUM_THREADS, else the free cores "
@@ -114,7 +115,7 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
                                        f"{', '.join('--' + f.replace('_', '-') for f in fixed)}")
             result = resume_training(resume, epochs=epochs if given("epochs") else None, max_steps=max_steps,
                                      device=device if given("device") else None, threads=threads,
-                                     progress=False if no_progress else None)
+                                     progress=False if no_progress else None, data=data, val_data=val_data)
         else:
             if out is None:
                 raise click.UsageError("give --out RUN (a new run directory) or --resume RUN")

@@ -116,35 +116,46 @@ class ScoreReport:
 
 def load_images(paths: Sequence[str | os.PathLike[str]], scorer: Scorer) -> tuple[list[str], np.ndarray]:
     """Image files, folders walked recursively (sorted), or .npy arrays -> (names, uint8 or float batch)."""
-    from pathlib import Path
-
+    from edgeae.runtime.files import find_files
     from edgeae.runtime.images import IMAGE_SUFFIXES
 
     names, arrays = [], []
-    for raw in paths:
-        p = Path(raw)
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {".npy"}) \
-            if p.is_dir() else [p]
-        if p.is_dir() and not files:
-            raise InputError(f"no image files in {p}")
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"no such file or folder: {f}")
-            if f.suffix.lower() == ".npy":
-                if f.stat().st_size > MAX_NPY_BYTES:
-                    raise InputError(f"{f} is larger than {MAX_NPY_BYTES >> 20} MiB; score it in parts")
-                try:
-                    a = np.load(f, allow_pickle=False)
-                except ValueError as exc:
-                    raise InputError(f"cannot read {f} as a .npy array: {exc}") from None
-                batch = scorer.encoder.preprocess(a)
-                names += [f"{f}[{i}]" for i in range(len(batch))]
-                arrays.append(batch)
-            else:
-                names.append(str(f))
-                arrays.append(scorer.encoder.preprocess(str(f)))
+    for found in find_files(paths, IMAGE_SUFFIXES | {".npy"}):
+        f = found.source
+        if f.suffix.lower() == ".npy":
+            if f.stat().st_size > MAX_NPY_BYTES:
+                raise InputError(f"{f} is larger than {MAX_NPY_BYTES >> 20} MiB; score it in parts")
+            try:
+                a = np.load(f, allow_pickle=False)
+            except ValueError as exc:
+                raise InputError(f"cannot read {f} as a .npy array: {exc}") from None
+            batch = scorer.encoder.preprocess(a)
+            names += [f"{f}[{i}]" for i in range(len(batch))]
+            arrays.append(batch)
+        else:
+            names.append(str(f))
+            arrays.append(scorer.encoder.preprocess(str(f)))
     if not arrays:
         raise InputError("no images given")
     x = np.concatenate(arrays)
     # preprocess gave graph input; hand back [0, 1] floats, which preprocess maps the same way again
     return names, scorer.pixels01(x)
+
+
+def score_inputs(bundle: Any, inputs: Sequence[str | os.PathLike[str]], *, threshold: float | None = None,
+                 calibrate_with: Sequence[str | os.PathLike[str]] = (), percentile: float = 99.0,
+                 mode: str = "payload", precision: str = "fp32", threads: int | None = None,
+                 convert: bool = False) -> ScoreReport:
+    """`edgeae score`: scores of the images under `inputs` (files, folders, .npy), flagged against `threshold`,
+    or against the `percentile` of the scores of the normal images under `calibrate_with`. `convert`: let
+    Pillow convert image files of the other channel kind (gray <-> RGB) instead of refusing them."""
+    if threshold is not None and calibrate_with:
+        raise InputError("give a threshold or normal images to calibrate one on, not both")
+    scorer = Scorer(bundle, mode, precision, threads, convert=convert)
+    n_cal = None
+    if calibrate_with:
+        _, normal = load_images(calibrate_with, scorer)
+        threshold, n_cal = calibrate(scorer.score(normal), percentile), len(normal)
+    names, images = load_images(inputs, scorer)
+    return ScoreReport(names, [float(v) for v in scorer.score(images)], threshold,
+                       percentile if calibrate_with else None, n_cal, mode, precision)

@@ -42,12 +42,6 @@ def to_uint8_images(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
-def bundle_precisions(bundle: Any) -> list[str]:
-    g = bundle.manifest.graphs
-    both = g["encoder"].int8_file is not None and g["decoder"].int8_file is not None
-    return ["fp32", "int8"] if both else ["fp32"]
-
-
 def _open(bundle: Any) -> Any:
     from edgeae.runtime.bundle import Bundle
 
@@ -55,10 +49,80 @@ def _open(bundle: Any) -> Any:
 
 
 def _check_fits(bundle: Any, x: np.ndarray) -> None:
-    c, h, w = bundle.manifest.input.shape
-    if x.shape[1:] != (h, w, c):
-        raise InputError(f"bundle {bundle.path} takes {h}x{w}x{c} images but the evaluation images are "
-                         f"{x.shape[1]}x{x.shape[2]}x{x.shape[3]}; evaluate it on the dataset it was trained for")
+    """Images of another size are fine for a bundle that takes any size (manifest input.size_multiple > 0);
+    a fixed-size bundle takes only its own; the channels must match either way."""
+    spec = bundle.manifest.input
+    c, h, w = spec.shape
+    any_size = bool(getattr(spec, "size_multiple", 0))
+    if x.shape[3] != c or (not any_size and x.shape[1:3] != (h, w)):
+        want = f"{c}-channel images of any size" if any_size else f"{h}x{w}x{c} images"
+        raise InputError(f"bundle {bundle.path} takes {want} but the evaluation images are "
+                         f"{x.shape[1]}x{x.shape[2]}x{x.shape[3]}; evaluate it on images like those it was "
+                         "trained for")
+
+
+def size_groups(images: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A batch, or a list of single uint8 images of any sizes -> [(indices, uint8 (n, H, W, C) batch)] per
+    shape, in order of first appearance; the indices say where each image was in the input."""
+    if isinstance(images, np.ndarray):
+        x = to_uint8_images(images)
+        return [(np.arange(len(x)), x)] if len(x) else []
+    singles = []
+    for a in images:
+        a = np.asarray(a)
+        if a.dtype != np.uint8 or a.ndim not in (2, 3):
+            raise InputError(f"a list of images must hold uint8 (H, W) or (H, W, C) arrays, got {a.dtype} "
+                             f"{a.shape}; pass a batch as one array")
+        singles.append(as_nhwc(a, batch=False))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(singles):
+        by_shape.setdefault(a.shape[1:], []).append(i)
+    return [(np.asarray(idx), np.concatenate([singles[i] for i in idx])) for idx in by_shape.values()]
+
+
+def eval_images(bundles: Sequence[Any], *, dataset: str | None = None, data: str | None = None,
+                split: str = "val", test_data: Sequence[str | os.PathLike[str]] = (), seed: int = 0, patch: int = 32,
+                color: str = "gray", limit: int | None = None, convert: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The images `edgeae eval` evaluates, and how they were chosen (for the report): a dataset's validation
+    split (`split="val"`) or all of it (`"all"`), or every image file under `test_data` at its own size, read
+    for the first bundle (`convert`: gray <-> RGB files converted instead of refused). Datasets need the
+    [train] extra; image folders do not."""
+    if (dataset is None) == (not test_data):
+        raise InputError("give a dataset (--dataset) or image files / folders (--test-data), one of the two")
+    if test_data:
+        names, images = load_folder(test_data, _open(bundles[0]).manifest.input, limit, convert)
+        shapes = {a.shape for a in images}
+        info = {"name": "images", "data": [str(p) for p in test_data], "split": "all", "n": len(names),
+                "limit": limit, "files": names}
+        return (np.stack(images) if len(shapes) == 1 else images), info
+    if split not in ("val", "all"):
+        raise InputError(f"split must be val or all, got {split!r}")
+    from edgeae.train.data import load_dataset
+
+    ds = load_dataset(dataset, data=data, seed=seed, patch=patch, color=color)
+    x = ds.val if split == "val" else np.concatenate([ds.train, ds.val])
+    info = {"name": dataset, "data": data, "seed": seed, "split": split, "n_val": len(ds.val), "n": len(x),
+            "limit": limit}
+    if dataset in ("photos", "images"):
+        info.update(patch=patch, color=color)
+    return to_uint8_images(x[:limit] if limit else x), info
+
+
+def load_folder(paths: Sequence[str | os.PathLike[str]], spec: Any, limit: int | None = None,
+                convert: bool = False) -> tuple[list[str], list[np.ndarray]]:
+    """Every image file under `paths` (files, folders walked recursively; the first `limit`) as uint8 (H, W, C),
+    each at its own size, read as the runtime reads files for a bundle with input spec `spec` (a fixed-size
+    bundle refuses other sizes; gray vs colour must match unless `convert`): (names, images)."""
+    from edgeae.runtime.files import find_files
+    from edgeae.runtime.images import IMAGE_SUFFIXES, input_adapter
+
+    adapter = input_adapter(spec, convert=convert)
+    names, images = [], []
+    for f in find_files(paths, IMAGE_SUFFIXES)[:limit]:
+        a = adapter.load(f.source)
+        names.append(str(f.source))
+        images.append(a if a.ndim == 3 else a[..., None])
+    return names, images
 
 
 def evaluate_bundle(bundle: Any, images: np.ndarray, precision: str = "fp32", label: str | None = None,
@@ -68,24 +132,52 @@ def evaluate_bundle(bundle: Any, images: np.ndarray, precision: str = "fp32", la
     from edgeae.runtime.codec import Decoder, Encoder
 
     b = _open(bundle)
-    x = to_uint8_images(images)
-    _check_fits(b, x)
+    groups = size_groups(images)
+    for _, x in groups:
+        _check_fits(b, x)
     enc, dec = Encoder(b, precision, threads=threads), Decoder(b, precision, threads=threads)
-    n, h, w, _ = x.shape
-    sizes: list[int] = []
-    decoded = np.empty_like(x)
-    for i in range(0, n, ENCODE_CHUNK):
-        for j, payload in enumerate(enc.encode_each(x[i : i + ENCODE_CHUNK]), start=i):
-            sizes.append(len(payload))
-            decoded[j] = dec.decode(payload)[0].reshape(h, w, -1)
-            if progress:
-                progress(1)
     family = str(b.manifest.model.get("family", "edgeae"))
     curve = f"{label or family} ({precision})"
-    ms = ms_ssim(x, decoded) if ms_ssim_applies(h, w) else None
-    return RDPoint.build("edgeae", curve, b.path.name, sizes, psnr(x, decoded), ssim(x, decoded), ms, h * w,
-                         keep_per_image, bundle=str(b.path), precision=precision, family=family,
-                         decoded=decoded[:keep].copy() if keep else None)
+    parts = []
+    for order, x in groups:
+        n, h, w, _ = x.shape
+        sizes: list[int] = []
+        decoded = np.empty_like(x)
+        for i in range(0, n, ENCODE_CHUNK):
+            for j, payload in enumerate(enc.encode_each(x[i : i + ENCODE_CHUNK]), start=i):
+                sizes.append(len(payload))
+                decoded[j] = dec.decode(payload)[0].reshape(h, w, -1)
+                if progress:
+                    progress(1)
+        ms = ms_ssim(x, decoded) if ms_ssim_applies(h, w) else None
+        parts.append((order, RDPoint.build("edgeae", curve, b.path.name, sizes, psnr(x, decoded), ssim(x, decoded),
+                                           ms, h * w, True, bundle=str(b.path), precision=precision, family=family,
+                                           decoded=decoded[:keep].copy() if keep else None)))
+    return merge_points(parts, keep_per_image)
+
+
+def merge_points(parts: Sequence[tuple[np.ndarray, RDPoint]], keep_per_image: bool = True) -> RDPoint:
+    """One RD point from the same codec setting on several groups of images (one group per image size): the
+    per-image values back in input order (`parts[i][0]` are group i's input positions), the means over every
+    image, bits per pixel over every pixel. Decoded images are the first group's (a grid needs one size)."""
+    from dataclasses import replace
+
+    first = parts[0][1]
+    if len(parts) == 1:
+        return first if keep_per_image else replace(first, per_image=None)
+    n = sum(len(order) for order, _ in parts)
+    values: dict[str, list[Any]] = {k: [None] * n for k in ("bytes", "psnr", "ssim", "ms_ssim")}
+    for order, p in parts:
+        assert p.per_image is not None
+        for k in values:
+            got = getattr(p.per_image, k)
+            for pos, v in zip(order, got if got is not None else [None] * len(order), strict=True):
+                values[k][int(pos)] = v
+    ms = None if any(v is None for v in values["ms_ssim"]) else np.asarray(values["ms_ssim"])
+    pixels = sum(p.pixels * p.n for _, p in parts) / n  # mean pixels per image: bpp = all bits / all pixels
+    kw = {k: getattr(first, k) for k in ("lossless", "quality", "bundle", "precision", "family")}
+    return RDPoint.build(first.codec, first.curve, first.setting, values["bytes"], np.asarray(values["psnr"]),
+                         np.asarray(values["ssim"]), ms, pixels, keep_per_image, decoded=first.decoded, **kw)
 
 
 @dataclass
@@ -126,12 +218,21 @@ class RDEvaluation:
     """Everything `edgeae eval` measures; JSON via to_dict / save, back via from_dict."""
 
     points: list[RDPoint]
-    image_shape: tuple[int, int, int]  # H, W, C
+    image_shape: tuple[int, int, int]  # H, W, C of the first image (every image's, when they share one size)
     n_images: int
     dataset: dict[str, Any] = field(default_factory=dict)
     method: str = "pchip"
     comparisons: list[Comparison] = field(default_factory=list)
     equal_quality: list[EqualQuality] = field(default_factory=list)
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)  # every distinct (H, W, C), first seen first
+    # The first images of the first size, as evaluated (uint8 NHWC), beside the points' decoded ones (not saved).
+    originals: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def size_label(self) -> str:
+        """"8x8" or "512x768 and 3 other sizes"."""
+        h, w, _ = self.image_shape
+        more = len(self.shapes) - 1
+        return f"{h}x{w}" + (f" and {more} other size{'s' if more > 1 else ''}" if more > 0 else "")
 
     def curves(self, codec: str | None = None) -> dict[str, list[RDPoint]]:
         """Curve name -> its points sorted by rate; `codec` filters ("edgeae", "jpeg", ...)."""
@@ -183,7 +284,8 @@ class RDEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": 1, "dataset": self.dataset, "n_images": self.n_images,
-                "image_shape": list(self.image_shape), "method": self.method,
+                "image_shape": list(self.image_shape), "shapes": [list(v) for v in self.shapes or [self.image_shape]],
+                "method": self.method,
                 "points": [p.to_dict() for p in self.points],
                 "comparisons": [c.to_dict() for c in self.comparisons],
                 "equal_quality": [e.to_dict() for e in self.equal_quality],
@@ -194,7 +296,8 @@ class RDEvaluation:
         if d.get("schema") != SCHEMA:
             raise ValueError(f"not an edgeae RD result (schema {d.get('schema')!r})")
         ev = cls([RDPoint.from_dict(p) for p in d["points"]], tuple(d["image_shape"]), d["n_images"],
-                 d.get("dataset", {}), d.get("method", "pchip"))
+                 d.get("dataset", {}), d.get("method", "pchip"),
+                 shapes=[tuple(v) for v in d.get("shapes", [d["image_shape"]])])
         ev.compare()
         return ev
 
@@ -234,24 +337,26 @@ def evaluate(bundles: Sequence[Any], images: np.ndarray, codecs: Iterable[str] =
     """Bundles (folders or Bundle) and classical codecs on the same uint8 images (N, H, W) / (N, H, W, C), or
     float (N, C, H, W) in [0, 1]. `labels[i]` names bundle i's curve (default: its model family); `precisions`
     restricts to fp32 / int8 (default: every precision a bundle has)."""
-    x = to_uint8_images(images)
-    if not len(x):
+    groups = size_groups(images)
+    if not groups:
         raise InputError("no images to evaluate")
+    n_images = sum(len(order) for order, _ in groups)
     opened = [_open(b) for b in bundles]
     for b in opened:
-        _check_fits(b, x)
+        for _, x in groups:
+            _check_fits(b, x)
     labels = list(labels) if labels is not None else [None] * len(opened)
     if len(labels) != len(opened):
         raise InputError(f"{len(labels)} labels for {len(opened)} bundles; give one label, or one per bundle")
-    jobs = [(b, p, lab) for b, lab in zip(opened, labels, strict=True) for p in bundle_precisions(b)
+    jobs = [(b, p, lab) for b, lab in zip(opened, labels, strict=True) for p in b.precisions
             if precisions is None or p in precisions]
     for b in opened:
         if not any(j[0] is b for j in jobs):
             raise InputError(f"bundle {b.path} has none of the precisions asked for ({', '.join(precisions or [])}); "
-                             "it has " + ", ".join(bundle_precisions(b)))
+                             "it has " + ", ".join(b.precisions))
     codecs = tuple(codecs)
     qualities = tuple(qualities)
-    total = len(x) * (len(jobs) + len(settings(codecs, qualities)))
+    total = n_images * (len(jobs) + len(settings(codecs, qualities)))
     bar, task = _progress_bar(total, progress)
 
     def step(k: int, what: str = "") -> None:
@@ -264,11 +369,16 @@ def evaluate(bundles: Sequence[Any], images: np.ndarray, codecs: Iterable[str] =
         for b, prec, lab in jobs:
             if bar is not None:
                 bar.update(task, description=f"{b.manifest.name} {prec}")
-            points.append(evaluate_bundle(b, x, prec, lab, keep, step, threads, keep_per_image))
+            points.append(evaluate_bundle(b, images, prec, lab, keep, step, threads, keep_per_image))
         if bar is not None:
             bar.update(task, description="classical codecs")
-        points += evaluate_classical(x, codecs, qualities, keep, step, keep_per_image)
-    ev = RDEvaluation(points, tuple(x.shape[1:]), len(x), dict(dataset or {}), method)
+        per_group = [(order, evaluate_classical(x, codecs, qualities, keep, step, True)) for order, x in groups]
+        for k in range(len(per_group[0][1])):
+            points.append(merge_points([(order, pts[k]) for order, pts in per_group], keep_per_image))
+    first = groups[0][1]
+    ev = RDEvaluation(points, tuple(first.shape[1:]), n_images, dict(dataset or {}), method,
+                      shapes=[tuple(x.shape[1:]) for _, x in groups])
+    ev.originals = first[:keep].copy() if keep else None
     ev.compare()
     return ev
 

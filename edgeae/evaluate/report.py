@@ -55,12 +55,13 @@ def dominance(ev: RDEvaluation) -> list[tuple[RDPoint, RDPoint]]:
 
 
 def markdown(ev: RDEvaluation) -> str:
-    h, w, c = ev.image_shape
+    c = ev.image_shape[2]
+    h, w = min(s[0] for s in ev.shapes or [ev.image_shape]), min(s[1] for s in ev.shapes or [ev.image_shape])
     ds = ev.dataset.get("name", "images")
     lines = [f"# edgeae rate-distortion report: {ds}", "",
-             f"{ev.n_images} images, {h}x{w}, {c} channel(s). Rate = whole file / whole payload bytes, headers "
+             f"{ev.n_images} images, {ev.size_label()}, {c} channel(s). Rate = whole file / whole payload bytes, headers "
              "included on both sides (edgeae: one payload per image, encoded and decoded by the runtime; "
-             "JPEG/WebP/PNG: Pillow files). bpp = 8 * bytes / (H * W).",
+             "JPEG/WebP/PNG: Pillow files). bpp = 8 * bytes / (H * W), over all images' pixels.",
              f"PSNR: mean of per-image PSNR (peak 255); exact images count as {PSNR_CAP_DB:.0f} dB. "
              f"BD-rate: log-rate vs PSNR, {ev.method} interpolation, over the overlapping PSNR range only; "
              "negative = edgeae needs fewer bytes.", ""]
@@ -116,8 +117,7 @@ def plot_rd(ev: RDEvaluation) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    h, w, _ = ev.image_shape
-    px = h * w
+    px = ev.points[0].pixels if ev.points else float(np.prod(ev.image_shape[:2]))  # mean pixels per image
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     for name, pts in ev.curves().items():
         bpp = [p.mean_bpp for p in pts]
@@ -140,7 +140,7 @@ def plot_rd(ev: RDEvaluation) -> bytes:
             axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{ev.dataset.get('name', 'images')}: {ev.n_images} images {h}x{w}")
+    fig.suptitle(f"{ev.dataset.get('name', 'images')}: {ev.n_images} images {ev.size_label()}")
     return _png(fig)
 
 
@@ -202,7 +202,7 @@ def plot_grid(ev: RDEvaluation, originals: np.ndarray, rows: int = 6) -> bytes |
             assert p.decoded is not None  # grid_columns only picks points that kept decoded images
             q = psnr(originals[i : i + 1], p.decoded[i][None])[0]
             size = p.per_image.bytes[i] if p.per_image else p.mean_bytes
-            label = name if p.codec == "edgeae" else f"{p.codec} {p.setting}"
+            label = f"{name} {p.setting}" if p.codec == "edgeae" else f"{p.codec} {p.setting}"  # setting: bundle
             show(axes[i][j], p.decoded[i], f"{label}\n{size:.0f} B, {q:.1f} dB")
     return _png(fig)
 
@@ -213,6 +213,7 @@ def write_report(ev: RDEvaluation, out: str | os.PathLike[str], originals: np.nd
     d.mkdir(parents=True, exist_ok=True)
     ev.save(d / JSON)
     write_atomic(d / PLOT, plot_rd(ev))
+    originals = originals if originals is not None else ev.originals
     grid = plot_grid(ev, originals) if originals is not None else None
     if grid is not None:
         write_atomic(d / GRID, grid)

@@ -37,7 +37,7 @@ class RDPoint:
     curve: str  # the curve this point belongs to: "jpeg", "conv (fp32)", ...
     setting: str  # "q=50", or the bundle name
     n: int
-    pixels: int  # H * W per image (bpp = 8 * bytes / pixels)
+    pixels: float  # H * W per image; the mean over images of several sizes (bpp = 8 * bytes / pixels)
     mean_bytes: float
     mean_psnr: float  # per-image PSNR averaged, exact images counted as PSNR_CAP_DB
     mean_ssim: float
@@ -57,7 +57,7 @@ class RDPoint:
 
     @classmethod
     def build(cls, codec: str, curve: str, setting: str, sizes: list[int], psnrs: np.ndarray, ssims: np.ndarray,
-              ms: np.ndarray | None, pixels: int, keep_per_image: bool = True, **kw: Any) -> RDPoint:
+              ms: np.ndarray | None, pixels: float, keep_per_image: bool = True, **kw: Any) -> RDPoint:
         per = PerImage([int(b) for b in sizes], [float(p) for p in psnrs], [float(s) for s in ssims],
                        None if ms is None else [float(v) for v in ms])
         return cls(codec=codec, curve=curve, setting=setting, n=len(sizes), pixels=pixels,

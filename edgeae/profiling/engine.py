@@ -35,6 +35,7 @@ PRECISIONS = ("fp32", "int8")
 BASELINES = ("torch", "jpeg", "webp")
 QUALITY = {"jpeg": 75, "webp": 80}  # Pillow's default qualities; encoder options as in `edgeae eval`
 DEFAULT_SECONDS = 1.0
+DEFAULT_TIMEOUT_S = 300.0  # per configuration: a worker that takes longer is stopped and the profile fails
 NOISY_CV = 0.10  # pyperf warns at the same ratio: std above 10% of the mean
 _ROLE = {"encoder": "encoder", "encode": "encoder", "decoder": "decoder", "decode": "decoder"}
 
@@ -52,6 +53,7 @@ class ProfileSettings:
     per_op: bool = False
     baselines: tuple[str, ...] = ()
     images: np.ndarray | str | os.PathLike[str] | None = None  # None: deterministic synthetic images
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds one configuration's worker may take, start to finish
 
     def check(self) -> None:
         for what, values, allowed in (("part", self.parts, PARTS), ("precision", self.precisions or (), PRECISIONS),
@@ -70,6 +72,8 @@ class ProfileSettings:
             raise InputError("runs must be >= 1 and seconds > 0")
         if self.warmup < 0:
             raise InputError(f"warmup must be >= 0, got {self.warmup}")
+        if not self.timeout > 0:
+            raise InputError(f"timeout must be > 0 seconds, got {self.timeout}")
 
 
 def profile_bundle(bundle: str | os.PathLike[str] | Bundle, settings: ProfileSettings | None = None) -> ProfileReport:
@@ -78,7 +82,7 @@ def profile_bundle(bundle: str | os.PathLike[str] | Bundle, settings: ProfileSet
     s.check()
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, partial=True)
     profile = load_profile(s.device) if s.device is not None else None
-    precisions = s.precisions or (("fp32", "int8") if _has_int8(b) else ("fp32",))
+    precisions = s.precisions or tuple(b.precisions)
     threads = s.threads or ((profile.session.intra_op_threads,) if profile else (1,))
     cpus, affinity_note = _affinity(profile)
     skipped: list[Skipped] = []
@@ -91,7 +95,8 @@ def profile_bundle(bundle: str | os.PathLike[str] | Bundle, settings: ProfileSet
         _write_inputs(b, images, s, inputs)
         jobs = _graph_jobs(b, s, precisions, threads, profile)
         jobs += _baseline_jobs(b, s, threads, skipped)
-        measurements = [_run(job, {**timing, "cpus": cpus, "inputs": str(inputs)}, inputs) for job in jobs]
+        measurements = [_run(job, {**timing, "cpus": cpus, "inputs": str(inputs)}, inputs, s.timeout)
+                        for job in jobs]
     warnings += _judge(measurements, profile)
     device = None
     if profile:
@@ -107,10 +112,6 @@ def quick_profile(bundle: str | os.PathLike[str] | Bundle, seconds: float = 0.3)
     """fp32 vs int8 at batch 1 on 1 thread, next to PyTorch eager and JPEG: a printable table (for the demo)."""
     settings = ProfileSettings(threads=(1,), batches=(1,), seconds=seconds, baselines=("torch", "jpeg"))
     return profile_bundle(bundle, settings).table()
-
-
-def _has_int8(b: Bundle) -> bool:
-    return all(b.manifest.graphs[r].int8_file for r in GRAPH_PARTS)
 
 
 def _affinity(profile: DeviceProfile | None) -> tuple[list[int] | None, str]:
@@ -133,6 +134,7 @@ def _thread_warnings(threads: tuple[int, ...], cpus: list[int] | None) -> list[s
 
 def _images(b: Bundle, source: Any, n: int) -> tuple[np.ndarray, str]:
     """float32 (n, C, H, W) in [0, 1]: the given images (repeated to fill n) or deterministic synthetic ones."""
+    from edgeae.runtime.files import find_files
     from edgeae.runtime.images import IMAGE_SUFFIXES, ImageAdapter
 
     if b.manifest.input.kind != "image":
@@ -146,10 +148,7 @@ def _images(b: Bundle, source: Any, n: int) -> tuple[np.ndarray, str]:
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(f"no image files in {path}")
-            x = adapter(files[:n])
+            x = adapter([f.source for f in find_files([path], IMAGE_SUFFIXES)[:n]])
         elif path.suffix == ".npy" and path.is_file():
             try:
                 x = adapter(np.load(path, allow_pickle=False))
@@ -248,14 +247,19 @@ def _torch_unavailable(b: Bundle) -> str | None:
     return None
 
 
-def _run(job: dict[str, Any], common: dict[str, Any], tmp: Path) -> Measurement:
-    """One configuration in a fresh interpreter; its stderr's last line becomes the error if it fails."""
+def _run(job: dict[str, Any], common: dict[str, Any], tmp: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Measurement:
+    """One configuration in a fresh interpreter, stopped after `timeout` seconds; its stderr's last line becomes
+    the error if it fails."""
     job = {**job, **common}
     name = f"{job['kind']}-{job['part']}-{job['precision']}-t{job['threads']}-b{job['batch']}"
     job["out"] = str(tmp / f"{name}.result.json")
     (tmp / f"{name}.job.json").write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "edgeae.profiling.worker", str(tmp / f"{name}.job.json")],
-                          capture_output=True, text=True, env=_worker_env())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgeae.profiling.worker", str(tmp / f"{name}.job.json")],
+                              capture_output=True, text=True, env=_worker_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgeaeError(f"profiling {name} took longer than {timeout:g} s and was stopped; fewer --runs or "
+                          "--seconds, or a larger --timeout") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeaeError(f"profiling {name} failed: {last}")

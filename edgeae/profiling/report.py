@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgeae.fsutil import write_atomic
 
 REPORT_SCHEMA = "edgeae.profile"
 REPORT_VERSION = 1
@@ -131,7 +134,7 @@ class ProfileReport:
         return out
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def comparisons(self) -> list[dict[str, Any]]:
         """int8 and baselines against fp32 of the same part, threads and batch (median latency; >1 is faster).
@@ -245,8 +248,10 @@ class ProfileReport:
             ax.set_ylabel("runs")
             ax.legend(fontsize="small")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
+        write_atomic(path, buf.getvalue())
 
 
 def _num(v: float) -> str:

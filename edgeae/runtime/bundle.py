@@ -82,6 +82,12 @@ class Bundle:
         """The 8 bytes every payload made with this bundle carries."""
         return fingerprint_prefix(self.manifest.fingerprint)
 
+    @property
+    def precisions(self) -> list[str]:
+        """What the bundle runs end to end: fp32, plus int8 when both its encoder and decoder have int8 twins."""
+        g = self.manifest.graphs
+        return ["fp32", "int8"] if all(g[r].int8_file for r in ("encoder", "decoder")) else ["fp32"]
+
     def _graph_name(self, role: str, precision: str) -> str:
         if role not in self.manifest.graphs:
             raise ValueError(f"role must be one of {tuple(self.manifest.graphs)}, got {role!r}")

@@ -116,7 +116,14 @@ class _Codec:
 
 
 class Encoder(_Codec):
-    """images -> payload bytes. One onnxruntime session per graph, created once; call from many threads."""
+    """images -> payload bytes. One onnxruntime session per graph, created once; call from many threads.
+
+    What `images` may be (`encode`, `encode_each`, `items`, `preprocess`), uint8 0..255 or float in [0, 1]:
+    one image (H, W) gray or (H, W, C); a batch (N, H, W) gray, (N, H, W, C) or (N, C, H, W); an image file
+    path or a PIL image; or a list of any of these, one image each (on any-size bundles they may differ in
+    size). Gray vs colour must match the bundle unless `convert=True`; edgeae never resizes (a fixed-size
+    bundle takes only its own H x W; an any-size one pads to `input.size_multiple` and the decoder crops).
+    """
 
     role = "encoder"
 
@@ -305,9 +312,9 @@ class Decoder(_Codec):
         decode_symbols = getattr(self.entropy, "decode_symbols", None)
         p = self.parse(data)
         shapes = {self.latent_shape_for(it.height, it.width) for it in p.items}
-        if decode_symbols is None or len(shapes) != 1:
-            raise CorruptStream("this payload has no single symbol array (several sizes, or not factorized); "
-                                "use Decoder.latents or Decoder.items")
+        if decode_symbols is None or len(shapes) != 1:  # a valid payload: asking it for one array is the misuse
+            raise InputError("this payload has no single symbol array (several sizes, or not factorized); "
+                             "use Decoder.latents or Decoder.items")
         return decode_symbols([it.parts[0] for it in p.items], shapes.pop(), p.header.version >= 2)
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:

@@ -80,7 +80,6 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 _WORD = np.dtype("<u4")
 _U64 = np.uint64
 _LOW32 = _U64(1 << 32)
-_MASK24 = _U64((1 << PRECISION) - 1)
 # constriction's maybe_exhausted: after the last symbol, point - lower must be below 2**33 - 1.
 _MAX_DIFFERENCE = _U64((1 << 33) - 1)
 _LUT_ENTRIES = 1 << 21  # decode lookup: at most this many int32 entries over all tables (8 MiB)
@@ -126,7 +125,7 @@ class RangeTables:
             left[a:a + n] = lft
             freq[a:a + n] = np.append(lft[1:], _U64(1 << PRECISION)) - lft
         self.left, self.freq = left, freq
-        # left (24 bits) | frequency (25 bits) << 24, plus the entry of `invalid` (see lookup)
+        # (2, entries + 1): left cumulatives over frequencies, for one gather of both; plus `invalid` (lookup)
         self.invalid = n_all
         self.left_freq_ext = np.stack([np.append(left, _U64(0)), np.append(freq, _U64(1))])
         self._lut: tuple[np.ndarray, np.ndarray, int] | None = None
@@ -142,7 +141,7 @@ class RangeTables:
         """Decode lookup over all tables: (lut, keys, bits). Row t has 2**bits + 1 buckets:
         lut[t * (2**bits + 1) + (q >> (24 - bits))] is the global index of the symbol holding quantile q,
         or -1 where two symbols share that bucket; the extra last bucket (q = 2**24, invalid data) holds
-        `invalid`, an index past all tables whose packed entry keeps the arithmetic going. keys =
+        `invalid`, an index past all tables whose entry (left 0, frequency 1) keeps the arithmetic going. keys =
         t * 2**24 + left cumulative, ascending, for a binary search in the shared buckets."""
         if self._lut is None:
             bits = int(min(16, max(0, np.floor(np.log2(_LUT_ENTRIES / len(self))))))
@@ -296,6 +295,8 @@ class _Layout:
             blocks.append((starts[:k][None, :] + np.arange(j, j1, dtype=np.int64)[:, None]).reshape(-1))
             j = j1
         self.src = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        self.inv = np.empty_like(self.src)  # caller position -> slot (gathering beats scattering)
+        self.inv[self.src] = np.arange(len(self.src))
         self.sid = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # stream of each position
 
 
@@ -303,11 +304,16 @@ _LAYOUTS: dict[bytes, _Layout] = {}
 _LAYOUTS_LOCK = threading.Lock()  # a decode server codes from several threads
 
 
+_CACHE_SYMBOLS = 1 << 20  # layouts of bigger batches (24 bytes a symbol) are not kept
+
+
 def _layout(lengths: np.ndarray) -> _Layout:
     key = lengths.astype(np.int64).tobytes()
     lay = _LAYOUTS.get(key)
     if lay is None:
         lay = _Layout(lengths)
+        if len(lay.src) > _CACHE_SYMBOLS:
+            return lay
         with _LAYOUTS_LOCK:
             while len(_LAYOUTS) >= 8:
                 _LAYOUTS.pop(next(iter(_LAYOUTS)))
@@ -372,10 +378,8 @@ class NumpyBackend(_Backend):
                 np.less(rg, _LOW32, out=rn)
                 np.left_shift(rg, c32, out=rg, where=rn)
         del freq
-        scale_s = np.empty(total, _U64)
-        scale_s[lay.src] = scale
-        ren_s = np.empty(total, bool)
-        ren_s[lay.src] = ren
+        scale_s = np.take(scale, lay.inv, mode="wrap")  # in bounds; 'wrap' skips the bounds buffering
+        ren_s = np.take(ren, lay.inv, mode="wrap")
         del scale, ren
         final_rng = np.empty(nstreams, _U64)
         final_rng[lay.order] = rng
@@ -459,8 +463,8 @@ class NumpyBackend(_Backend):
             s = int(lay.order[r])
             why = "is invalid" if bad[r] else f"holds more data than its {lengths[s]} coded symbols"
             raise CorruptStream(f"stream {first + s}: the entropy-coded body {why}")
-        coded = np.empty(len(lay.src), np.int32)
-        coded[lay.src] = gsym - tables.start[t_pm].astype(np.int32)
+        gsym -= tables.start[t_pm].astype(np.int32)
+        coded = np.take(gsym, lay.inv, mode="wrap")
         if keep is None:
             return coded
         out = np.zeros(n_all, np.int32)

@@ -305,6 +305,12 @@ def _opt_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dic
 
 
 def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if meta.get("slim"):  # a slim checkpoint: the learning rates, no moments (Adam starts them afresh)
+        groups = [{**g, "params": og["params"]} for g, og in zip(meta["param_groups"], opt.state_dict()["param_groups"],
+                                                                   strict=True)]
+        opt.load_state_dict({"state": {}, "param_groups": [{k: (tuple(v) if k == "betas" else v)
+                                                            for k, v in g.items()} for g in groups]})
+        return
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -346,6 +352,26 @@ def _save_checkpoint(run: Path, model: AutoEncoder, opt: torch.optim.Optimizer, 
         write_json(tmp / CKPT_STATE, meta)
 
 
+def slim_checkpoint(run: str | Path, out: str | Path) -> Path:
+    """A copy of `run` (config.json + checkpoint/) without Adam's moments: about a third of the size, to commit
+    or ship. Resuming from it restores everything but the moments, which Adam re-estimates from zero, so the
+    continuation is not bit-identical to the uninterrupted run (a short warm-up's worth of difference)."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(run), Path(out)
+    ckpt = _checkpoint_dir(src)
+    meta = read_json(ckpt / CKPT_STATE)
+    tensors = {k: v for k, v in load_file(str(ckpt / CKPT_TENSORS)).items() if not k.startswith("optim.")}
+    meta["optimizer"] = {**meta["optimizer"], "slim": True, "scalars": {}}
+    with AtomicDir(dst, overwrite=True) as tmp:
+        shutil.copy2(src / CONFIG, tmp / CONFIG)
+        (tmp / CHECKPOINT).mkdir()
+        shutil.copy2(ckpt / CKPT_MODEL, tmp / CHECKPOINT / CKPT_MODEL)
+        save_file(tensors, str(tmp / CHECKPOINT / CKPT_TENSORS))
+        write_json(tmp / CHECKPOINT / CKPT_STATE, meta)
+    return dst
+
+
 def _checkpoint_dir(run: Path) -> Path:
     ckpt = run / CHECKPOINT
     if (ckpt / CKPT_STATE).is_file():
@@ -370,7 +396,7 @@ def _load_checkpoint(run: Path, model: AutoEncoder, opt: torch.optim.Optimizer, 
     try:
         model.load_state_dict(load_file(str(ckpt / CKPT_MODEL)), strict=True)
         tensors = load_file(str(ckpt / CKPT_TENSORS))
-        _load_opt_state(opt, tensors, meta["optimizer"])
+        _load_opt_state(opt, tensors, meta["optimizer"])  # slim checkpoints: meta["optimizer"]["slim"]
     except (SafetensorError, RuntimeError, OSError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise RunDirError(f"checkpoint {ckpt} does not match the run's config.json ({first})") from None
@@ -596,7 +622,9 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"run": str(source.resolve()), "weights": weights.name}
     cfg_file = source / CONFIG
     if cfg_file.is_file():
-        info["family"] = read_json(cfg_file).get("model", {}).get("family")
+        source_model = read_json(cfg_file).get("model", {})
+        info["family"] = source_model.get("family")
+        info["lmbda"] = source_model.get("config", {}).get("lmbda")
     for state_file in (source / METRICS, source / CHECKPOINT / CKPT_STATE):
         if state_file.is_file():
             info["steps"] = read_json(state_file).get("steps")
@@ -615,9 +643,11 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None = None, device: str | None = None,
-           threads: int | None = None, progress: bool | None = None, stop_at_step: int | None = None) -> RunResult:
+           threads: int | None = None, progress: bool | None = None, stop_at_step: int | None = None,
+           data: str | None = None, val_data: str | None = None) -> RunResult:
     """Continue a run from its checkpoint. The model, data and optimiser options come from its config.json;
-    only the length (epochs, max_steps), the device, the threads and progress output may change."""
+    only the length (epochs, max_steps), the device, the threads, progress output and where the same data
+    now lives (`data`, `val_data`: another machine) may change."""
     run = Path(run_dir)
     if not (run / CONFIG).is_file():
         raise RunDirError(f"{run} is not a run directory (no {CONFIG}); start one with `edgeae train --out`")
@@ -626,9 +656,13 @@ def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None
         family, values = config["model"]["family"], config["model"]["config"]
         saved = config["train"]
         cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
-        spec = DataSpec.from_dict(config["data"])
+        moved = {k: str(Path(v).resolve()) for k, v in (("data", data), ("val_data", val_data)) if v}
+        spec = DataSpec.from_dict({**config["data"], **moved})
     except (KeyError, TypeError) as exc:
         raise RunDirError(f"{run / CONFIG} does not describe a run ({exc})") from None
+    if moved:
+        config = {**config, "data": {**config["data"], **moved}}
+        write_json(run / CONFIG, config)
     changes = {"epochs": epochs, "max_steps": max_steps, "device": device, "threads": threads, "progress": progress}
     cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in changes.items() if v is not None}})
     resolve_device(cfg.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 from edgeae.zoo import INDEX_NAME, INDEX_SCHEMA, ZOO_DIR
 from edgeae.zoo import index as read_index
 
-JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+JPEG_QUALITIES = (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
@@ -64,13 +65,33 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
     return out
 
 
+def drop_int8(bundle: Path, role: str) -> None:
+    """Remove `role`'s int8 twin from an exported bundle (its file, manifest entries): the zoo ships int8
+    encoders only, the decoders' int8 twins cost size for little (decode runs on servers). The bundle's
+    fingerprint covers the fp32 graphs and the tables only, so payloads and checks are unchanged."""
+    from edgeae.fsutil import write_atomic
+    from edgeae.runtime.manifest import MANIFEST_NAME
+
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    name = manifest["graphs"][role].get("int8_file")
+    if not name:
+        return
+    manifest["graphs"][role]["int8_file"] = None
+    manifest["files"].pop(name, None)
+    if manifest.get("int8"):
+        manifest["int8"].get("graphs", {}).pop(role, None)
+    write_atomic(bundle / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    (bundle / name).unlink()
+
+
 def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32") -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
-    over the images, and the per-image values."""
+    over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
+    decoders are fp32 only: decoding runs where floats are cheap)."""
     from edgeae.evaluate.metrics import ms_ssim, psnr
     from edgeae.runtime.codec import Decoder, Encoder
 
-    enc, dec = Encoder(bundle, precision), Decoder(bundle, precision)
+    enc, dec = Encoder(bundle, precision), Decoder(bundle, "fp32")
     rows = []
     t_enc = t_dec = 0.0
     for img in images:
@@ -135,10 +156,12 @@ def bd_rates(points: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]
 
 def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None, zoo_dir: Path = ZOO_DIR,
           work: Path | None = None, checkpoint: bool = False, int8: bool = True, description: str = "",
-          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5) -> dict[str, Any]:
-    """Bake, export (fp32 + int8 encoder/decoder), measure on every image of `val` at its own size, and
-    record the model in zoo_dir/index.json (other models there are kept)."""
+          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5,
+          int8_decoder: bool = False) -> dict[str, Any]:
+    """Bake, export (fp32 graphs + the int8 encoder; the int8 decoder too with `int8_decoder`), measure on
+    every image of `val` at its own size, and record the model in zoo_dir/index.json (others are kept)."""
     from edgeae.bundling.build import ExportOptions, export_run
+    from edgeae.runtime.bundle import Bundle
     from edgeae.train.data import read_image_folder
     from edgeae.train.models import build_model, make_config
     from edgeae.train.rundir import CONFIG, read_json, write_json
@@ -155,8 +178,16 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         plain_run = bake_run(vr_run, q, work / f"q{k}", checkpoint=checkpoint)
         folder = f"{name}-q{k}"
         t0 = time.perf_counter()
-        export_run(plain_run, ExportOptions(out=zoo_dir / folder, int8=int8, measure_speed=False, force=True,
+        staged = work / f"bundle-{folder}"
+        export_run(plain_run, ExportOptions(out=staged, int8=int8, measure_speed=False, force=True,
                                             max_int8_drop_db=max_int8_drop_db))
+        if int8 and not int8_decoder:
+            drop_int8(staged, "decoder")
+        Bundle.open(staged)  # still a valid, sha256-checked bundle
+        if (zoo_dir / folder).exists():
+            shutil.rmtree(zoo_dir / folder)
+        zoo_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, zoo_dir / folder)
         export_s = time.perf_counter() - t0
         fp32 = measure(zoo_dir / folder, images, "fp32")
         row: dict[str, Any] = {"bundle": folder, "lmbda": vr.lmbdas[q], "vr_index": q, "bpp": fp32["bpp"],
@@ -182,7 +213,8 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         "description": description, "card": card, "qualities": entries,
         "training": {"steps": state.get("steps"), "devices": state.get("devices", []),
                      "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
-                     "data": config["data"], "train": config["train"], "model": config["model"]},
+                     "data": config["data"], "train": config["train"], "model": config["model"],
+                     "init": config.get("init"), "history": _history(vr_run)},
         "baselines": curves, "bd_rate": bd,
     }
     base["schema"], base["version"] = INDEX_SCHEMA, 1
@@ -192,6 +224,49 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
               + f" over {v['psnr_overlap_db']}; MS-SSIM "
               + ("n/a" if v["ms_ssim"] is None else f"{100 * v['ms_ssim']:+.1f}%"))
     return base["models"][name]
+
+
+def _history(run: Path) -> list[dict[str, Any]]:
+    from edgeae.train.rundir import read_json
+
+    for f in (run / "metrics.json", run / "checkpoint" / "state.json"):
+        if f.is_file():
+            return [{k: h.get(k) for k in ("epoch", "steps", "val_psnr", "val_bpp", "val_qualities")}
+                    for h in read_json(f).get("history", [])]
+    return []
+
+
+def plot_rd(entry: dict[str, Any], out: Path, title: str = "") -> None:
+    """The model's operating points (fp32 and int8) against the JPEG and WebP sweeps, PSNR and MS-SSIM."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeae.fsutil import write_atomic
+
+    pts = [entry["qualities"][k] for k in sorted(entry["qualities"], key=int)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (RGB) dB"), (axes[1], "ms_ssim", "MS-SSIM")):
+        for codec, style in (("jpeg", "s--"), ("webp", "^--")):
+            c = [p for p in entry["baselines"][codec] if p[key] is not None]
+            ax.plot([p["bpp"] for p in c], [p[key] for p in c], style, label=codec.upper(), ms=4)
+        ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], "o-", label="edgeae fp32", lw=2)
+        if all(p.get(f"{key}_int8") is not None for p in pts):
+            ax.plot([p["bpp_int8"] for p in pts], [p[f"{key}_int8"] for p in pts], "x:", label="edgeae int8")
+        ax.set_xlabel("bits per pixel (payload incl. header)")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, max(1.6, 1.1 * max(p["bpp"] for p in pts)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    write_atomic(out, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", action="store_true", help="use run/checkpoint (a run still in progress)")
     ap.add_argument("--description", default="")
     ap.add_argument("--clean", action="store_true", help="remove this model's old bundles first")
+    ap.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")
     a = ap.parse_args(argv)
     if a.clean:
         for old in a.zoo.glob(f"{a.name}-q*"):
             shutil.rmtree(old)
     qs = [int(v) for v in a.qualities.split(",")] if a.qualities else None
     entry = build(a.run, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
+    if a.plot:
+        plot_rd(entry, a.plot, f"{a.name}: whole {a.val.name} images")
     print(json.dumps({k: v for k, v in entry.items() if k in ("bd_rate",)}, indent=1))
     return 0
 

@@ -50,7 +50,8 @@ def fit_budget(image: np.ndarray, codec: str, budget: int) -> tuple[int, bytes, 
 
 def compare_at_budget(image: Any, bundle: Any = "photo:3", out: str | os.PathLike[str] | None = None,
                       precision: str = "int8") -> dict[str, Any]:
-    """`image`: uint8 (H, W, 3) RGB array or an image file path. See the module docstring."""
+    """`image`: uint8 (H, W, 3) RGB array or an image file path; `precision`: the encoder's (the decoder runs
+    fp32). See the module docstring."""
     from edgeae.runtime.codec import Decoder, Encoder
 
     if isinstance(image, (str, os.PathLike)):
@@ -61,11 +62,13 @@ def compare_at_budget(image: Any, bundle: Any = "photo:3", out: str | os.PathLik
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise InputError(f"compare_at_budget needs a uint8 (H, W, 3) RGB image, got {img.dtype} {img.shape}")
-    enc, dec = Encoder(bundle, precision), Decoder(bundle, precision)
+    enc, dec = Encoder(bundle, precision), Decoder(bundle, "fp32")  # zoo decoders are fp32
     payload = enc.encode(img[None])
     decoded = dec.decode(payload)
     rec = np.asarray(decoded[0]).reshape(img.shape)
-    name = str(bundle) if isinstance(bundle, str) else Path(bundle).name
+    from edgeae import zoo
+
+    name = bundle if zoo.is_name(bundle) else Path(getattr(bundle, "path", bundle)).name
     rows: dict[str, Any] = {"edgeae": {"setting": f"{name} ({precision})", **_scores(img, rec, len(payload))}}
     pictures = {"edgeae": rec}
     for codec in ("jpeg", "webp"):

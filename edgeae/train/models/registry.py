@@ -52,11 +52,7 @@ def _lookup(name: str) -> tuple[type[ModelConfig], type[AutoEncoder]]:
 
 
 def _load_builtin() -> None:
-    # Importing the family modules runs their @register decorators.
-    from edgeae.train.models import conv, dense, sparse, vae  # noqa: F401
-
-    try:
-        from edgeae.train.models import codec, hyperprior  # noqa: F401
-    except ImportError:  # the learned codec family is optional while it is being written
-        pass
-    from edgeae.train.models import variable_rate  # noqa: F401  (codec-vr, hyperprior-vr)
+    # Importing the family modules runs their @register decorators. A broken family module raises here, with
+    # its own traceback: it must not look like an unknown family.
+    # variable_rate: codec-vr, hyperprior-vr
+    from edgeae.train.models import codec, conv, dense, hyperprior, sparse, vae, variable_rate  # noqa: F401

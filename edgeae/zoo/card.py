@@ -1,0 +1,156 @@
+"""Model cards rendered from the zoo index, so every number in docs/MODELS.md comes from a measurement.
+
+    python -m edgeae.zoo.card [docs/MODELS.md] [--speed photo=bench.json]
+
+Replaces the text between `<!-- zoo-cards:begin -->` and `<!-- zoo-cards:end -->` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeae.fsutil import write_atomic
+from edgeae.zoo import ZOO_DIR, index
+
+BEGIN, END = "<!-- zoo-cards:begin -->", "<!-- zoo-cards:end -->"
+
+DATA_NOTE = (
+    "**Training data.** `../shared/data/photos/train/`: 280 natural photographs, ~0.2 MP each, from the standard "
+    "super-resolution benchmark sets as published in the SelfExSR repository (high-resolution versions): BSD100 "
+    "(Berkeley segmentation data set, 100 images, 480x320), Urban100 (100 city/building images, 512 px long "
+    "side), Sun-Hays 80 (80 scenes, downscaled by 2 with Lanczos). Validation and every figure below: "
+    "`../shared/data/photos/val/` (Set14 incl. one gray image, converted to RGB, and Set5; 19 images), never "
+    "trained on. **Licence of the data:** these are research benchmark images distributed for research use "
+    "without an open licence; they are not copied into this project (only weights trained on them ship, as "
+    "the data's README allows); check the original sets' terms before commercial use of the weights.")
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.1f}%"
+
+
+def _f(v: Any, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def _mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6 if folder.is_dir() else 0.0
+
+
+def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dict[str, Any] | None = None) -> str:
+    t = entry.get("training", {})
+    model = t.get("model", {})
+    cfg = model.get("config", {})
+    train_cfg, data = t.get("train", {}), t.get("data", {})
+    init = t.get("init") or {}
+    own = t.get("steps") or 0
+    lines = [f"### `{name}`: {entry.get('description') or entry.get('family')}", ""]
+    arch = (f"`{entry.get('family')}` family (trained as `{entry.get('trained_as')}`, one model for "
+            f"{len(entry.get('qualities', {}))} operating points, baked per quality): N={cfg.get('channels')}, "
+            f"M={cfg.get('latent_channels')} latent channels, total stride {2 ** int(cfg.get('downsamplings', 0))}"
+            f" for y")
+    if "hyper_channels" in cfg:
+        arch += (f", hyper-latent z: {cfg.get('hyper_latent_channels')} channels at stride "
+                 f"{2 ** (int(cfg.get('downsamplings', 0)) + 2)}, h_a/h_s width {cfg.get('hyper_channels')}, "
+                 f"{cfg.get('scale_levels')}-entry scale table, integer hyper-decoder")
+    arch += f"; lambdas {cfg.get('lmbdas')}."
+    photos = str(data.get("data", "")).rstrip("/").endswith("photos/train")
+    note = DATA_NOTE if photos else f"**Training data.** `{data.get('data') or data.get('name')}`."
+    lines += [f"**Architecture.** {arch}", "", note, ""]
+    segs = t.get("devices", [])
+    where = "; ".join(f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
+                      f"{s.get('threads')} thread(s), {s.get('seconds', 0) / 60:.1f} min)" for s in segs
+                      if s.get("last_step", 0) >= s.get("first_step", 1))
+    steps = f"**Training.** {own} steps of batch {train_cfg.get('batch_size')} x "
+    steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
+              f"epoch, flipped at random)" if data.get("crop") else f"{data.get('name')} images")
+    steps += (f", Adam lr "
+              f"{train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay over {train_cfg.get('epochs')} "
+              f"epochs, {t.get('seconds', 0) / 60:.0f} min in all: {where or 'n/a'}.")
+    if init:
+        steps += (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, "
+                  f"{init.get('steps')} steps at lambda {init.get('lmbda', '?')}, same transforms), so the "
+                  f"transforms have seen {own + int(init.get('steps') or 0)} steps.")
+    lines += [steps, ""]
+    first: dict[str, Any] = next(iter(entry.get("qualities", {}).values()), {})
+    curve = [h for h in t.get("history", []) if h.get("val_qualities")]
+    if curve:
+        lines += ["**Training curve** (validation centre crops during training, the model's own rate estimate; "
+                  "per quality PSNR dB / bpp):", "",
+                  "| epoch | steps | " + " | ".join(f"q{i + 1}" for i in range(len(curve[0]["val_qualities"]))) + " |",
+                  "|---|---|" + "---|" * len(curve[0]["val_qualities"])]
+        pick = curve if len(curve) <= 8 else [curve[round(i * (len(curve) - 1) / 7)] for i in range(8)]
+        for h in pick:
+            lines.append(f"| {h['epoch']} | {h['steps']} | " + " | ".join(
+                f"{v.get('psnr', 0):.2f} / {v.get('bpp', 0):.3f}" for v in h["val_qualities"]) + " |")
+        lines.append("")
+    lines += [f"**Rate-distortion** on {first.get('measured_on', 'the validation images')} (each image at its own "
+              "size in its own payload, header included; mean over images of bpp, PSNR on RGB, MS-SSIM):", "",
+              "| quality | lambda | bpp | PSNR dB | MS-SSIM | int8 encoder PSNR dB (delta) | bundle MB |",
+              "|---|---|---|---|---|---|---|"]
+    for q, r in sorted(entry.get("qualities", {}).items(), key=lambda kv: int(kv[0])):
+        delta = (r["psnr_int8"] - r["psnr"]) if isinstance(r.get("psnr_int8"), float) else None
+        lines.append(f"| `{name}:{q}` | {r.get('lmbda')} | {_f(r.get('bpp'), '.3f')} | {_f(r.get('psnr'), '.2f')} | "
+                     f"{_f(r.get('ms_ssim'), '.4f')} | {_f(r.get('psnr_int8'), '.2f')} ({_f(delta, '+.2f')}) | "
+                     f"{_mb(zoo_dir / str(r.get('bundle'))):.2f} |")
+    lines.append("")
+    base = entry.get("baselines", {})
+    for codec, label in (("jpeg", "JPEG (Pillow, optimize=True)"), ("webp", "WebP (Pillow, method 6)")):
+        pts = "; ".join(f"q{c['quality']} {c['bpp']:.3f} bpp {c['psnr']:.2f} dB" for c in base.get(codec, []))
+        lines.append(f"- {label}: {pts}")
+    lines.append("")
+    bd = entry.get("bd_rate", {})
+    for codec in ("webp", "jpeg"):
+        b = bd.get(codec, {})
+        ov = b.get("psnr_overlap_db")
+        span = f"over {ov[0]:.2f}-{ov[1]:.2f} dB" if ov else f"({b.get('psnr_reason') or 'no overlap'})"
+        lines.append(f"- **BD-rate vs {codec.upper()}: {_pct(b.get('psnr'))}** at equal PSNR {span}; "
+                     f"{_pct(b.get('ms_ssim'))} at equal MS-SSIM (dB)")
+    lines.append("")
+    if speed:
+        rows = speed.get("rows", {})
+        webp = next((v for k, v in rows.items() if k.startswith("webp")), None)
+        lines += ["**Speed** (768x512 RGB, 1 thread, medians, `benchmarks/bench_zoo.py`):", "",
+                  "| codec | bytes | encode ms | x WebP | decode ms | x WebP |", "|---|---|---|---|---|---|"]
+        for k, v in rows.items():
+            lines.append(f"| {k} | {v['bytes']:.0f} | {v['encode_ms']:.1f} | "
+                         f"{v['encode_ms'] / webp['encode_ms']:.2f} | {v['decode_ms']:.1f} | "
+                         f"{v['decode_ms'] / webp['decode_ms']:.2f} |" if webp else f"| {k} | - | - | - | - | - |")
+        rss = speed.get("peak_rss_mb", {})
+        lines += ["", "Peak RSS encoding one 1920x1080 photo on the torch-free runtime: "
+                  + ", ".join(f"{p} {v:.0f} MB" for p, v in rss.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def update(md: Path, zoo_dir: Path = ZOO_DIR, speeds: dict[str, dict[str, Any]] | None = None) -> str:
+    text = md.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{md} has no {BEGIN} ... {END} section")
+    models = index(zoo_dir)["models"]
+    cards = "\n".join(render(n, e, zoo_dir, (speeds or {}).get(n)) for n, e in sorted(models.items()))
+    body = cards or "No pretrained model is shipped in this version."
+    new = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + body + "\n" + text[text.index(END):]
+    write_atomic(md, new)
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("md", nargs="?", type=Path, default=Path("docs/MODELS.md"))
+    ap.add_argument("--speed", action="append", default=[], metavar="MODEL=JSON",
+                    help="bench_zoo.py --json output for a model")
+    a = ap.parse_args(argv)
+    speeds = {}
+    for item in a.speed:
+        name, _, path = item.partition("=")
+        speeds[name] = json.loads(Path(path).read_text())
+    print(update(a.md, speeds=speeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
