@@ -20,7 +20,8 @@ duplicated.
     .venv/bin/python benchmarks/bench_abuse.py [BUNDLE] [--seconds 8] [--slow 200] [--attackers 8]
 
 Without BUNDLE the 8x8 digits conv of the test fixtures is trained (3 epochs) and exported to a temp folder.
-Client and server share the host's cores: on a 2-core machine the attackers' own CPU also slows the probe.
+The attackers run in a child process (the probe never waits for their GIL), but client and server share the
+host's cores: on a 2-core machine the attackers' own CPU also slows the probe.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import http.client
+import multiprocessing as mp
 import socket
 import tempfile
 import threading
@@ -173,7 +175,29 @@ def stalled_body(port: int, key: str, stop: threading.Event, statuses: collectio
                 statuses[int(data[9:12]) if data[:5] == b"HTTP/" else 0] += 1
         except OSError:
             statuses[0] += 1
-            time.sleep(0.2)
+        time.sleep(0.1)  # then stall again on a new connection
+
+
+def attack(phase: str, port: int, evil_key: str, bodies: list, n_attackers: int, n_slow: int, seconds: float,
+           out: mp.Queue) -> None:
+    """One phase's attackers, in their own process (so the probe in the parent never waits for their GIL)."""
+    stop = threading.Event()
+    statuses: collections.Counter = collections.Counter()
+    threads = []
+    if phase in ("forged", "mixed"):
+        threads += [threading.Thread(target=attacker, args=(port, bodies, stop, statuses)) for _ in range(n_attackers)]
+    if phase in ("slow", "mixed"):
+        threads += [threading.Thread(target=slow_head, args=(port, stop, statuses)) for _ in range(n_slow)]
+        threads += [threading.Thread(target=stalled_body, args=(port, evil_key, stop, statuses))
+                    for _ in range(n_slow // 2)]
+    for t in threads:
+        t.daemon = True
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=40)
+    out.put(dict(statuses))
 
 
 def q(a: list[float], p: float) -> float:
@@ -223,29 +247,25 @@ def report(args, server, enc, dec, shape, probe_key, evil_key, store_dir) -> Non
                                     ("/v1/decode", big, {**evil, "Content-Type": "text/plain"})]
     acked: list[str] = []
     rows = []
+    ctx = mp.get_context("fork")
     for phase in ("unloaded", "forged", "slow", "mixed"):
         stop = threading.Event()
         lat: list[float] = []
         probe_status: collections.Counter = collections.Counter()
-        attack_status: collections.Counter = collections.Counter()
-        threads = [threading.Thread(target=probe, args=(port, probe_key, enc, shape, stop, len(rows), acked, lat,
-                                                        probe_status))]
-        if phase in ("forged", "mixed"):
-            bodies = forged_bodies if phase == "forged" else mixed_bodies
-            threads += [threading.Thread(target=attacker, args=(port, bodies, stop, attack_status))
-                        for _ in range(args.attackers)]
-        if phase in ("slow", "mixed"):
-            threads += [threading.Thread(target=slow_head, args=(port, stop, attack_status)) for _ in range(args.slow)]
-            threads += [threading.Thread(target=stalled_body, args=(port, evil_key, stop, attack_status))
-                        for _ in range(args.slow // 2)]
+        results: mp.Queue = ctx.Queue()
+        bodies = forged_bodies if phase == "forged" else mixed_bodies
+        attackers = ctx.Process(target=attack, args=(phase, port, evil_key, bodies, args.attackers, args.slow,
+                                                     args.seconds, results), daemon=True)
         rss.peak = rss.now()
-        for t in threads:
-            t.daemon = True
-            t.start()
+        attackers.start()
+        prober = threading.Thread(target=probe, args=(port, probe_key, enc, shape, stop, len(rows), acked, lat,
+                                                      probe_status), daemon=True)
+        prober.start()
         time.sleep(args.seconds)
         stop.set()
-        for t in threads:
-            t.join(timeout=40)
+        prober.join(timeout=40)
+        attack_status = results.get(timeout=60)
+        attackers.join(timeout=10)
         rows.append((phase, rss.peak, len(lat), q(lat, 0.5), q(lat, 0.99), dict(probe_status),
                      dict(sorted(attack_status.items()))))
     rss.stop.set()

@@ -537,3 +537,18 @@ def test_hyperprior_manifest_round_trips_exactly(bundles):
     raw = json.loads((bundles["hyperprior"] / "manifest.json").read_text())
     m = load_manifest(bundles["hyperprior"])
     assert m.to_dict() == raw and m.entropy.model == "hyperprior" and len(m.entropy.y.offsets) == 8
+
+
+def test_decode_verify_needs_an_entropy_model_with_an_integer_graph(bundles, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+
+    payload = tmp_path / "p.eae"
+    payload.write_bytes(Encoder(bundles["factorized"]).encode(_image(8, 8)))
+    res = CliRunner().invoke(main, ["decode", str(payload), "--bundle", str(bundles["factorized"]), "--out",
+                                    str(tmp_path / "o"), "--verify"])
+    assert res.exit_code != 0 and "no integer graph to verify" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["decode", str(payload), "--bundle", str(bundles["factorized"]), "--out",
+                                    str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output

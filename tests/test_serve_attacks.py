@@ -225,8 +225,9 @@ def test_quota_per_device_answers_429_with_retry_after(secured, enc):
 
 
 def test_decode_cost_caps_memory_budget_and_full_disk(tiny_bundle, enc, tmp_path):
-    cfg = ServeConfig(bundle=str(tiny_bundle), max_pixels=5 * 64, max_items=100, memory_budget=3 << 20, max_body=1 << 20,
-                      store=str(tmp_path / "store"), min_free_bytes=1 << 60, body_timeout=30)
+    cfg = ServeConfig(bundle=str(tiny_bundle), max_pixels=5 * 64, max_items=100, memory_budget=3 << 20,
+                      budget_share=1.0, max_body=1 << 20, store=str(tmp_path / "store"), min_free_bytes=1 << 60,
+                      body_timeout=30)
     app = create_app(cfg)
     service = app.state.service
     with ThreadServer(app) as s:
@@ -253,6 +254,32 @@ def test_decode_cost_caps_memory_budget_and_full_disk(tiny_bundle, enc, tmp_path
         while service.budget.used:
             time.sleep(0.005)
         assert httpx.post(s.base + "/v1/decode", content=enc.encode(_images(1)), headers=OCTET).status_code == 200
+
+
+def test_one_device_stalling_bodies_cannot_starve_the_others(tiny_bundle, keyfile, enc):
+    path, keys = keyfile
+    cfg = ServeConfig(bundle=str(tiny_bundle), keys=str(path), memory_budget=4 << 20, budget_share=0.5,
+                      max_body=1 << 20, body_timeout=30)
+    app = create_app(cfg)
+    budget = app.state.service.budget
+    with ThreadServer(app) as s:
+        head = (f"POST /v1/decode HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['cam']}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {1 << 20}\r\n\r\n").encode()
+        stalled = []
+        try:
+            for _ in range(2):  # cam holds its whole share (2 MiB of 4)
+                c = socket.create_connection((LOOPBACK, s.port))
+                c.sendall(head + b"\0" * 10)
+                stalled.append(c)
+            while budget.used < 2 << 20:
+                time.sleep(0.005)
+            p = enc.encode_each(_images(1, seed=70))[0]
+            r = httpx.post(s.base + "/v1/decode", content=p, headers=_auth(keys["cam"]))
+            assert (r.status_code, r.json()["error"]) == (503, "overloaded") and "per device" in r.json()["detail"]
+            assert httpx.post(s.base + "/v1/decode", content=p, headers=_auth(keys["cam2"])).status_code == 200
+        finally:
+            for c in stalled:
+                c.close()
 
 
 def test_time_limit_and_disconnected_clients_cancel_their_work(tiny_bundle, enc, logs):
@@ -324,6 +351,10 @@ def test_a_failed_batch_finishes_each_job_once(tiny_bundle, enc):
 
 
 def test_tls_and_refusing_an_open_network_bind(tiny_bundle, enc, tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a self-signed certificate)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",

@@ -95,7 +95,7 @@ for bundle in "${BUNDLES[@]}"; do
         t3=$(now); arm_edgeae decode "$src" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-rev-on-arm" >/dev/null
         t4=$(now)
         [ "$src" = "$p/enc-x86" ] || host_edgeae decode "$src" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-x86-on-x86" >/dev/null
-        arm_python "$HERE/acid.py" symbols "$bundle" "$src" "$p/sym-rev-on-arm.npz" >/dev/null
+        echo "   arm64: $(arm_python "$HERE/acid.py" symbols "$bundle" "$src" "$p/sym-rev-on-arm.npz")"
         $ACID symbols "$bundle" "$src" "$p/sym-rev-on-x86.npz" >/dev/null
         echo "   reverse: arm64 decodes x86's $(find "$src" -name '*.eae' | wc -l) payload(s): $(secs "$t3" "$t4") s emulated"
         check $ACID compare "symbols, arm64 decode of x86 payloads vs x86 decode" "$p/sym-rev-on-arm.npz" "$p/sym-rev-on-x86.npz"

@@ -88,13 +88,16 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
 @main.command()
 @click.argument("payloads", nargs=-1, required=True, type=click.Path())
 @_codec_options
+@click.option("--verify", is_flag=True, help="Check the entropy model's integer graph (hyperprior: the "
+              "hyper-decoder's table indices) against its numpy int64 reference on every payload; stop with an "
+              "error if they differ on this machine.")
 def decode(payloads: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None,
-           threads: int | None) -> None:
+           threads: int | None, verify: bool) -> None:
     """Decode .eae payloads (files, or folders of them, walked recursively) into PNG images."""
     from edgeae.runtime.codec import Decoder
     from edgeae.runtime.files import decode_files
 
-    dec = Decoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads)
+    dec = Decoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, verify=verify)
     failures = Failures()
     r = decode_files(dec, payloads, out, skip=failures.report, on_write=lambda w: click.echo(
         f"{w.source} -> {w.target}" + (f" .. {w.last.name}" if w.last else "")))

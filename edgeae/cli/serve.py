@@ -45,6 +45,8 @@ MIB = 1 << 20
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--memory-budget", default=128, show_default=True, type=click.IntRange(8, 1 << 20),
               help="MiB of request bodies in flight plus decode work admitted, all requests together (503 above).")
+@click.option("--budget-share", default=0.25, show_default=True, type=click.FloatRange(0.01, 1.0),
+              help="The most of the memory budget one device (or client address, without --keys) may hold.")
 @click.option("--max-items", type=click.IntRange(1, 1 << 16), help="Items per request [default: from the bundle].")
 @click.option("--max-pixels", type=click.IntRange(1, 1 << 34),
               help="Output pixel values (items x C x H x W) per request [default: from the memory budget].")
@@ -69,7 +71,7 @@ MIB = 1 << 20
 def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float, store: str | None, workers: int,
           threads: int | None, max_body: int, queue_size: int, int8: bool, engine: str, keys: str | None,
           insecure: bool, require_signature: bool, ssl_certfile: str | None, ssl_keyfile: str | None,
-          memory_budget: int, max_items: int | None, max_pixels: int | None, request_timeout: float,
+          memory_budget: int, budget_share: float, max_items: int | None, max_pixels: int | None, request_timeout: float,
           body_timeout: float, header_timeout: float, max_connections: int, quota_bytes: int | None,
           quota_items: int | None, quota_window: float, quota_disk: int | None, keep_days: float | None,
           min_free: int, log_level: str) -> None:
@@ -85,7 +87,7 @@ def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float,
     cfg = ServeConfig(bundle=bundle, precision="int8" if int8 else "fp32", max_batch=max_batch,
                       max_wait_ms=max_wait_ms, queue=queue_size, workers=workers, threads=threads,
                       max_body=max_body, store=store, keys=keys, require_signature=require_signature,
-                      memory_budget=memory_budget * MIB, max_items=max_items, max_pixels=max_pixels,
+                      memory_budget=memory_budget * MIB, budget_share=budget_share, max_items=max_items, max_pixels=max_pixels,
                       request_timeout=request_timeout, body_timeout=body_timeout, header_timeout=header_timeout,
                       max_connections=max_connections, quota_bytes=quota_bytes, quota_items=quota_items,
                       quota_window_s=quota_window, quota_disk_bytes=quota_disk, keep_days=keep_days,

@@ -114,9 +114,11 @@ def load_folder(paths: Sequence[str | os.PathLike[str]], spec: Any, limit: int |
     each at its own size, read as the runtime reads files for a bundle with input spec `spec` (a fixed-size
     bundle refuses other sizes; gray vs colour must match unless `convert`): (names, images)."""
     from edgeae.runtime.files import find_files
-    from edgeae.runtime.images import IMAGE_SUFFIXES, input_adapter
+    from edgeae.runtime.images import IMAGE_SUFFIXES, ImageAdapter
 
-    adapter = input_adapter(spec, convert=convert)
+    if spec.kind != "image":
+        raise InputError("image files need an image bundle; this bundle takes float tensors")
+    adapter = ImageAdapter(spec, convert=convert)
     names, images = [], []
     for f in find_files(paths, IMAGE_SUFFIXES)[:limit]:
         a = adapter.load(f.source)

@@ -61,6 +61,7 @@ class ServeConfig:
     key_reload_s: float = 1.0
     # decode cost (None = derived from the bundle and the memory budget)
     memory_budget: int = 128 << 20  # bytes: bodies in flight + decode work admitted, all requests together
+    budget_share: float = 0.25  # the most of it one device (or client address, without keys) may hold
     max_items: int | None = None  # per request
     max_pixels: int | None = None  # output values (items x C x H x W) per request
     max_batch_items: int | None = None
@@ -99,12 +100,14 @@ class Limits:
         values = math.prod(m.input.shape)
         symbols = m.latent.symbols
         per_item = values * BYTES_PER_VALUE + symbols * BYTES_PER_SYMBOL
-        max_body = min(config.max_body, wire.MAX_PAYLOAD_BYTES, config.memory_budget // 2)
-        # one request may take at most a quarter of the budget, so four of the largest fit at once
-        max_pixels = config.max_pixels or max(values, (config.memory_budget // 4) // BYTES_PER_VALUE)
+        # the largest request (body + decode work) must fit one device's share of the budget: half for the
+        # body at most, the rest for the work
+        share = max(1, int(config.memory_budget * min(1.0, config.budget_share)))
+        max_body = min(config.max_body, wire.MAX_PAYLOAD_BYTES, share // 2)
+        work = share - max_body
+        max_pixels = config.max_pixels or max(values, work // BYTES_PER_VALUE // 2)
         wire_items = min(wire.MAX_ITEMS, wire.MAX_TOTAL_SYMBOLS // max(1, symbols))
-        max_items = config.max_items or max(1, min(wire_items, 4096, max_pixels // values,
-                                                   (config.memory_budget // 4) // per_item))
+        max_items = config.max_items or max(1, min(wire_items, 4096, max_pixels // values, work // per_item))
         return cls(max_body=max_body, max_items=max_items, max_pixels=max_pixels,
                    max_batch_items=max(config.max_batch_items or max_items, max_items),
                    max_batch_pixels=max(config.max_batch_pixels or max_pixels, max_pixels),
@@ -116,20 +119,31 @@ class Limits:
 
 
 class Budget:
-    """Bytes admitted, all requests together (event-loop only: no lock)."""
+    """Bytes admitted, all requests together, and per owner (a device, or a client address on an open
+    server): one owner may hold at most `share` of the total, so a few clients stalling bodies cannot starve
+    the others. Event-loop only: no lock."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, share: float = 1.0) -> None:
         self.total, self.used, self.peak = total, 0, 0
+        self.per_owner = max(1, int(total * share))
+        self.owners: dict[str, int] = {}
 
-    def take(self, n: int) -> bool:
-        if n > 0 and self.used + n > self.total:
+    def take(self, n: int, owner: str = "-") -> bool:
+        mine = self.owners.get(owner, 0)
+        if n > 0 and (self.used + n > self.total or mine + n > self.per_owner):
             return False
         self.used += n
+        self.owners[owner] = mine + n
         self.peak = max(self.peak, self.used)
         return True
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, owner: str = "-") -> None:
         self.used -= n
+        left = self.owners.get(owner, 0) - n
+        if left > 0:
+            self.owners[owner] = left
+        else:
+            self.owners.pop(owner, None)
 
 
 class HTTPProblem(Exception):
@@ -239,6 +253,11 @@ class Context:
     ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def owner(self) -> str:
+        """Whose share of the memory budget this request uses: its device, else its client address."""
+        return f"device:{self.device}" if self.device else f"client:{self.client or '-'}"
+
 
 class DecodeService:
     """One bundle's decode service. `start()` on the serving event loop, `close()` at shutdown."""
@@ -250,7 +269,7 @@ class DecodeService:
         self.metrics = Metrics()
         self.engine = engine or DecodeEngine(config.bundle, config.precision, threads=config.threads, hook=hook)
         self.limits = Limits.derive(config, self.engine)
-        self.budget = Budget(self.limits.memory_budget)
+        self.budget = Budget(self.limits.memory_budget, config.budget_share)
         self.keys = KeyRing(config.keys, config.key_reload_s) if config.keys else None
         self.store = ImageStore(config.store, config.min_free_bytes) if config.store else None
         self.batcher: MicroBatcher | None = None
@@ -387,10 +406,10 @@ class DecodeService:
             if declared > lim.max_body:
                 raise HTTPProblem(413, "too_large", f"body of {declared} bytes exceeds the limit of {lim.max_body}",
                                   {"Connection": "close"})
-        taken = 0
-        if declared and not self.budget.take(declared):
-            raise _busy("overloaded", f"{self.budget.used} bytes of requests in flight (budget "
-                        f"{self.budget.total}); retry later")
+        owner = ctx.owner
+        if declared and not self.budget.take(declared, owner):
+            raise _busy("overloaded", f"too many bytes of requests in flight (budget {self.budget.total}, "
+                        f"{self.budget.per_owner} per device); retry later")
         taken = declared or 0
         chunks: list[bytes] = []
         got = [0, taken]  # bytes received, bytes taken from the budget
@@ -402,7 +421,7 @@ class DecodeService:
                     raise HTTPProblem(413, "too_large", f"body exceeds the limit of {lim.max_body} bytes",
                                       {"Connection": "close"})
                 if got[0] > got[1]:  # chunked: take from the budget as it arrives
-                    if not self.budget.take(got[0] - got[1]):
+                    if not self.budget.take(got[0] - got[1], owner):
                         raise _busy("overloaded", "too many bytes of requests in flight; retry later")
                     got[1] = got[0]
                 chunks.append(chunk)
@@ -410,19 +429,19 @@ class DecodeService:
         try:
             await asyncio.wait_for(collect(), self.config.body_timeout)
         except asyncio.TimeoutError:
-            self.budget.give(got[1])
+            self.budget.give(got[1], owner)
             raise HTTPProblem(408, "body_timeout", f"the body did not arrive within {self.config.body_timeout} s",
                               {"Connection": "close"}) from None
         except ClientDisconnect:
-            self.budget.give(got[1])
+            self.budget.give(got[1], owner)
             raise ClientGone() from None
         except BaseException:
-            self.budget.give(got[1])
+            self.budget.give(got[1], owner)
             raise
         size, taken = got
         ctx.bytes = size
         if not size:
-            self.budget.give(taken)
+            self.budget.give(taken, owner)
             raise HTTPProblem(400, "empty", "empty body; POST the payload bytes")
         return b"".join(chunks), taken
 
@@ -494,9 +513,9 @@ class DecodeService:
             items, values = self.precheck(payload)
             ctx.items = items
             cost = self.limits.cost(0, items, values)
-            if not self.budget.take(cost):
+            if not self.budget.take(cost, ctx.owner):
                 raise _busy("overloaded", f"decode work admitted is at the memory budget ({self.budget.total} "
-                            "bytes); retry later")
+                            f"bytes, {self.budget.per_owner} per device); retry later")
             held += cost
             if endpoint == "decode":
                 accept = request.headers.get("accept")
@@ -526,7 +545,7 @@ class DecodeService:
             ctx.new = new
             return JSONResponse({"id": pid, "new": new, "items": len(images)})
         finally:
-            self.budget.give(held)
+            self.budget.give(held, ctx.owner)
             if inflight is not None:
                 inflight[0] -= len(payload)
                 inflight[1] -= ctx.items or 0
