@@ -125,9 +125,12 @@ def main() -> int:
     print("peak RSS encoding one 1920x1080 photo, torch-free runtime: "
           + ", ".join(f"{p} {v:.0f} MB" for p, v in rss.items()))
     if a.json:
+        import os
+
         from edgeae.fsutil import write_atomic
 
-        write_atomic(a.json, json.dumps({"rows": rows, "peak_rss_mb": rss}, indent=1))
+        write_atomic(a.json, json.dumps({"rows": rows, "peak_rss_mb": rss, "load_average": os.getloadavg()[0]},
+                                        indent=1))
     return 0
 
 

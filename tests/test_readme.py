@@ -38,7 +38,7 @@ RUN_LANGS = {"bash", "sh", "shell", "console", "python"}
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s+(?P<reason>\S.*?)\s*-->")
 MARKER = re.compile(r"<!--\s*readme-test:(?P<rest>.*?)-->")
 FENCE = re.compile(r"^(?P<indent> {0,3})```(?P<lang>[\w+-]*)\s*$")
-PORT = "8765"  # the README's server port; the test uses a free one instead
+PORTS = ("8765", "8766")  # the README's server ports; the test uses free ones instead
 
 # (pattern, replacement) applied to every command, in order; a command rewritten to "" is not run.
 # ALWAYS: what the clone's Makefile does, in the venv that runs this test; SMALL: smaller sizes (not with --full).
@@ -129,13 +129,15 @@ def rewrite(cmd: str, full: bool = False, real_demo: bool = False) -> str:
     return cmd.strip()
 
 
-def script(text: str, port: str, full: bool = False, real_demo: bool = False) -> str:
+def script(text: str, ports: dict[str, str], full: bool = False, real_demo: bool = False) -> str:
     parts = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
     for block in blocks(text):
         if block.skip or block.lang not in RUN_LANGS:
             continue
         for c in commands(block):
-            body = c.text.replace(PORT, port)
+            body = c.text
+            for readme_port, port in ports.items():
+                body = body.replace(readme_port, port)
             if c.python:
                 parts.append(f"echo '::README.md:{c.line}: python' >&2")
                 parts.append(f"python - <<'README_PYTHON'\n{body}\nREADME_PYTHON")
@@ -148,10 +150,16 @@ def script(text: str, port: str, full: bool = False, real_demo: bool = False) ->
     return "\n".join(parts) + "\n"
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+def free_ports() -> dict[str, str]:
+    """README port -> a port free now (all bound at once, so they differ)."""
+    socks = [socket.socket() for _ in PORTS]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {p: str(s.getsockname()[1]) for p, s in zip(PORTS, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
 
 
 def run_readme(cwd: Path, full: bool = False, timeout: float = 900, real_demo: bool = False
@@ -161,7 +169,7 @@ def run_readme(cwd: Path, full: bool = False, timeout: float = 900, real_demo: b
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     merged = full or real_demo  # for reading: outputs after the command lines that made them
-    return subprocess.run(["bash", "-c", script(README.read_text(), free_port(), full, real_demo)], cwd=cwd, env=env,
+    return subprocess.run(["bash", "-c", script(README.read_text(), free_ports(), full, real_demo)], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
                           text=True, timeout=timeout)
 
@@ -190,7 +198,7 @@ def test_the_parser_and_the_rewrites():
     assert rewrite(cmds[0].text) == "edgeae train --epochs 1 --out runs/x --limit 64   # a comment"
     assert rewrite("make test") == "" and rewrite("make demo") == "edgeae demo --quick"
     assert rewrite("edgeae profile B --runs 5") == "edgeae profile B --runs 5"
-    assert "localhost:9999" in script(text, "9999")
+    assert "localhost:9999" in script(text, {"8765": "9999"})
     with pytest.raises(ValueError, match="unknown marker"):
         blocks("<!-- readme-test: run -->\n```bash\nls\n```\n")
 
@@ -215,4 +223,4 @@ if __name__ == "__main__":  # print the script, or run the README and show real 
             r = run_readme(Path(tmp), full="--full" in sys.argv, timeout=3600, real_demo=True)
             print(r.stdout)
             sys.exit(r.returncode)
-    print(script(README.read_text(), PORT))
+    print(script(README.read_text(), {p: p for p in PORTS}))

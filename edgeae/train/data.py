@@ -221,8 +221,11 @@ def _at_least(img: np.ndarray, side: int) -> np.ndarray:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted), at most MAX_FOLDER_IMAGES."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files under `folder` (recursive, sorted, hidden files left out: the runtime's one walker), at most
+    MAX_FOLDER_IMAGES."""
+    from edgeae.runtime.files import find_files
+
+    files = [f.source for f in find_files([folder], IMAGE_SUFFIXES, skip=lambda _p, _why: None)]
     if not files:
         raise DataError(f"no PNG/JPEG images in {folder}")
     if len(files) > MAX_FOLDER_IMAGES:

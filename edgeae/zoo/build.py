@@ -65,25 +65,6 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
     return out
 
 
-def drop_int8(bundle: Path, role: str) -> None:
-    """Remove `role`'s int8 twin from an exported bundle (its file, manifest entries): the zoo ships int8
-    encoders only, the decoders' int8 twins cost size for little (decode runs on servers). The bundle's
-    fingerprint covers the fp32 graphs and the tables only, so payloads and checks are unchanged."""
-    from edgeae.fsutil import write_atomic
-    from edgeae.runtime.manifest import MANIFEST_NAME
-
-    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
-    name = manifest["graphs"][role].get("int8_file")
-    if not name:
-        return
-    manifest["graphs"][role]["int8_file"] = None
-    manifest["files"].pop(name, None)
-    if manifest.get("int8"):
-        manifest["int8"].get("graphs", {}).pop(role, None)
-    write_atomic(bundle / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-    (bundle / name).unlink()
-
-
 def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32") -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
     over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
@@ -179,11 +160,10 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         folder = f"{name}-q{k}"
         t0 = time.perf_counter()
         staged = work / f"bundle-{folder}"
-        export_run(plain_run, ExportOptions(out=staged, int8=int8, measure_speed=False, force=True,
-                                            max_int8_drop_db=max_int8_drop_db))
-        if int8 and not int8_decoder:
-            drop_int8(staged, "decoder")
-        Bundle.open(staged)  # still a valid, sha256-checked bundle
+        roles = None if not int8 or int8_decoder else ("encoder",)  # the zoo ships int8 encoders only
+        export_run(plain_run, ExportOptions(out=staged, int8=int8, int8_roles=roles, measure_speed=False,
+                                            force=True, max_int8_drop_db=max_int8_drop_db))
+        Bundle.open(staged)  # a valid, sha256-checked bundle
         if (zoo_dir / folder).exists():
             shutil.rmtree(zoo_dir / folder)
         zoo_dir.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,9 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
     steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
               f"epoch, flipped at random)" if data.get("crop") else f"{data.get('name')} images")
     steps += (f", Adam lr "
-              f"{train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay over {train_cfg.get('epochs')} "
-              f"epochs, {t.get('seconds', 0) / 60:.0f} min in all: {where or 'n/a'}.")
+              f"{train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay over "
+              + (f"{train_cfg['max_steps']} steps" if train_cfg.get("max_steps") else f"{train_cfg.get('epochs')} epochs")
+              + f", {t.get('seconds', 0) / 60:.0f} min in all: {where or 'n/a'}.")
     if init:
         steps += (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, "
                   f"{init.get('steps')} steps at lambda {init.get('lmbda', '?')}, same transforms), so the "
@@ -114,7 +115,10 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
     if speed:
         rows = speed.get("rows", {})
         webp = next((v for k, v in rows.items() if k.startswith("webp")), None)
-        lines += ["**Speed** (768x512 RGB, 1 thread, medians, `benchmarks/bench_zoo.py`):", "",
+        load = speed.get("load_average")
+        lines += ["**Speed** (768x512 RGB, 1 thread, medians, `benchmarks/bench_zoo.py`; int8 = int8 encoder, "
+                  "the decoder is fp32 in every row" + (f"; measured with a load average of {load:.1f} on this "
+                  "2-core host, so absolute times are inflated and noisy" if load else "") + "):", "",
                   "| codec | bytes | encode ms | x WebP | decode ms | x WebP |", "|---|---|---|---|---|---|"]
         for k, v in rows.items():
             lines.append(f"| {k} | {v['bytes']:.0f} | {v['encode_ms']:.1f} | "
