@@ -7,7 +7,7 @@ BundleError); anything else stops the run with the input saved. A share of the m
 the whole `Bundle.open` on a copy of the bundle (files, fingerprint recomputation). With atheris installed,
 `--atheris` runs its coverage-guided engine on the payload target instead of the mutation loop.
 
-    .venv/bin/python benchmarks/bench_fuzz.py [BUNDLE] [--inputs 100000] [--seed 0] [--open-every 500]
+    .venv/bin/python benchmarks/bench_fuzz.py [BUNDLE] [--inputs 100000] [--seed 0] [--open-every 1]
 
 Without BUNDLE the 8x8 digits conv of the test fixtures is trained (3 epochs) and exported to a temp folder.
 """
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("bundle", nargs="?")
     ap.add_argument("--inputs", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--open-every", type=int, default=500, help="every Nth manifest input runs Bundle.open")
+    ap.add_argument("--open-every", type=int, default=1, help="every Nth manifest input runs Bundle.open")
     ap.add_argument("--atheris", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:

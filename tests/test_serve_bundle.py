@@ -143,6 +143,15 @@ def test_malformed_manifest_json_is_one_typed_line(tiny_bundle, tmp_path, text, 
     assert len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("size", [2 ** 63, 2 ** 40 - 1, 10])
+def test_absurd_file_sizes_are_typed_errors(tiny_bundle, tmp_path, size):
+    # found by tests/test_fuzz.py (hypothesis): files[...].bytes = 2**63 made Bundle.open raise OverflowError
+    b = _copy(tiny_bundle, tmp_path)
+    _edit_manifest(b, lambda m: m["files"]["decoder.onnx"].__setitem__("bytes", size))
+    with pytest.raises(BundleError, match="files|does not match"):
+        Bundle.open(b)
+
+
 def test_absurd_latent_shape_is_refused_at_open(tiny_bundle, tmp_path):
     b = _copy(tiny_bundle, tmp_path)
     _edit_manifest(b, lambda m: m["latent"].__setitem__("shape", [8, 2 ** 24, 2 ** 24]))

@@ -123,6 +123,8 @@ class Bundle:
 def _read_verified(root: Path, file: Path, name: str, size: int, sha256: str) -> bytes:
     try:
         with open(file, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:  # before any read sized from the manifest
+                raise _tampered(root, name)
             data = f.read(size + 1)
     except OSError as exc:
         raise BundleError(f"{root}: cannot read {name}: {exc.strerror or exc}; {REEXPORT}") from None

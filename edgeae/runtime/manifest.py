@@ -15,6 +15,7 @@ SCHEMA = "edgeae.bundle"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 32 << 20
+MAX_FILE_BYTES = 1 << 40  # one listed file (a graph over a TiB is not a bundle)
 MAX_LATENT_BITS = 24
 MAX_LATENT_SYMBOLS = 1 << 24  # = payload.MAX_ITEM_SYMBOLS (the runtime never decodes more per item)
 MAX_PRECISION = 24  # the range coder (rangecoder.py, constriction's) quantises probabilities to 24 bits
@@ -500,5 +501,5 @@ class _Validator:
             p = f"files[{name!r}]"
             entry = self.obj(entry, p)
             out[name] = FileEntry(sha256=self.hexdigest(self.need(entry, "sha256", p), f"{p}.sha256"),
-                                  bytes=self.integer(self.need(entry, "bytes", p), f"{p}.bytes", 0))
+                                  bytes=self.integer(self.need(entry, "bytes", p), f"{p}.bytes", 0, MAX_FILE_BYTES))
         return out
