@@ -56,7 +56,8 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
     train, val = _images(run, model, opts)
     c, h, w = model.config.in_shape
     spec = InputSpec(channels=c, height=h, width=w, channel_order=run.config["data"].get("channel_order"),
-                     dynamic_size=_any_size(run.family, model))
+                     dynamic_size=_any_size(run.family, model),
+                     size_multiple=getattr(model, "stride", None) if _any_size(run.family, model) else None)
     return core.export(
         model=model, out=Path(opts.out) if opts.out else Path("export") / run.name, input=spec,
         calibration=train, validation=val, latent_bits=opts.latent_bits, int8=opts.int8_roles or opts.int8,

@@ -55,4 +55,4 @@ def _load_builtin() -> None:
     # Importing the family modules runs their @register decorators. A broken family module raises here, with
     # its own traceback: it must not look like an unknown family.
     # variable_rate: codec-vr, hyperprior-vr
-    from edgeae.train.models import codec, conv, dense, sparse, vae, variable_rate  # noqa: F401
+    from edgeae.train.models import codec, conv, dense, hyperprior, sparse, vae, variable_rate  # noqa: F401

@@ -1,0 +1,223 @@
+"""Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
+
+Reproduce (each pair trained the same way for the same steps, one thread each, on photos/train only):
+
+    for L in 0067 003; do
+      edgeae train --model hyperprior --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
+          --crops-per-image 4 --set channels=64 --set latent_channels=128 --lmbda 0.$L --epochs 1000 \
+          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/hyper_l$L
+      edgeae train --model codec --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
+          --crops-per-image 4 --channels 64 --latent 128 --set downsamplings=4 --lmbda 0.$L --epochs 1000 \
+          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/codec_l$L
+    done
+    for r in hyper_l0067 codec_l0067 hyper_l003 codec_l003; do
+        edgeae export /work/runs/$r --int8 --out /work/bundles/$r --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
+        --hyper /work/bundles/hyper_l003,/work/bundles/hyper_l0067 \
+        --codec /work/bundles/codec_l003,/work/bundles/codec_l0067 --json /work/bundles/bench_hyperprior.json
+
+What it prints:
+1. per bundle: mean bits per pixel (payload bytes * 8 / original pixels, headers included) and mean PSNR (RGB,
+   uint8) over the whole validation photographs at their own size, fp32 encoder;
+2. BD-rate of the hyperprior curve against the factorized one (negative = fewer bytes at equal PSNR);
+3. per hyperprior run: bpp with the float hyper-decoder (PyTorch, no fake quantisation, continuous scales:
+   ideal code length) vs the integer one (the numpy int64 reference's indices with the manifest's integer
+   tables, escapes included) vs the real payloads;
+4. speed at 1 thread on a 768x512 RGB photograph: bare encoder session.run, full Encoder.encode (graph +
+   hyper-encoder + integer hyper-decoder + entropy coding), fp32 and int8, and the entropy-model share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgeae.evaluate.bdrate import bd_rate  # noqa: E402
+from edgeae.runtime import Decoder, Encoder  # noqa: E402
+from edgeae.runtime.inthyper import IntHyperDecoder  # noqa: E402
+
+SPEED_IMAGE = "set14_011.png"  # 768x512 RGB
+
+
+def load_images(folder: Path) -> list[tuple[str, np.ndarray]]:
+    from PIL import Image
+
+    out = []
+    for p in sorted(folder.glob("*.png")):
+        with Image.open(p) as im:
+            out.append((p.name, np.asarray(im.convert("RGB"), np.uint8)))
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+def rd_point(bundle: str, images: list[tuple[str, np.ndarray]], precision: str = "fp32") -> dict:
+    enc, dec = Encoder(bundle, precision=precision, threads=1), Decoder(bundle, threads=1)
+    bpps, psnrs = [], []
+    for _, img in images:
+        data = enc.encode(img)
+        rec = np.asarray(dec.decode(data))[0]
+        assert rec.shape == img.shape, (rec.shape, img.shape)
+        bpps.append(8 * len(data) / (img.shape[0] * img.shape[1]))
+        psnrs.append(psnr(rec, img))
+    return {"bundle": bundle, "precision": precision, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)),
+            "images": len(images)}
+
+
+# --- float vs integer hyper-decoder (PyTorch side; the integer side is the runtime's numpy reference) ---
+
+
+def _code_bits(values: np.ndarray, index: np.ndarray, tables: list[dict]) -> float:
+    """Ideal code length (bits) of int values under integer tables with an escape (+ zigzag varint bytes)."""
+    bits = 0.0
+    for t in np.unique(index):
+        sel = values[index == t]
+        row = np.asarray(tables[int(t)]["frequencies"], np.float64)
+        total = row.sum()
+        s = sel - int(tables[int(t)]["offset"])
+        esc = (s < 0) | (s >= len(row) - 1)
+        s = np.where(esc, len(row) - 1, s)
+        bits += float(-np.log2(row[s] / total).sum())
+        for v in sel[esc]:
+            u = (int(v) << 1) ^ (int(v) >> 63)
+            bits += 8 * max(1, math.ceil(u.bit_length() / 7))
+    return bits
+
+
+def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
+    """bpp of y and z: float hyper-decoder (ideal), integer hyper-decoder + integer tables (ideal code length)."""
+    import torch
+
+    from edgeae.train.rundir import load_run
+
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    run = load_run(manifest["source"]["run_dir"])
+    model = run.model.eval()
+    ent = manifest["entropy"]
+    params = IntHyperDecoder.load(Path(bundle) / manifest["graphs"]["hyper_decoder"]["file"])
+    stride = model.stride
+    tot = {"pixels": 0, "z": 0.0, "y_float": 0.0, "y_fake_quant": 0.0, "y_int": 0.0, "index_mismatch": 0,
+           "index_total": 0}
+    for _, img in images:
+        h, w = img.shape[:2]
+        x = np.pad(img, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
+        xt = torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+        with torch.no_grad():
+            y = model.encoder(xt)
+            z_hat = torch.round(model.hyper_encoder(y))
+            y_hat = torch.round(y)
+            idx_q = model.scale_index(z_hat, integer_like=True)
+            model.h_s.set_fake_quant(False)
+            idx_f = model.scale_index(z_hat, integer_like=False)
+            model.h_s.set_fake_quant(True)
+            from edgeae.train.models.hyperprior import gaussian_likelihood
+
+            for key, idx in (("y_float", idx_f), ("y_fake_quant", idx_q)):
+                lik = gaussian_likelihood(y_hat, model.scales_from_index(idx))
+                tot[key] += float(-torch.log2(lik).sum())
+        zi = z_hat.numpy().astype(np.int32)
+        index = params(zi)
+        tot["index_mismatch"] += int((index != idx_q.numpy().astype(np.int32)).sum())
+        tot["index_total"] += index.size
+        yi = y_hat.numpy().astype(np.int64)
+        tot["y_int"] += _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
+        zc = np.repeat(np.arange(zi.shape[1]), zi.shape[2] * zi.shape[3])
+        tot["z"] += _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])
+        tot["pixels"] += h * w
+    px = tot["pixels"]
+    return {"bundle": bundle, "bpp_z": tot["z"] / px, "bpp_y_float_hyper": tot["y_float"] / px,
+            "bpp_y_fake_quant": tot["y_fake_quant"] / px, "bpp_y_integer_hyper": tot["y_int"] / px,
+            "bpp_total_float": (tot["z"] + tot["y_float"]) / px, "bpp_total_integer": (tot["z"] + tot["y_int"]) / px,
+            "index_mismatch_vs_fake_quant": tot["index_mismatch"] / tot["index_total"]}
+
+
+# --- speed ---
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def speed(bundle: str, image: np.ndarray, repeats: int) -> dict:
+    out: dict = {"bundle": bundle, "image": f"{image.shape[1]}x{image.shape[0]}"}
+    for precision in ("fp32", "int8"):
+        try:
+            enc = Encoder(bundle, precision=precision, threads=1)
+        except Exception as exc:  # a bundle exported without --int8
+            out[precision] = f"unavailable: {exc}"
+            continue
+        x = enc.pad(enc.preprocess(image))
+        name = enc.session.get_inputs()[0].name
+        bare = _median_ms(lambda: enc.session.run(None, {name: x}), repeats)  # noqa: B023
+        full = _median_ms(lambda: enc.encode(image), repeats)  # noqa: B023
+        out[precision] = {"session_run_ms": bare, "encode_ms": full, "entropy_share": (full - bare) / full}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hyper", required=True, help="comma-separated hyperprior bundles (one per lambda)")
+    ap.add_argument("--codec", required=True, help="comma-separated factorized codec bundles (one per lambda)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "photos" / "val"))
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    images = load_images(Path(a.data))
+    print(f"{len(images)} photographs from {a.data} (RGB, own sizes)")
+    curves: dict[str, list[dict]] = {}
+    for fam, arg in (("hyperprior", a.hyper), ("codec", a.codec)):
+        curves[fam] = sorted((rd_point(b, images) for b in arg.split(",")), key=lambda p: p["bpp"])
+        for p in curves[fam]:
+            print(f"  {fam:10s} {Path(p['bundle']).name:22s} bpp {p['bpp']:.4f}  PSNR {p['psnr']:.2f} dB")
+    r = bd_rate([p["bpp"] for p in curves["codec"]], [p["psnr"] for p in curves["codec"]],
+                [p["bpp"] for p in curves["hyperprior"]], [p["psnr"] for p in curves["hyperprior"]])
+    print(f"BD-rate hyperprior vs factorized (PSNR, pchip): {r}")
+    rates = [hyper_rates(b, images) for b in a.hyper.split(",")]
+    for rr, p in zip(rates, curves_by_bundle(curves["hyperprior"], a.hyper.split(",")), strict=True):
+        print(f"  {Path(rr['bundle']).name}: bpp float hyper-decoder {rr['bpp_total_float']:.4f}  integer "
+              f"{rr['bpp_total_integer']:.4f} ({(rr['bpp_total_integer'] / rr['bpp_total_float'] - 1) * 100:+.2f}%)  "
+              f"payload {p['bpp']:.4f}  (z {rr['bpp_z']:.4f}; y with the Gaussian at the float scales "
+              f"{rr['bpp_y_float_hyper']:.4f} vs at the integer path's scales {rr['bpp_y_fake_quant']:.4f}; "
+              f"index != fake-quant PyTorch on {rr['index_mismatch_vs_fake_quant']:.3%})")
+    speed_img = dict(images).get(SPEED_IMAGE)
+    speeds = []
+    if speed_img is not None:
+        for b in (a.hyper.split(",")[-1], a.codec.split(",")[-1]):
+            s = speed(b, speed_img, a.repeats)
+            speeds.append(s)
+            for prec in ("fp32", "int8"):
+                v = s[prec]
+                if isinstance(v, dict):
+                    print(f"  speed {Path(b).name} {prec} {s['image']}: session.run {v['session_run_ms']:.1f} ms, "
+                          f"Encoder.encode {v['encode_ms']:.1f} ms, entropy model {v['entropy_share']:.1%}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"curves": curves, "bd_rate": r.to_dict(), "hyper_rates": rates,
+                                            "speed": speeds}, indent=2))
+
+
+def curves_by_bundle(points: list[dict], order: list[str]) -> list[dict]:
+    by = {p["bundle"]: p for p in points}
+    return [by[b] for b in order]
+
+
+if __name__ == "__main__":
+    main()

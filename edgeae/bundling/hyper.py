@@ -1,0 +1,238 @@
+"""Hyperprior bundles: the integer hyper-decoder (parameters, ONNX graph) and the integer entropy tables.
+
+* `integerize(model)`: the trained, quantisation-aware h_s of a `hyperprior` model -> IntHyperDecoder (int8
+  weights, int64 fixed-point multipliers and offsets; see edgeae/runtime/inthyper.py for the arithmetic).
+* `build_graph(params)`: -> `hyper_decoder.onnx`, integer ops only: Clip/Add/Cast on int32 z, then per layer
+  ConvInteger (uint8 x int8 -> int32, zero padding = the input zero point), Cast int64, Mul, Add, Div by
+  2^shift, Clip, Cast uint8 (or int32 for the index), DepthToSpace on uint8. No float tensor exists in it.
+* `z_tables(model)` / `y_tables(scales)`: per-table integer frequencies (>= 1, summing to 2^precision) with
+  a trailing escape entry, in the manifest layout of edgeae/runtime/entropy_models (anysize).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeae.runtime.inthyper import INT64_HEADROOM, META_KEY, IntHyperDecoder, IntLayer
+from edgeae.train.models.hyperprior import Z_MAX, Z_MIN
+
+SHIFT = 30  # fixed point: 2^30 = 1.0
+INPUT, OUTPUT = "z", "index"
+TAIL_MASS = 1e-6  # probability per side left to the escape symbol
+
+
+# --- integerisation ---
+
+
+def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
+    """The model's h_s as integer layers. Mirrors its fake quantisation: per-channel symmetric int8 weights,
+    uint8 activations on [0, range], index = clip(floor(t + 1/2), 0, K - 1)."""
+    import torch
+
+    h_s = model.h_s
+    convs = [*h_s.convs, h_s.last]
+    act_scales = [a.scale() for a in h_s.acts]
+    s_in = 1.0  # z values are integers
+    layers: list[IntLayer] = []
+    k_levels = int(model.config.scale_levels)
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            last = i == len(convs) - 1
+            w = conv.weight.detach().double().numpy()
+            s_w = conv.weight_scale().double().numpy()
+            w_int = np.clip(np.round(w / s_w[:, None, None, None]), -127, 127).astype(np.int8)
+            b = conv.bias.detach().double().numpy()
+            s_out = 1.0 if last else act_scales[i]
+            mult = np.round(s_in * s_w / s_out * 2.0**shift).astype(np.int64)
+            bias = np.round((b / s_out + 0.5) * 2.0**shift).astype(np.int64)
+            zero_point = -Z_MIN if i == 0 else 0
+            layers.append(IntLayer(w_int, mult, bias, k_levels - 1 if last else 255, 1 if last else 2, zero_point))
+            s_in = s_out
+    params = IntHyperDecoder(tuple(layers), shift, Z_MIN, Z_MAX, k_levels)
+    arrays = {f"{k}{i}": v for i, la in enumerate(layers) for k, v in (("w", la.weight), ("m", la.mult), ("b", la.bias))}
+    return IntHyperDecoder.from_parts(params.layout(), arrays, "integerised hyper-decoder")  # validates bounds
+
+
+# --- the ONNX graph ---
+
+
+def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The integer hyper-decoder as an ONNX model: int32 z (N, Cz, h, w) -> int32 index (N, M, 4h, 4w)."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    zp0 = params.layers[0].zero_point
+    nodes.append(helper.make_node("Clip", [INPUT, const("z_min", np.array(params.z_min, np.int32)),
+                                           const("z_max", np.array(params.z_max, np.int32))], ["z_clip"]))
+    nodes.append(helper.make_node("Add", ["z_clip", const("z_zero_point32", np.array(zp0, np.int32))], ["z_shift"]))
+    nodes.append(helper.make_node("Cast", ["z_shift"], ["x0"], to=TensorProto.UINT8))
+    x = "x0"
+    div = const("one_fixed", np.array(1 << params.shift, np.int64))
+    zero64 = const("zero64", np.array(0, np.int64))
+    for i, layer in enumerate(params.layers):
+        last = i == len(params.layers) - 1
+        k = int(layer.weight.shape[-1])
+        w = const(f"w{i}", layer.weight.astype(np.int8))
+        xzp = const(f"x_zero_point{i}", np.array(layer.zero_point, np.uint8))
+        nodes.append(helper.make_node("ConvInteger", [x, w, xzp], [f"acc{i}"], pads=[k // 2] * 4,
+                                      kernel_shape=[k, k], name=f"conv{i}"))
+        nodes.append(helper.make_node("Cast", [f"acc{i}"], [f"acc64_{i}"], to=TensorProto.INT64))
+        c = len(layer.mult)
+        nodes.append(helper.make_node("Mul", [f"acc64_{i}", const(f"m{i}", layer.mult.reshape(1, c, 1, 1))],
+                                      [f"scaled{i}"]))
+        nodes.append(helper.make_node("Add", [f"scaled{i}", const(f"b{i}", layer.bias.reshape(1, c, 1, 1))],
+                                      [f"fixed{i}"]))
+        # Div truncates toward zero, floor rounds down: they differ only for negative values, which the
+        # Clip at 0 maps to 0 either way.
+        nodes.append(helper.make_node("Div", [f"fixed{i}", div], [f"q{i}"]))
+        nodes.append(helper.make_node("Clip", [f"q{i}", zero64, const(f"hi{i}", np.array(layer.hi, np.int64))],
+                                      [f"clip{i}"]))
+        if last:
+            nodes.append(helper.make_node("Cast", [f"clip{i}"], [OUTPUT if layer.up == 1 else "index_pre"],
+                                          to=TensorProto.INT32))
+            if layer.up > 1:
+                raise ValueError("the last integer layer cannot upsample (DepthToSpace on int32 is unsupported)")
+        else:
+            nodes.append(helper.make_node("Cast", [f"clip{i}"], [f"a{i}"], to=TensorProto.UINT8))
+            x = f"a{i}"
+            if layer.up > 1:
+                nodes.append(helper.make_node("DepthToSpace", [x], [f"up{i}"], blocksize=layer.up, mode="CRD"))
+                x = f"up{i}"
+    cz, m, f = params.in_channels, params.out_channels, params.upsampling
+    graph = helper.make_graph(
+        nodes, "edgeae_integer_hyper_decoder",
+        [helper.make_tensor_value_info(INPUT, TensorProto.INT32, ["N", cz, "h", "w"])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.INT32, ["N", m, f"{f}h", f"{f}w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="edgeae", doc_string="integer-only hyper-decoder: z -> scale index")
+    model.ir_version = min(model.ir_version, 9)
+    for key, value in {META_KEY: json.dumps(params.layout(), sort_keys=True), **(metadata or {})}.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    assert_integer_only(model)
+    return model
+
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def assert_integer_only(model: onnx.ModelProto) -> None:
+    """Raise if any tensor of the graph (input, output, initializer, inferred value, Cast target) is float."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = inferred.graph
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if vi.type.tensor_type.elem_type in FLOAT_TYPES:
+            raise ValueError(f"hyper-decoder tensor {vi.name!r} is floating point")
+    for t in g.initializer:
+        if t.data_type in FLOAT_TYPES:
+            raise ValueError(f"hyper-decoder initializer {t.name!r} is floating point")
+    for n in g.node:
+        for a in n.attribute:
+            if a.name == "to" and a.i in FLOAT_TYPES:
+                raise ValueError(f"hyper-decoder node {n.name or n.op_type!r} casts to floating point")
+
+
+# --- integer entropy tables with an escape entry ---
+
+
+def _integer_row(probs: np.ndarray, precision: int) -> list[int]:
+    from edgeae.train.models.codec import _integer_rows
+
+    return [int(v) for v in _integer_rows(probs[None, :], precision)[0]]
+
+
+def y_tables(scales: np.ndarray, precision: int = 16, tail_mass: float = TAIL_MASS) -> list[dict[str, Any]]:
+    """One table per scale: zero-mean discretised Gaussian on [-R, R] (R from the tail mass), then escape."""
+    from scipy.special import ndtr, ndtri
+
+    out = []
+    factor = -float(ndtri(tail_mass))
+    max_levels = (1 << precision) // 4
+    for s in np.asarray(scales, np.float64):
+        r = max(1, int(math.ceil(factor * s - 0.5)))
+        r = min(r, (max_levels - 2) // 2)
+        v = np.arange(-r, r + 1, dtype=np.float64)
+        p = ndtr((v + 0.5) / s) - ndtr((v - 0.5) / s)
+        esc = 2.0 * ndtr(-(r + 0.5) / s)
+        out.append({"offset": -r, "frequencies": _integer_row(np.append(p, esc), precision)})
+    return out
+
+
+def z_tables(model: Any, precision: int = 16, tail_mass: float = TAIL_MASS) -> list[dict[str, Any]]:
+    """One table per z channel from the factorized prior: the support [lo, hi] leaves < tail_mass per side,
+    whose mass goes to the escape entry."""
+    import torch
+
+    lo, hi = model.support(tail_mass)
+    base, top = int(lo.min()), int(hi.max())
+    grid = torch.arange(base, top + 2, dtype=torch.float32)
+    cdf = model.prior.cdf_at(grid - 0.5).numpy()  # cdf[c, j] = P(z_hat < grid[j])
+    out = []
+    for c in range(len(lo)):
+        i0, i1 = int(lo[c]) - base, int(hi[c]) - base + 1
+        p = np.maximum(np.diff(cdf[c, i0 : i1 + 1]), 0.0)
+        esc = max(float(cdf[c, i0]) + float(1.0 - cdf[c, i1]), 0.0)
+        out.append({"offset": int(lo[c]), "frequencies": _integer_row(np.append(p, esc), precision)})
+    return out
+
+
+def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
+    """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14)."""
+    scales = model.scales_np
+    return {"model": "hyperprior", "coder": "range", "precision": precision,
+            "z": {"stride": 4, "tables": z_tables(model, precision)},
+            "y": {"scales": [float(s) for s in scales], "tables": y_tables(scales, precision), "means": False}}
+
+
+def bound_check(params: IntHyperDecoder) -> int:
+    """Worst-case |acc * m + b| over the layers (must be < 2^62; from_arrays enforces it)."""
+    worst = max(layer.acc_bound * int(np.abs(layer.mult).max()) + int(np.abs(layer.bias).max())
+                for layer in params.layers)
+    assert worst < INT64_HEADROOM
+    return worst
+
+
+# --- the export protocol (edgeae/bundling/protocol.py): what a hyperprior model supplies ---
+
+
+def y_quantization(channels: int) -> dict[str, Any]:
+    """y symbols are round(y) (escape beyond the tables); the quantisation grid [-128, 127] (step 1) is the
+    int8 encoder's output grid, so its uint8 output with zero point 128 is exactly round(y)."""
+    return {"bits": 8, "levels": 256, "offset": [float(Z_MIN)] * channels, "step": [1.0] * channels}
+
+
+def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
+    """`Hyperprior.edgeae_entropy`: quantisation, entropy tables and the two extra graphs."""
+    import torch
+
+    from edgeae.bundling.protocol import EntropySection, ExtraGraph
+
+    model.eval()
+    params = integerize(model)
+    y = np.ascontiguousarray(latents[:16], np.float32)
+    with torch.no_grad():
+        z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
+    hyper_axes = {"y": {0: "batch", 2: "latent_height", 3: "latent_width"},
+                  "z": {0: "batch", 2: "hyper_height", 3: "hyper_width"}}
+    graphs = [
+        ExtraGraph("hyper_encoder", "y", "z", example=y, module=model.hyper_encoder, atol=1e-4, rtol=1e-4,
+                   dynamic_axes=hyper_axes),
+        ExtraGraph("hyper_decoder", INPUT, OUTPUT, example=z, onnx_model=build_graph(params), reference=params),
+    ]
+    facts = {"name": "hyperprior", "scale_levels": int(model.config.scale_levels),
+             "scale_min": float(model.config.scale_min), "scale_max": float(model.config.scale_max),
+             "hyper_latent_channels": int(model.config.hyper_latent_channels),
+             "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)}}
+    return EntropySection(quantization=y_quantization(int(model.config.latent_channels)),
+                          entropy=entropy_section(model, precision), graphs=graphs, model=facts)

@@ -1,0 +1,249 @@
+"""Scale-hyperprior codec (`hyperprior`): Ballé et al. 2018 (`bmshj2018-hyperprior` in CompressAI) on top of the
+`codec` family's transforms, with a hyper-decoder that runs in integer arithmetic only.
+
+    x --g_a--> y --h_a(|y|)--> z --round--> z_hat --h_s (integer)--> scale index k (M, H/2^d, W/2^d)
+                \\--round--> y_hat --g_s--> x_hat          y_hat ~ N(0, scale_table[k]) discretised
+    z_hat ~ the codec's factorized per-channel prior
+
+* g_a, g_s and the factorized density model are the `codec` family's (this class subclasses `Codec`); the
+  factorized prior models z here, so `entropy_tables` / `support` give z's integer tables unchanged.
+* h_a: Conv3x3 + ReLU, then two stride-2 Conv5x5 (float, part of the encoder graph, int8-quantisable).
+* h_s is built for integer inference (edgeae/bundling/hyper.py turns it into an ONNX graph of ConvInteger,
+  int64 fixed-point requantisation, integer Clip and DepthToSpace on uint8; edgeae/runtime/inthyper.py is its
+  numpy reference): per stage Conv3x3 to 4x channels + ReLU + PixelShuffle(2), then a Conv3x3 whose output t
+  is the **scale-table index** in table steps: k = clip(round(t), 0, K-1), scale = scale_min * exp(k * delta)
+  (K log-spaced scales from scale_min to scale_max). Its input z_hat is clipped to [-128, 127] (uint8 with
+  zero point 128 in the integer graph).
+* Quantisation-aware training of h_s (qat=True): per-output-channel symmetric int8 weights, uint8
+  activations whose range follows an EMA of the batch maximum (a buffer, exported), and the rounded index, all
+  straight-through; so the rate the training sees is the rate the integer decoder gives (within the
+  requantiser's 2^-30 rounding; bench_hyperprior measures float vs integer bpp).
+* Loss: lmbda * 255^2 * MSE + bpp(y) + bpp(z); terms "bpp", "bpp_y", "bpp_z", "distortion".
+
+The total stride is 2^(d+2): z is y downsampled twice more, so images pad to a multiple of 64 with d=4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeae.train.models.base import AEOutput, LossOutput
+from edgeae.train.models.codec import LIKELIHOOD_BOUND, Codec, CodecConfig, FactorizedPrior
+from edgeae.train.models.registry import register
+
+Z_MIN, Z_MAX = -128, 127  # h_s input range (uint8 with zero point 128 in the integer graph)
+ACT_LEVELS = 255  # uint8 activations in [0, 255]
+
+
+@dataclass
+class HyperpriorConfig(CodecConfig):
+    channels: int = 64  # N
+    latent_channels: int = 96  # M
+    downsamplings: int = 4  # g_a stride 2^d; the hyper-latent adds 2 more
+    hyper_channels: int = 64  # width of h_a / h_s
+    hyper_latent_channels: int = 32  # Cz
+    scale_levels: int = 64  # K entries of the log-spaced scale table
+    scale_min: float = 0.11
+    scale_max: float = 64.0
+    qat: bool = True  # fake-quantise h_s in training (int8 weights, uint8 activations, rounded index)
+    act_momentum: float = 0.01  # EMA rate of the activation-range observers
+
+
+def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
+    """K log-spaced scales, float64: scale[k] = lo * exp(k * log(hi / lo) / (K - 1))."""
+    return np.exp(np.linspace(math.log(lo), math.log(hi), levels))
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _lower_bound(lik: torch.Tensor) -> torch.Tensor:
+    # Same bound as the codec's prior: the value is clamped, the gradient still flows.
+    return lik + (LIKELIHOOD_BOUND - lik).clamp_min(0).detach()
+
+
+def gaussian_likelihood(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(y_hat) of N(0, scale) integrated over [y - 1/2, y + 1/2], computed on the upper tail (accurate)."""
+    v = y.abs()
+    inv = 1.0 / (scale * math.sqrt(2.0))
+    upper = 0.5 * torch.erfc((v - 0.5) * inv)
+    lower = 0.5 * torch.erfc((v + 0.5) * inv)
+    return _lower_bound(upper - lower)
+
+
+class WeightQuantConv(nn.Conv2d):
+    """Conv2d whose weight is fake-quantised per output channel to symmetric int8 when `fake_quant`."""
+
+    fake_quant = True
+
+    def weight_scale(self) -> torch.Tensor:
+        return self.weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.fake_quant:
+            s = self.weight_scale().view(-1, 1, 1, 1)
+            w = w + (torch.round(w / s).clamp(-127, 127) * s - w).detach()
+        return F.conv2d(x, w, self.bias, padding=self.padding)
+
+
+class ActQuant(nn.Module):
+    """ReLU output -> uint8 grid [0, 255] * range / 255; `range` follows an EMA of the batch maximum."""
+
+    fake_quant = True
+
+    def __init__(self, momentum: float) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("range", torch.zeros(()))
+
+    def scale(self) -> float:
+        return float(self.range.clamp_min(1e-6)) / ACT_LEVELS
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                m = a.detach().amax()
+                if float(self.range) == 0.0:
+                    self.range.copy_(m)
+                else:
+                    self.range.mul_(1 - self.momentum).add_(self.momentum * m)
+        if not self.fake_quant:
+            return a
+        s = self.range.clamp_min(1e-6) / ACT_LEVELS
+        return a + (torch.clamp(torch.round(a / s), 0, ACT_LEVELS) * s - a).detach()
+
+
+class HyperSynthesis(nn.Module):
+    """z_hat (Cz, h, w) -> t (M, 4h, 4w), the scale-table index before rounding (see module docstring)."""
+
+    def __init__(self, cz: int, nh: int, m: int, momentum: float, init_index: float) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([WeightQuantConv(cz, 4 * nh, 3, padding=1), WeightQuantConv(nh, 4 * nh, 3, padding=1)])
+        self.acts = nn.ModuleList([ActQuant(momentum), ActQuant(momentum)])
+        self.last = WeightQuantConv(nh, m, 3, padding=1)
+        with torch.no_grad():
+            self.last.bias.fill_(init_index)
+
+    def set_fake_quant(self, on: bool) -> None:
+        for mod in self.modules():
+            if isinstance(mod, (WeightQuantConv, ActQuant)):
+                mod.fake_quant = on
+
+    def forward(self, z_hat: torch.Tensor) -> torch.Tensor:
+        x = z_hat.clamp(Z_MIN, Z_MAX)
+        for conv, act in zip(self.convs, self.acts, strict=True):
+            x = F.pixel_shuffle(act(F.relu(conv(x))), 2)
+        return self.last(x)
+
+
+def hyper_analysis(m: int, nh: int, cz: int) -> nn.Sequential:
+    """h_a: y (M, h, w) -> z (Cz, h/4, w/4). Its input is |y|; the `hyper_encoder` graph includes the Abs."""
+    return nn.Sequential(nn.Conv2d(m, nh, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(nh, nh, 5, stride=2, padding=2), nn.ReLU(),
+                         nn.Conv2d(nh, cz, 5, stride=2, padding=2))
+
+
+class HyperEncoder(nn.Module):
+    """y -> z = h_a(|y|): the `hyper_encoder` graph (float, encoder side only)."""
+
+    def __init__(self, h_a: nn.Module) -> None:
+        super().__init__()
+        self.h_a = h_a
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.h_a(torch.abs(y))
+
+
+@register("hyperprior", HyperpriorConfig)
+class Hyperprior(Codec):
+    """Scale-hyperprior codec: codec transforms, hyper-latent with a factorized prior, integer hyper-decoder."""
+
+    config: HyperpriorConfig
+
+    def __init__(self, config: HyperpriorConfig) -> None:
+        if config.scale_levels < 2 or not 0 < config.scale_min < config.scale_max:
+            raise ValueError("hyperprior needs scale_levels >= 2 and 0 < scale_min < scale_max")
+        if config.hyper_channels < 1 or config.hyper_latent_channels < 1:
+            raise ValueError("hyperprior hyper_channels and hyper_latent_channels must be >= 1")
+        super().__init__(config)  # g_a as self.encoder, g_s as self.decoder, a factorized prior (replaced below)
+        m, nh, cz = config.latent_channels, config.hyper_channels, config.hyper_latent_channels
+        self.hyper_encoder = HyperEncoder(hyper_analysis(m, nh, cz))
+        self.prior = FactorizedPrior(cz, tuple(config.filters))  # the factorized prior now models z
+        self.scales_np = scale_table(config.scale_levels, config.scale_min, config.scale_max)
+        self.log_step = math.log(config.scale_max / config.scale_min) / (config.scale_levels - 1)
+        init_index = math.log(1.0 / config.scale_min) / self.log_step  # scale 1 to start
+        self.h_s = HyperSynthesis(cz, nh, m, config.act_momentum, init_index)
+        self.h_s.set_fake_quant(config.qat)
+        self.stride = 2 ** (config.downsamplings + 2)
+        self._check_size(*config.in_shape[1:])
+
+    # --- the scale path ---
+
+    def scale_index(self, z_hat: torch.Tensor, integer_like: bool = True) -> torch.Tensor:
+        """Float scale-table index of every y element: rounded + clipped (what the integer graph gives, with
+        straight-through gradients) or, integer_like=False, continuous and only clipped (the float decoder)."""
+        t = self.h_s(z_hat)
+        if integer_like:
+            t = _ste_round(t)
+        return t.clamp(0, self.config.scale_levels - 1)
+
+    def scales_from_index(self, index: torch.Tensor) -> torch.Tensor:
+        return self.config.scale_min * torch.exp(index * self.log_step)
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        self._check_size(*x.shape[-2:])
+        y = self.encoder(x)
+        z = self.hyper_encoder(y)
+        if self.training:
+            z_lik = self.prior.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5))
+            z_hat = _ste_round(z)
+            y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_hat = _ste_round(y)
+        else:
+            z_hat = torch.round(z)
+            z_lik = self.prior.likelihood(z_hat)
+            y_hat = y_rate = torch.round(y)
+        index = self.scale_index(z_hat, integer_like=self.config.qat)
+        y_lik = gaussian_likelihood(y_rate, self.scales_from_index(index))
+        return AEOutput(x_hat=self.decoder(y_hat), latent=y,
+                        extras={"likelihoods": y_lik, "z_likelihoods": z_lik, "z": z})
+
+    def loss(self, out: AEOutput, target: torch.Tensor) -> LossOutput:
+        n, _, h, w = target.shape
+        bpp_y = -torch.log2(out.extras["likelihoods"]).sum() / (n * h * w)
+        bpp_z = -torch.log2(out.extras["z_likelihoods"]).sum() / (n * h * w)
+        mse = F.mse_loss(out.x_hat, target)
+        bpp = bpp_y + bpp_z
+        total = self.config.lmbda * 255.0**2 * mse + bpp
+        return LossOutput(total=total, terms={"bpp": float(bpp.detach()), "bpp_y": float(bpp_y.detach()),
+                                              "bpp_z": float(bpp_z.detach()), "distortion": float(mse.detach())})
+
+    @property
+    def hyper_latent_shape(self) -> tuple[int, ...]:
+        with torch.no_grad():
+            z = self.hyper_encoder(self.encoder(torch.zeros(1, *self.config.in_shape)))
+        return tuple(z.shape[1:])
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "hyper_latent_shape": list(self.hyper_latent_shape),
+                "scale_levels": self.config.scale_levels}
+
+    # --- export (edgeae/bundling/protocol.py) ---
+
+    def edgeae_entropy(self, latents: np.ndarray, precision: int) -> Any:
+        """y quantisation, z and y integer tables, the hyper_encoder graph and the integer hyper_decoder."""
+        from edgeae.bundling.hyper import entropy_for
+
+        return entropy_for(self, latents, precision)
+
+    def entropy_tables(self, precision: int = 16, tail_mass: float | None = None) -> dict[str, Any]:
+        raise NotImplementedError("a hyperprior bundle's tables come from edgeae_entropy (the export protocol)")

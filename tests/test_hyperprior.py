@@ -1,0 +1,198 @@
+"""The hyperprior family and its integer hyper-decoder: onnxruntime == numpy int64 reference, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgeae.bundling import hyper
+from edgeae.errors import BundleError
+from edgeae.runtime.inthyper import IntHyperDecoder, IntLayer, read_onnx_params
+from edgeae.train.models import build_model
+
+K = 64
+OPT_LEVELS = {
+    "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def random_params(seed: int = 0, cz: int = 4, nh: int = 6, m: int = 5, shift: int = 30) -> IntHyperDecoder:
+    """A hand-built integer hyper-decoder whose multipliers spread activations over [0, 255] and indices over
+    [0, K-1], with both clips active (so a wrong rounding, clip or layout changes the output)."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    cin, zp = cz, 128
+    for i, (cout, hi, up) in enumerate(((4 * nh, 255, 2), (4 * nh, 255, 2), (m, K - 1, 1))):
+        w = rng.integers(-127, 128, size=(cout, cin, 3, 3)).astype(np.int8)
+        # acc ~ 127 * 40 * sqrt(9 cin) at random inputs; map a few of those to the output range.
+        target = (hi + 1) / (127.0 * (40 if i == 0 else 100) * np.sqrt(9 * cin))
+        mult = np.round(target * rng.uniform(0.5, 2.0, cout) * 2.0**shift).astype(np.int64)
+        bias = np.round(rng.uniform(-0.3, 0.7, cout) * hi * 2.0**shift).astype(np.int64)
+        layers.append(IntLayer(w, mult, bias, hi, up, zp))
+        cin, zp = cout // (up * up), 0
+    return IntHyperDecoder(tuple(layers), shift, -128, 127, K)
+
+
+@pytest.fixture(scope="module")
+def params() -> IntHyperDecoder:
+    return random_params()
+
+
+@pytest.fixture(scope="module")
+def graph_bytes(params) -> bytes:
+    return hyper.build_graph(params).SerializeToString()
+
+
+def _session(data: bytes, threads: int, level) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = level
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _z_tensors(count: int, cz: int, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        spread = (2, 8, 40, 300)[i % 4]  # small latents, typical, large, and beyond the clip range
+        out.append(rng.integers(-spread, spread + 1, size=(n, cz, h, w)).astype(np.int32))
+    return out
+
+
+def test_onnxruntime_equals_numpy_reference_bit_for_bit(params, graph_bytes):
+    zs = _z_tensors(1000, params.in_channels)
+    refs = [params(z) for z in zs]
+    seen = np.zeros(K, bool)
+    for r in refs:
+        seen[np.unique(r)] = True
+    # The test data reaches both ends of the index range and most of the middle: a test that can fail.
+    assert seen[0] and seen[K - 1] and seen.sum() > K // 2
+    for threads in (1, 2):
+        for name, level in OPT_LEVELS.items():
+            sess = _session(graph_bytes, threads, level)
+            for i, (z, ref) in enumerate(zip(zs, refs, strict=True)):
+                out = sess.run(None, {"z": z})[0]
+                assert out.dtype == np.int32 and out.shape == ref.shape
+                if not np.array_equal(out, ref):
+                    bad = int((out != ref).sum())
+                    pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: {bad} indices differ")
+
+
+def test_reference_reads_its_parameters_from_the_graph_itself(params, graph_bytes):
+    loaded = IntHyperDecoder.from_onnx(graph_bytes)
+    z = _z_tensors(4, params.in_channels, seed=7)
+    for t in z:
+        assert np.array_equal(loaded(t), params(t))
+    arrays, meta = read_onnx_params(graph_bytes)
+    ref = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_model_from_string(graph_bytes).graph.initializer}
+    assert set(arrays) == set(ref) and all(np.array_equal(arrays[k], ref[k]) for k in ref)
+    assert hyper.META_KEY in meta
+    with pytest.raises(BundleError, match="cannot read"):
+        IntHyperDecoder.from_onnx(graph_bytes[: len(graph_bytes) // 2])
+
+
+def test_graph_is_integer_only(params):
+    model = hyper.build_graph(params)
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= {"Clip", "Add", "Cast", "ConvInteger", "Mul", "Div", "DepthToSpace"}
+    hyper.assert_integer_only(model)
+    # The check bites: one float cast on the path is refused.
+    model.graph.node.append(helper.make_node("Cast", ["index"], ["index_f"], to=TensorProto.FLOAT))
+    model.graph.output.append(helper.make_tensor_value_info("index_f", TensorProto.FLOAT, None))
+    with pytest.raises(ValueError, match="floating point"):
+        hyper.assert_integer_only(model)
+
+
+def test_overflowing_parameters_are_refused(params):
+    big = [IntLayer(la.weight, la.mult * (1 << 20), la.bias, la.hi, la.up, la.zero_point) for la in params.layers]
+    arrays = {f"{k}{i}": v for i, la in enumerate(big) for k, v in (("w", la.weight), ("m", la.mult), ("b", la.bias))}
+    with pytest.raises(BundleError, match="overflow"):
+        IntHyperDecoder.from_parts(params.layout(), arrays)
+
+
+def _tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("hyperprior", in_shape=(3, 64, 64), channels=8, latent_channels=6, downsamplings=2,
+                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.01)
+    with torch.no_grad():  # spread the index over the table, as training does
+        model.h_s.last.weight.mul_(40.0)
+    return model
+
+
+def test_integerized_model_matches_its_fake_quantised_float_path():
+    model = _tiny_model()
+    model.train()
+    rng = np.random.default_rng(0)
+    zs = [torch.from_numpy(rng.integers(-6, 7, size=(4, 4, 3, 3)).astype(np.float32)) for _ in range(20)]
+    for z in zs:  # the activation-range observers learn their ranges
+        model.h_s(z)
+    model.eval()
+    params = hyper.integerize(model)
+    sess = _session(hyper.build_graph(params).SerializeToString(), 1, OPT_LEVELS["all"])
+    diffs, total, values = 0, 0, set()
+    for z in zs:
+        with torch.no_grad():
+            ref = model.scale_index(z).numpy().astype(np.int64)
+        out = sess.run(None, {"z": z.numpy().astype(np.int32)})[0]
+        assert np.array_equal(out, params(z.numpy().astype(np.int32)))
+        assert np.abs(out - ref).max() <= 1  # fixed-point rounding moves an index by at most one step
+        diffs, total = diffs + int((out != ref).sum()), total + out.size
+        values |= set(np.unique(out).tolist())
+    assert len(values) > 10
+    assert diffs / total < 0.01
+
+
+def test_entropy_tables_are_integer_with_escape():
+    model = _tiny_model()
+    model.eval()
+    section = hyper.entropy_section(model, precision=16)
+    assert section["model"] == "hyperprior" and len(section["y"]["tables"]) == K
+    for t in section["y"]["tables"] + section["z"]["tables"]:
+        f = t["frequencies"]
+        assert sum(f) == 1 << 16 and min(f) >= 1 and len(f) >= 2
+    widths = [len(t["frequencies"]) for t in section["y"]["tables"]]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # wider tables for larger scales
+    # A small scale puts most mass on 0; the escape entry (last) is rare.
+    t0 = section["y"]["tables"][0]
+    assert t0["frequencies"][-t0["offset"]] > 0.9 * (1 << 16)
+    assert t0["frequencies"][-1] < 16
+
+
+def test_family_trains_and_reports_both_rates():
+    from edgeae.train.data import Dataset, DataSpec
+    from edgeae.train.trainer import TrainConfig, fit
+
+    model = _tiny_model()
+    rng = np.random.default_rng(0)
+    base = rng.random((1, 3, 64, 64)).astype(np.float32)
+    train = np.clip(base + 0.05 * rng.standard_normal((16, 3, 64, 64)), 0, 1).astype(np.float32)
+    data = Dataset(spec=DataSpec(), train=train, val=train[:4])
+    result = fit(model, data, TrainConfig(epochs=3, batch_size=8, lr=2e-3, progress=False))
+    hist = result["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    final = result["final"]
+    assert final["bpp_z"] > 0 and final["bpp_y"] > 0 and abs(final["bpp"] - final["bpp_y"] - final["bpp_z"]) < 1e-4
+    assert model.stride == 16 and model.summary()["hyper_latent_shape"] == [4, 4, 4]
+    with pytest.raises(ValueError, match="divisible by its total stride 16"):
+        model(torch.zeros(1, 3, 40, 40))
+
+
+def test_verify_flags_a_single_differing_index(params):
+    from edgeae.runtime.inthyper import verify
+
+    z = _z_tensors(1, params.in_channels, seed=3)[0]
+    index = params(z)
+    verify(params, z, index)
+    index = index.copy()
+    index.flat[0] = (index.flat[0] + 1) % K
+    with pytest.raises(BundleError, match="differ from the integer reference on 1 of"):
+        verify(params, z, index)

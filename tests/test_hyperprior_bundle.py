@@ -1,0 +1,148 @@
+"""A hyperprior bundle end to end: export (integer hyper_decoder), any-size payloads fp32 and int8, --verify,
+and corrupted hyper-latents that must give CorruptStream (never a hang or a crash)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeae.errors import CorruptStream
+from edgeae.runtime import Decoder, Encoder
+from edgeae.runtime import payload as wire
+from edgeae.runtime.inthyper import IntHyperDecoder
+
+
+def _smooth_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth RGB images (low-frequency sinusoids + a little noise), float (n, 3, h, w) in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        for c in range(3):
+            f = rng.uniform(1, 4, 2)
+            ph = rng.uniform(0, 6.3, 2)
+            out[i, c] = 0.5 + 0.35 * np.sin(6.3 * f[0] * yy + ph[0]) * np.cos(6.3 * f[1] * xx + ph[1])
+    return np.clip(out + 0.02 * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny hyperprior (stride 16: y at /4, z at /16) trained for a few dozen steps, exported with int8."""
+    import edgeae
+    from edgeae.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("hyperprior", in_shape=(3, 32, 32), channels=12, latent_channels=8, downsamplings=2,
+                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.02)
+    data = torch.from_numpy(_smooth_images(64, 32, 32, seed=0))
+    opt = model.configure_optimizer(3e-3)
+    model.train()
+    for step in range(60):
+        x = data[(step * 8) % 64 : (step * 8) % 64 + 8]
+        loss = model.loss(model(x), x).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    out = tmp_path_factory.mktemp("hyper") / "bundle"
+    _MODEL.append(model)
+    edgeae.export(model=model, out=out, input=edgeae.InputSpec(channels=3, height=32, width=32, dynamic_size=True,
+                                                               size_multiple=16),
+                  calibration=_smooth_images(48, 32, 32, seed=1), validation=_smooth_images(8, 32, 32, seed=2),
+                  int8=True, max_int8_drop_db=20.0, measure_speed=False, name="tiny-hyperprior")
+    return out
+
+
+_MODEL: list = []  # the fixture's PyTorch model, the reference of the fp32 pipeline
+SIZES = [(32, 32), (33, 47), (16, 80), (64, 48), (17, 17)]
+
+
+def _uint8(img: np.ndarray) -> np.ndarray:
+    return np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def test_manifest_lists_the_integer_hyper_decoder(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["entropy"]["model"] == "hyperprior" and m["input"]["size_multiple"] == 16
+    assert set(m["graphs"]) == {"encoder", "decoder", "hyper_encoder", "hyper_decoder"}
+    assert m["entropy"]["z"]["stride"] == 4 and len(m["entropy"]["y"]["tables"]) == 64
+    params = IntHyperDecoder.load(bundle / m["graphs"]["hyper_decoder"]["file"])
+    assert params.in_channels == 4 and params.out_channels == 8
+
+
+def _torch_reconstruction(img: np.ndarray) -> np.ndarray:
+    """What the fp32 pipeline must give: pad (edge) to 16, g_s(round(g_a(x))), crop, to uint8."""
+    h, w = img.shape[:2]
+    x = np.pad(img, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="edge").transpose(2, 0, 1)[None] / 255.0
+    with torch.no_grad():
+        model = _MODEL[0]
+        r = model.decoder(torch.round(model.encoder(torch.from_numpy(x.astype(np.float32))))).numpy()
+    return np.clip(np.round(r[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)[:h, :w]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_payloads_of_several_sizes_decode(bundle, precision):
+    enc = Encoder(bundle, precision=precision, threads=1)
+    dec = Decoder(bundle, threads=1, verify=True)
+    images = [_uint8(_smooth_images(1, h, w, seed=10 + i)[0]) for i, (h, w) in enumerate(SIZES)]
+    data = enc.encode(images)
+    out = dec.decode(data)
+    assert [o.shape for o in out] == [im.shape for im in images]
+    for im, rec in zip(images, out, strict=True):
+        diff = np.abs(rec.astype(int) - _torch_reconstruction(im).astype(int))
+        if precision == "fp32":  # the real pipeline is PyTorch's up to float rounding at a few latent ties
+            assert (diff <= 1).mean() > 0.99
+        else:  # int8 encoder: latents move by a step here and there
+            assert diff.mean() < 4
+    # Each image alone gives the same reconstruction as in the mixed batch (grouping does not leak).
+    for im, rec in zip(images[:2], out[:2], strict=True):
+        assert np.array_equal(np.asarray(dec.decode(enc.encode(im)))[0], rec)
+
+
+def _items(bundle):
+    enc = Encoder(bundle, threads=1)
+    dec = Decoder(bundle, threads=1)
+    img = _uint8(_smooth_images(1, 48, 48, seed=3)[0])
+    items = enc.items(img)
+    return enc, dec, img, items[0]
+
+
+def _repack(enc, item, parts):
+    return enc.pack([wire.Item(item.height, item.width, tuple(parts))])
+
+
+def test_corrupted_hyper_latent_is_corrupt_stream(bundle):
+    enc, dec, img, item = _items(bundle)
+    z, y, esc = item.parts
+    assert np.asarray(dec.decode(_repack(enc, item, [z, y, esc])))[0].shape == img.shape
+    rng = np.random.default_rng(0)
+    bad_z = [z[: max(4, len(z) - 4)] if len(z) > 4 else z + b"\x00" * 4,  # truncated (or padded) z stream
+             bytes(rng.integers(0, 256, len(z), dtype=np.uint8)),  # garbage of the same length
+             z + bytes(rng.integers(0, 256, 64, dtype=np.uint8))]  # trailing garbage
+    for k, bz in enumerate(bad_z):
+        if bz == z:
+            continue
+        with pytest.raises(CorruptStream):
+            dec.decode(_repack(enc, item, [bz, y, esc]))
+            pytest.fail(f"corruption {k} of the z part decoded without error")
+
+
+def test_fuzzed_hyper_latents_never_hang_or_crash(bundle):
+    """Random z parts (valid framing, valid CRC): either CorruptStream or an image of the right shape."""
+    enc, dec, img, item = _items(bundle)
+    _, y, esc = item.parts
+    rng = np.random.default_rng(1)
+    outcomes = {"corrupt": 0, "decoded": 0}
+    for _ in range(40):
+        bz = bytes(rng.integers(0, 256, int(rng.integers(4, 64)) // 4 * 4, dtype=np.uint8))
+        try:
+            out = np.asarray(dec.decode(_repack(enc, item, [bz, y, esc])))
+        except CorruptStream:
+            outcomes["corrupt"] += 1
+        else:
+            assert out[0].shape == img.shape
+            outcomes["decoded"] += 1
+    assert outcomes["corrupt"] > 0
