@@ -63,7 +63,7 @@ def symbols(args: argparse.Namespace) -> None:
     """What each payload decodes to, before the decoder graph: the int symbols (factorized, one size) or else
     each item's latent (hyperprior, mixed sizes), which is the symbols plus their integer-derived means. A
     hyperprior decodes with verify=True: every hyper-decoder run is checked against the numpy int64 reference."""
-    from edgeae.errors import CorruptStream
+    from edgeae.errors import CorruptStream, InputError
     from edgeae.runtime import Decoder
 
     dec = Decoder(args.bundle, threads=1)
@@ -81,7 +81,7 @@ def symbols(args: argparse.Namespace) -> None:
         name, data = f.relative_to(args.payloads).as_posix(), f.read_bytes()
         try:
             found[name] = dec.symbols(data)
-        except CorruptStream:  # no single symbol array: the per-item latents
+        except (CorruptStream, InputError):  # no single symbol array (hyperprior, mixed sizes): per-item latents
             latents, sizes = dec.items(data)
             found.update({f"{name}/{i}-{h}x{w}": y for i, (y, (h, w)) in enumerate(zip(latents, sizes, strict=True))})
     np.savez(args.out, **found)
