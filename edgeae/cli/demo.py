@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,5 +21,5 @@ def demo(out: str, bundle: str, epochs: int | None, quick: bool) -> None:
     """Train, export, encode/decode, profile and evaluate on the embedded digits (about a minute)."""
     from edgeae.demo import DemoConfig, run_demo
 
-    kw = {"out": Path(out), "bundle": Path(bundle), "echo": click.echo, **({"epochs": epochs} if epochs else {})}
+    kw: dict[str, Any] = {"out": Path(out), "bundle": Path(bundle), "echo": click.echo, **({"epochs": epochs} if epochs else {})}
     run_demo(DemoConfig.quick(**kw) if quick else DemoConfig(**kw))

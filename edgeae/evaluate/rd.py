@@ -97,6 +97,8 @@ def eval_images(bundles: Sequence[Any], *, dataset: str | None = None, data: str
         return (np.stack(images) if len(shapes) == 1 else images), info
     if split not in ("val", "all"):
         raise InputError(f"split must be val or all, got {split!r}")
+    if dataset is None:
+        raise InputError("give a dataset name or a test folder (--test-data DIR) to evaluate on")
     from edgeae.train.data import load_dataset
 
     ds = load_dataset(dataset, data=data, seed=seed, patch=patch, color=color)

@@ -119,7 +119,7 @@ def self_test(bundle: str | os.PathLike[str] | None = None, threads: int = 1) ->
 
     rows: list[tuple[str, str]] = []
     own = bundle is not None
-    path = Path(bundle) if own else SELFTEST / "bundle"
+    path = Path(bundle) if bundle is not None else SELFTEST / "bundle"
     t0 = time.perf_counter()
     try:
         enc, dec = Encoder(path, threads=threads), Decoder(path, threads=threads)

@@ -99,6 +99,7 @@ class ActQuant(nn.Module):
     """ReLU output -> uint8 grid [0, 255] * range / 255; `range` follows an EMA of the batch maximum."""
 
     fake_quant = True
+    range: torch.Tensor  # a registered buffer
 
     def __init__(self, momentum: float) -> None:
         super().__init__()
@@ -130,6 +131,7 @@ class HyperSynthesis(nn.Module):
         self.convs = nn.ModuleList([WeightQuantConv(cz, 4 * nh, 3, padding=1), WeightQuantConv(nh, 4 * nh, 3, padding=1)])
         self.acts = nn.ModuleList([ActQuant(momentum), ActQuant(momentum)])
         self.last = WeightQuantConv(nh, m, 3, padding=1)
+        assert self.last.bias is not None  # built with a bias
         with torch.no_grad():
             self.last.bias.fill_(init_index)
 
@@ -239,7 +241,7 @@ class Hyperprior(Codec):
 
     # --- export (edgeae/bundling/protocol.py) ---
 
-    def edgeae_entropy(self, latents: np.ndarray, precision: int) -> Any:
+    def edgeae_entropy(self, latents: np.ndarray, precision: int = 16) -> Any:
         """y quantisation, z and y integer tables, the hyper_encoder graph and the integer hyper_decoder."""
         from edgeae.bundling.hyper import entropy_for
 
