@@ -47,6 +47,7 @@ from edgeae.evaluate.metrics import mean_psnr
 from edgeae.evaluate.metrics import psnr as psnr_per_image
 from edgeae.runtime.bundle import sha256_file
 from edgeae.runtime.devices import Int8Settings
+from edgeae.runtime.files import find_files
 from edgeae.runtime.images import IMAGE_SUFFIXES, ImageAdapter, TensorAdapter, input_adapter
 from edgeae.runtime.manifest import InputSpec as ManifestInput
 from edgeae.runtime.manifest import LatentSpec, Manifest, Quantization
@@ -526,9 +527,10 @@ def _from_path(p: Path, adapter: ImageAdapter | TensorAdapter, what: str, limit:
     if p.is_dir():
         if isinstance(adapter, TensorAdapter):
             raise CalibrationError(f"{what} data {p} is a folder; tensor inputs take an .npy file (N, *shape)")
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise CalibrationError(f"{what} folder {p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        def none_found(folder: Path, reason: str) -> None:
+            raise CalibrationError(f"{what} folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+        files = [f.source for f in find_files([p], IMAGE_SUFFIXES, skip=none_found)]
         if len(files) > limit:
             files = [files[i] for i in np.sort(np.random.default_rng(0).permutation(len(files))[:limit])]
         return np.concatenate([adapter(f) for f in files])

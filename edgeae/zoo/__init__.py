@@ -10,12 +10,12 @@ always wins over a name. `edgeae models --pretrained` lists the zoo. Stdlib only
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from edgeae.errors import BundleError
+from edgeae.fsutil import read_json_bounded
 
 ZOO_DIR = Path(__file__).resolve().parent
 INDEX_NAME = "index.json"
@@ -34,12 +34,7 @@ def index(root: Path | None = None) -> dict[str, Any]:
     path = (root or ZOO_DIR) / INDEX_NAME
     if not path.is_file():
         return {"schema": INDEX_SCHEMA, "version": 1, "models": {}}
-    if path.stat().st_size > MAX_INDEX_BYTES:
-        raise BundleError(f"{path} is larger than {MAX_INDEX_BYTES} bytes; reinstall edgeae")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); reinstall edgeae") from None
+    data = read_json_bounded(path, MAX_INDEX_BYTES, BundleError, hint="reinstall edgeae")
     if not isinstance(data, dict) or data.get("schema") != INDEX_SCHEMA or not isinstance(data.get("models"), dict):
         raise BundleError(f"{path} is not an edgeae zoo index; reinstall edgeae")
     return data
