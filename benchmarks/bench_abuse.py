@@ -11,13 +11,16 @@ time; its latencies give p50/p99 per phase, next to the unloaded p99. Phases, ea
              body and stalling
   mixed      all of it at once, plus max-size valid batch payloads, garbage bytes and bad signatures
 
-Printed: the server's peak RSS per phase (/proc, sampled every 20 ms) against its RSS after start-up, the
-status counts of every client, the probe's p50/p99 vs unloaded, and at the end the integrity check: every
+Printed: the server's peak RSS per phase (/proc, sampled every 20 ms) against its RSS after start-up, the CPU
+seconds the server and the attackers' process used in the phase, the status counts of every client, the probe's p50/p99 vs unloaded, and at the end the integrity check: every
 acknowledged probe payload is in the store exactly once, the SQLite index lists exactly the folders on disk,
 and nothing the attackers sent was stored. Targets: RSS < 300 MB, probe p99 < 3x unloaded, 0 lost or
 duplicated.
 
-    .venv/bin/python benchmarks/bench_abuse.py [BUNDLE] [--seconds 8] [--slow 200] [--attackers 8]
+    .venv/bin/python benchmarks/bench_abuse.py [BUNDLE] [--seconds 8] [--slow 200] [--attackers 8] [--penalty-max 1]
+
+Run it on a quiet host (docs/SERVER.md has the figures): PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python
+benchmarks/bench_abuse.py. `--penalty-max 0` shows the server without refusal penalties.
 
 Without BUNDLE the 8x8 digits conv of the test fixtures is trained (3 epochs) and exported to a temp folder.
 The attackers run in a child process (the probe never waits for their GIL), but client and server share the
@@ -30,6 +33,7 @@ import argparse
 import collections
 import http.client
 import multiprocessing as mp
+import os
 import socket
 import tempfile
 import threading
@@ -94,6 +98,15 @@ class RSS:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise OSError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process and its threads so far (/proc, Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tiny_bundle(root: Path) -> Path:
@@ -197,7 +210,7 @@ def attack(phase: str, port: int, evil_key: str, bodies: list, n_attackers: int,
     stop.set()
     for t in threads:
         t.join(timeout=40)
-    out.put(dict(statuses))
+    out.put((dict(statuses), time.process_time()))
 
 
 def q(a: list[float], p: float) -> float:
@@ -210,6 +223,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per phase")
     ap.add_argument("--slow", type=int, default=200, help="slow-head connections (and as many stalled bodies / 2)")
     ap.add_argument("--attackers", type=int, default=8, help="forged-payload client threads")
+    ap.add_argument("--penalty-max", type=float, default=1.0, help="the server's --penalty-max (0: refusals never wait)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
         root = Path(tmp)
@@ -222,6 +236,7 @@ def main() -> None:
         port = free_port()
         server = ProcessServer(bundle, port, "--keys", str(keys), "--store", str(store_dir), "--memory-budget", "64",
                                "--header-timeout", "2", "--body-timeout", "2", "--threads", "1",
+                               "--penalty-max", str(args.penalty_max),
                                "--log-level", "warning", log=root / "server.log")
         server.start()
         try:
@@ -257,6 +272,7 @@ def report(args, server, enc, dec, shape, probe_key, evil_key, store_dir) -> Non
         attackers = ctx.Process(target=attack, args=(phase, port, evil_key, bodies, args.attackers, args.slow,
                                                      args.seconds, results), daemon=True)
         rss.peak = rss.now()
+        server_cpu = cpu_seconds(server.proc.pid)
         attackers.start()
         prober = threading.Thread(target=probe, args=(port, probe_key, enc, shape, stop, len(rows), acked, lat,
                                                       probe_status), daemon=True)
@@ -264,18 +280,20 @@ def report(args, server, enc, dec, shape, probe_key, evil_key, store_dir) -> Non
         time.sleep(args.seconds)
         stop.set()
         prober.join(timeout=40)
-        attack_status = results.get(timeout=60)
+        attack_status, attack_cpu = results.get(timeout=60)
         attackers.join(timeout=10)
-        rows.append((phase, rss.peak, len(lat), q(lat, 0.5), q(lat, 0.99), dict(probe_status),
-                     dict(sorted(attack_status.items()))))
+        server_cpu = cpu_seconds(server.proc.pid) - server_cpu
+        rows.append((phase, rss.peak, len(lat), q(lat, 0.5), q(lat, 0.99), server_cpu, attack_cpu,
+                     dict(probe_status), dict(sorted(attack_status.items()))))
     rss.stop.set()
     print(f"server RSS after start-up: {base_rss / 2**20:.0f} MB; memory budget 64 MiB; per phase {args.seconds:g} s, "
           f"{args.attackers} forged-payload threads, {args.slow} slow heads + {args.slow // 2} stalled 1 MiB bodies")
-    print(f"{'phase':<9} {'peak RSS MB':>11} {'probe n':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99/unloaded':>12}  "
-          "probe statuses | attacker statuses")
+    print(f"{'phase':<9} {'peak RSS MB':>11} {'probe n':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99/unloaded':>12} "
+          f"{'server CPU s':>12} {'attacker CPU s':>14}  probe statuses | attacker statuses")
     unloaded = rows[0][4]
-    for phase, peak, n, p50, p99, ps, at in rows:
-        print(f"{phase:<9} {peak / 2**20:>11.0f} {n:>7} {p50:>7.1f} {p99:>7.1f} {p99 / unloaded:>12.2f}  {ps} | {at}")
+    for phase, peak, n, p50, p99, scpu, acpu, ps, at in rows:
+        print(f"{phase:<9} {peak / 2**20:>11.0f} {n:>7} {p50:>7.1f} {p99:>7.1f} {p99 / unloaded:>12.2f} {scpu:>12.1f} "
+              f"{acpu:>14.1f}  {ps} | {at}")
     store = ImageStore(store_dir)
     entries = store.entries()
     index_ids, folder_ids = sorted(e.id for e in entries), store.ids()

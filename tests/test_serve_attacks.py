@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
 import logging
@@ -27,6 +28,7 @@ from edgeae.runtime.codec import Decoder, Encoder  # noqa: E402
 from edgeae.serve.app import ServeConfig, create_app  # noqa: E402
 from edgeae.serve.auth import rewrite_key_file, sign  # noqa: E402
 from edgeae.serve.batcher import MicroBatcher  # noqa: E402
+from edgeae.serve.penalty import Penalties  # noqa: E402
 from edgeae.serve.store import ImageStore  # noqa: E402
 from edgeae.serve.testing import LOOPBACK, ThreadServer, forged_payload  # noqa: E402
 
@@ -338,9 +340,9 @@ def test_a_failed_batch_finishes_each_job_once(tiny_bundle, enc):
 
     async def scenario():
         b = MicroBatcher(Engine(), max_batch=4, max_wait_ms=50, queue_size=8)  # type: ignore[arg-type]
-        b.arrive()  # hold the gathering thread until all four are queued
+        token = b.arrive()  # hold the gathering thread until all four are queued
         jobs = [b.submit(p) for p in (b"bad", b"a", b"b", b"c")]
-        b.arrived()
+        b.arrived(token)
         results = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
         b.close()
         return b, results
@@ -419,3 +421,66 @@ def hashlib_id(p: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(p).hexdigest()
+
+
+def test_penalties_grow_with_refusals_decay_and_stay_bounded():
+    now = [0.0]
+    p = Penalties(free=3, step_s=0.1, max_s=0.25, half_life_s=10, max_owners=4, clock=lambda: now[0])
+    waits = [p.strike("evil") for _ in range(7)]
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] == pytest.approx(0.1) and waits[4] == pytest.approx(0.2)
+    assert waits[5:] == [0.25, 0.25]  # capped
+    assert p.strike("good") == 0.0  # strikes are per owner
+    now[0] += 100  # ten half-lives: forgiven
+    assert p.strikes("evil") < 0.01 and p.strike("evil") == 0.0
+    for i in range(10):
+        p.strike(f"addr{i}")
+    assert len(p) == 4  # least recently struck dropped first
+    assert Penalties(max_s=0).strike("x") == 0.0 and not Penalties(step_s=0).enabled
+    with pytest.raises(ValueError):
+        Penalties(half_life_s=0)
+
+
+def test_a_device_that_keeps_erring_waits_others_and_its_successes_do_not(tiny_bundle, keyfile, enc, logs):
+    path, keys = keyfile
+    cfg = ServeConfig(bundle=str(tiny_bundle), keys=str(path), penalty_free=2, penalty_step_s=0.05,
+                      penalty_max_s=0.2)
+    good = enc.encode_each(_images(1, seed=80))[0]
+    with ThreadServer(create_app(cfg)) as s:
+        for i in range(5):  # garbage from cam: refused, and the refusals come later and later
+            r = httpx.post(s.base + "/v1/decode", content=b"garbage", headers=_auth(keys["cam"], **{"x-request-id": f"bad{i}"}))
+            assert r.status_code == 400
+        for _ in range(3):  # wrong keys from an address: strikes against the address
+            assert httpx.post(s.base + "/v1/decode", content=good, headers=_auth("y" * 40)).status_code == 401
+        r1 = httpx.post(s.base + "/v1/decode", content=good, headers=_auth(keys["cam"], **{"x-request-id": "ok-cam"}))
+        r2 = httpx.post(s.base + "/v1/decode", content=good, headers=_auth(keys["cam2"], **{"x-request-id": "ok-cam2"}))
+        bad2 = httpx.post(s.base + "/v1/decode", content=b"garbage", headers=_auth(keys["cam2"], **{"x-request-id": "bad-cam2"}))
+        metrics = httpx.get(s.base + "/metrics", headers=_auth(keys["ops"])).text
+    assert (r1.status_code, r2.status_code, bad2.status_code) == (200, 200, 400)
+    by_id = {a["id"]: a for a in logs.access()}
+    assert [by_id[f"bad{i}"].get("penalty_ms", 0) for i in range(5)] == pytest.approx([0, 0, 50, 100, 150], abs=3)
+    assert "penalty_ms" not in by_id["ok-cam"] and "penalty_ms" not in by_id["ok-cam2"]  # successes never wait
+    assert "penalty_ms" not in by_id["bad-cam2"]  # another device's first refusal is free
+    unknown = [a for a in logs.access() if a["status"] == 401]
+    assert [a.get("penalty_ms", 0) for a in unknown] == pytest.approx([0, 0, 50], abs=3)  # the address
+    assert "edgeae_penalised_total 4" in metrics
+
+
+def test_a_stalled_body_does_not_hold_everyone_s_batch(tiny_bundle):
+    class Engine:
+        def prepare(self, payload):
+            return payload
+
+        def run(self, prepared):
+            return [np.zeros((1, 8, 8), np.uint8) for _ in prepared]
+
+    async def scenario():
+        b = MicroBatcher(Engine(), max_batch=4, max_wait_ms=60_000, queue_size=8)  # type: ignore[arg-type]
+        token = b.arrive()  # a body that started arriving long ago and never finishes
+        b._arriving[token] -= 120.0
+        try:
+            return await asyncio.wait_for(b.submit(b"a").future, 30)  # not held for the 60 s max_wait
+        finally:
+            b.arrived(token)
+            b.close()
+
+    assert asyncio.run(scenario()) is not None

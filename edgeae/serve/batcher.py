@@ -72,22 +72,39 @@ class MicroBatcher:
         self.metrics = metrics or Metrics()
         self._q: queue.Queue[Any] = queue.Queue()
         self._outstanding = 0  # queued + being decoded
-        self.arriving = 0  # requests whose body is still being received (the server calls arrive/arrived)
+        # requests whose body is being received (the server calls arrive/arrived): token -> start time
+        self._arriving: dict[int, float] = {}
+        self._tokens = 0
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"edgeae-decode-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
 
-    def arrive(self) -> None:
-        """A request started (its body is being read): a gathering decode thread waits for it."""
+    def arrive(self) -> int:
+        """A request started (its body is being read): a gathering decode thread waits for it, but only
+        during the first max_wait of its body (a body that takes longer -- a slow link, or a client
+        stalling on purpose -- is not worth holding everyone's batch for). Returns the token for `arrived`."""
         with self._lock:
-            self.arriving += 1
+            self._tokens += 1
+            self._arriving[self._tokens] = time.perf_counter()
+            return self._tokens
 
-    def arrived(self) -> None:
+    def arrived(self, token: int) -> None:
         """That request's body is read (it is about to be queued, or was refused)."""
         with self._lock:
-            self.arriving -= 1
+            self._arriving.pop(token, None)
+
+    @property
+    def arriving(self) -> int:
+        """Bodies being received."""
+        return len(self._arriving)
+
+    def _arrival_soon(self) -> bool:
+        """Is a body still being received that started less than max_wait ago?"""
+        since = time.perf_counter() - self.max_wait
+        with self._lock:
+            return any(t > since for t in self._arriving.values())
 
     @property
     def outstanding(self) -> int:
@@ -125,13 +142,13 @@ class MicroBatcher:
 
     def _gather(self, first: Job, carry: list[Job]) -> list[Job]:
         """The first job plus whatever is queued, up to the batch caps; waits up to max_wait for more only while
-        requests are queued or still being received (`arrive`), so a lone request is decoded at once. A job
+        requests are queued or started arriving within max_wait (`arrive`), so a lone request is decoded at once. A job
         that would break a cap is left in `carry` to start the next batch."""
         jobs = [first]
         deadline = time.perf_counter() + self.max_wait
         while len(jobs) < self.max_batch:
-            if self._q.empty() and self.arriving <= 0:
-                break  # no request queued or being received: waiting could only add latency
+            if self._q.empty() and not self._arrival_soon():
+                break  # no request queued or starting to arrive: waiting could only add latency
             left = deadline - time.perf_counter()
             try:
                 job = self._q.get_nowait() if left <= 0 else self._q.get(timeout=left)

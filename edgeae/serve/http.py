@@ -30,6 +30,7 @@ from edgeae.serve.auth import SIGNATURE_HEADER, Device, KeyRing, bearer, signatu
 from edgeae.serve.batcher import Cancelled, MicroBatcher, Overloaded
 from edgeae.serve.engine import DecodeEngine, npy_bytes, strip
 from edgeae.serve.metrics import Metrics
+from edgeae.serve.penalty import STRIKE_STATUSES, Penalties
 from edgeae.serve.store import ImageStore, StoreFull, payload_id
 
 NPY = "application/x-npy"
@@ -79,6 +80,11 @@ class ServeConfig:
     quota_disk_bytes: int | None = None  # per device, on disk
     keep_days: float | None = None
     min_free_bytes: int = 64 << 20
+    # refusal penalties (edgeae.serve.penalty): after `penalty_free` refused requests, each further refusal of
+    # the same device (or client address) waits `penalty_step_s` more, up to `penalty_max_s` (0 = off)
+    penalty_free: int = 8
+    penalty_step_s: float = 0.05
+    penalty_max_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,10 @@ class Budget:
         self.peak = max(self.peak, self.used)
         return True
 
+    def over_share(self, n: int, owner: str = "-") -> bool:
+        """Would `n` more bytes pass the owner's own share (its fault, unlike a full total)?"""
+        return self.owners.get(owner, 0) + n > self.per_owner
+
     def give(self, n: int, owner: str = "-") -> None:
         self.used -= n
         left = self.owners.get(owner, 0) - n
@@ -147,17 +157,21 @@ class Budget:
 
 
 class HTTPProblem(Exception):
-    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    """A refusal. `strike`: the client's own fault even where the status (503) would not say so."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None,
+                 strike: bool = False) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
+        self.strike = strike or status in STRIKE_STATUSES
 
 
 class ClientGone(Exception):
     """The client disconnected; nobody reads the answer."""
 
 
-def _busy(error: str, detail: str) -> HTTPProblem:
-    return HTTPProblem(503, error, detail, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})
+def _busy(error: str, detail: str, strike: bool = False) -> HTTPProblem:
+    return HTTPProblem(503, error, detail, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}, strike)
 
 
 def problem_for(exc: BaseException, request_id: str = "-") -> HTTPProblem:
@@ -270,6 +284,7 @@ class DecodeService:
         self.engine = engine or DecodeEngine(config.bundle, config.precision, threads=config.threads, hook=hook)
         self.limits = Limits.derive(config, self.engine)
         self.budget = Budget(self.limits.memory_budget, config.budget_share)
+        self.penalties = Penalties(config.penalty_free, config.penalty_step_s, config.penalty_max_s)
         self.keys = KeyRing(config.keys, config.key_reload_s) if config.keys else None
         self.store = ImageStore(config.store, config.min_free_bytes) if config.store else None
         self.batcher: MicroBatcher | None = None
@@ -312,6 +327,7 @@ class DecodeService:
         from starlette.responses import JSONResponse
 
         t0 = time.perf_counter()
+        strike = False
         rid = request.headers.get("x-request-id", "")
         ctx = Context(id=rid if REQUEST_ID.match(rid) else secrets.token_hex(8), method=request.method,
                       path=request.url.path, endpoint=endpoint,
@@ -324,10 +340,16 @@ class DecodeService:
         except Exception as exc:
             p = problem_for(exc, ctx.id)
             response = JSONResponse({"error": p.error, "detail": p.detail}, status_code=p.status, headers=p.headers)
-            ctx.error = p.error
+            ctx.error, strike = p.error, p.strike
         response.headers["X-Request-Id"] = ctx.id
         ctx.status = response.status_code
         ctx.ms = round(1000 * (time.perf_counter() - t0), 3)
+        if strike:  # a refusal the client caused: answer it later the more it insists (edgeae.serve.penalty)
+            wait = self.penalties.strike(ctx.owner)
+            if wait > 0:
+                ctx.extra["penalty_ms"] = round(1000 * wait)
+                self.metrics.observe_penalty(wait)
+                await asyncio.sleep(wait)
         if endpoint in ("decode", "ingest", "metrics") or ctx.status >= 400:
             self.metrics.observe_request(endpoint, ctx.status, ctx.ms / 1000, ctx.error)
             record = {k: v for k, v in asdict(ctx).items() if v is not None and k != "extra"}
@@ -409,7 +431,7 @@ class DecodeService:
         owner = ctx.owner
         if declared and not self.budget.take(declared, owner):
             raise _busy("overloaded", f"too many bytes of requests in flight (budget {self.budget.total}, "
-                        f"{self.budget.per_owner} per device); retry later")
+                        f"{self.budget.per_owner} per device); retry later", self.budget.over_share(declared, owner))
         taken = declared or 0
         chunks: list[bytes] = []
         got = [0, taken]  # bytes received, bytes taken from the budget
@@ -422,7 +444,8 @@ class DecodeService:
                                       {"Connection": "close"})
                 if got[0] > got[1]:  # chunked: take from the budget as it arrives
                     if not self.budget.take(got[0] - got[1], owner):
-                        raise _busy("overloaded", "too many bytes of requests in flight; retry later")
+                        raise _busy("overloaded", "too many bytes of requests in flight; retry later",
+                                    self.budget.over_share(got[0] - got[1], owner))
                     got[1] = got[0]
                 chunks.append(chunk)
 
@@ -497,11 +520,11 @@ class DecodeService:
 
         assert self.batcher is not None, "DecodeService.start() was not called"
         deadline = time.monotonic() + self.config.request_timeout
-        self.batcher.arrive()
+        token = self.batcher.arrive()
         try:
             payload, taken = await self.read_body(request, ctx)
         finally:
-            self.batcher.arrived()
+            self.batcher.arrived(token)
         held = taken
         name = device.name if device else "-"
         inflight: list[int] | None = None
@@ -515,7 +538,8 @@ class DecodeService:
             cost = self.limits.cost(0, items, values)
             if not self.budget.take(cost, ctx.owner):
                 raise _busy("overloaded", f"decode work admitted is at the memory budget ({self.budget.total} "
-                            f"bytes, {self.budget.per_owner} per device); retry later")
+                            f"bytes, {self.budget.per_owner} per device); retry later",
+                            self.budget.over_share(cost, ctx.owner))
             held += cost
             if endpoint == "decode":
                 accept = request.headers.get("accept")

@@ -26,6 +26,8 @@ class Metrics:
         self.ingested_new = 0
         self.ingested_dup = 0
         self.cancelled = 0  # jobs skipped because their client left or their time ran out
+        self.penalised = 0  # refusals answered late (edgeae.serve.penalty)
+        self.penalty_seconds = 0.0
 
     def observe_request(self, endpoint: str, status: int, seconds: float, error: str | None = None) -> None:
         with self._lock:
@@ -39,6 +41,11 @@ class Metrics:
     def observe_cancelled(self) -> None:
         with self._lock:
             self.cancelled += 1
+
+    def observe_penalty(self, seconds: float) -> None:
+        with self._lock:
+            self.penalised += 1
+            self.penalty_seconds += seconds
 
     def observe_batch(self, size: int) -> None:
         with self._lock:
@@ -79,7 +86,11 @@ class Metrics:
                       f'edgeae_ingested_total{{new="false"}} {self.ingested_dup}',
                       "# TYPE edgeae_queue_depth gauge", f"edgeae_queue_depth {queue_depth}",
                       "# HELP edgeae_cancelled_total Decode jobs skipped: client gone or time limit.",
-                      "# TYPE edgeae_cancelled_total counter", f"edgeae_cancelled_total {self.cancelled}"]
+                      "# TYPE edgeae_cancelled_total counter", f"edgeae_cancelled_total {self.cancelled}",
+                      "# HELP edgeae_penalised_total Refusals answered late because their client kept erring.",
+                      "# TYPE edgeae_penalised_total counter", f"edgeae_penalised_total {self.penalised}",
+                      "# TYPE edgeae_penalty_seconds_total counter",
+                      f"edgeae_penalty_seconds_total {self.penalty_seconds:.3f}"]
             for name, value in sorted((gauges or {}).items()):
                 lines += [f"# TYPE edgeae_{name} gauge", f"edgeae_{name} {value}"]
         return "\n".join(lines) + "\n"
