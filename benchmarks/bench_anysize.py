@@ -35,6 +35,25 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def encode_breakdown(enc: Encoder, img: np.ndarray, repeats: int) -> dict[str, float]:
+    """Medians (ms) of the full `Encoder.encode` and its parts: the bare encoder graph, the hyperprior's graphs
+    (hyper-encoder + integer hyper-decoder; 0 for other entropy models) and the entropy coding proper
+    (quantisation, ordering, range coding, escapes) timed as `entropy.encode` minus those graphs; `other_ms`
+    is what is left of `encode_ms` (preprocessing, padding, framing)."""
+    x = enc.pad(enc.preprocess(img))
+    y = enc.latents(x)
+    full = median_ms(lambda: enc.encode(img), repeats)
+    graph = median_ms(lambda: enc.graph.main(x), repeats)
+    hyper = 0.0
+    if hasattr(enc.entropy, "hyper_decode"):
+        zi, _ = enc.entropy.integers(y)
+        hyper = median_ms(lambda: enc.entropy.integers(y), repeats)
+        hyper += median_ms(lambda: enc.entropy.hyper_decode(zi, y.shape[1:]), repeats)
+    coding = median_ms(lambda: enc.entropy.encode(y), repeats) - hyper
+    return {"encode_ms": full, "graph_ms": graph, "hyper_ms": hyper, "coding_ms": coding,
+            "other_ms": full - graph - hyper - coding, "coding_share": coding / full}
+
+
 def smooth_image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
     """Low-pass noise in 0..255: a few octaves of bilinearly upsampled random grids (Pillow)."""
     from PIL import Image
@@ -86,17 +105,9 @@ def main() -> None:
         h, w = (int(v) for v in size.lower().split("x"))
         img = photo(photos[i % len(photos)], h, w, c) if photos else smooth_image(h, w, c, seed=i)
         x = enc.pad(enc.preprocess(img))
-        y = enc.latents(x)
         payload = enc.encode(img)
-        enc_ms = median_ms(lambda: enc.encode(img), args.repeats)  # noqa: B023
-        bare_enc = median_ms(lambda: enc.graph.main(x), args.repeats)  # noqa: B023
-        ent_ms = median_ms(lambda: enc.entropy.encode(y), args.repeats)  # noqa: B023
-        graphs_ms = 0.0
-        if hasattr(enc.entropy, "hyper_decode"):  # the hyperprior's graphs are not entropy coding: time them apart
-            zi, _ = enc.entropy.integers(y)
-            graphs_ms = median_ms(lambda: enc.entropy.integers(y), args.repeats)  # noqa: B023
-            graphs_ms += median_ms(lambda: enc.entropy.hyper_decode(zi, y.shape[1:]), args.repeats)  # noqa: B023
-        ent_ms -= graphs_ms
+        t = encode_breakdown(enc, img, args.repeats)
+        enc_ms, bare_enc, ent_ms = t["encode_ms"], t["graph_ms"], t["coding_ms"]
         yhat = dec.latents(payload)
         dec_ms = median_ms(lambda: dec.decode(payload), args.repeats)  # noqa: B023
         bare_dec = median_ms(lambda: dec.graph.main(np.ascontiguousarray(yhat)), args.repeats)  # noqa: B023
