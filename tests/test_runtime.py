@@ -493,3 +493,13 @@ def test_golden_v1_payload_still_decodes_to_the_same_images():
     assert v2[2] == 2 and wire.parse(v2).bodies == wire.parse(data).bodies
     np.testing.assert_array_equal(dec.decode(v2), dec.decode(data))
     assert len(v2) == len(data) - 1  # v2: model byte + one shared H, W instead of the 4-byte latent shape
+
+
+def test_the_device_side_runs_without_onnxruntime_s_memory_arena(tiny_bundle):
+    from edgeae.runtime.session import applied_settings
+
+    enc, dec = Encoder(tiny_bundle), Decoder(tiny_bundle)
+    assert applied_settings(enc.graph.session)["memory_arena"] is False  # peak memory on the device
+    assert applied_settings(dec.graph.session)["memory_arena"] is True  # throughput on the server
+    images = np.random.default_rng(0).integers(0, 256, (3, *enc.manifest.input.shape[1:]), dtype=np.uint8)
+    assert dec.decode(enc.encode(images)).shape[0] == 3

@@ -36,7 +36,8 @@ GRAPH_PIXELS = 1 << 22  # ... and on at most this many (padded) pixels at once (
 class _Graph:
     """One onnxruntime session with its manifest entry: x -> {output name: array}."""
 
-    def __init__(self, bundle: Bundle, role: str, precision: str, device: Any, threads: int | None) -> None:
+    def __init__(self, bundle: Bundle, role: str, precision: str, device: Any, threads: int | None,
+                 arena: bool = True) -> None:
         entry = bundle.manifest.graphs.get(role)
         if entry is None:
             raise BundleError(f"bundle {bundle.path} has no {role} graph, which its entropy model needs; "
@@ -46,7 +47,7 @@ class _Graph:
         self.role = role
         self.path = bundle.graph_path(role, precision)
         # built from the bytes verified now (sha256 + fingerprint digest), never from the path re-read later
-        self.session = make_session(bundle.graph_bytes(role, precision), profile=device, threads=threads)
+        self.session = make_session(bundle.graph_bytes(role, precision), profile=device, threads=threads, arena=arena)
         inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [entry.input] or entry.output not in self.outputs:
@@ -66,6 +67,9 @@ class _Codec:
     """What both sides share: the verified bundle, the graph sessions, the entropy model, the geometry."""
 
     role = ""
+    # onnxruntime's CPU memory arena keeps the high-water mark of every run it has seen: off on the device
+    # (a 1920x1080 encode peaks at 265 MB instead of 380), on for the decoding server (~15% faster decodes)
+    arena = True
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
                  threads: int | None = None) -> None:
@@ -97,7 +101,7 @@ class _Codec:
     def _graph(self, role: str) -> _Graph:
         g = self._graphs.get(role)
         if g is None:
-            g = self._graphs[role] = _Graph(self.bundle, role, self.precision, *self._options)
+            g = self._graphs[role] = _Graph(self.bundle, role, self.precision, *self._options, arena=self.arena)
         return g
 
     # --- geometry ---
@@ -126,6 +130,7 @@ class Encoder(_Codec):
     """
 
     role = "encoder"
+    arena = False
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
                  threads: int | None = None, convert: bool = False) -> None:
