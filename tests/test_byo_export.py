@@ -651,7 +651,10 @@ def test_cli_exports_a_py_factory_with_safetensors_weights(tmp_path):
                                "--int8-roles", "encoder", "--calibration-samples", "8"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["graphs"]["decoder"]["int8_file"] is None
-    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["fingerprint"] == m["fingerprint"]
+    pt = json.loads((tmp_path / "pt" / "manifest.json").read_text())  # same weights, same fp32 graphs
+    assert [pt["graphs"][r]["digest"] for r in ("encoder", "decoder")] == \
+        [m["graphs"][r]["digest"] for r in ("encoder", "decoder")]
+    assert pt["fingerprint"] != m["fingerprint"]  # the int8 encoder is part of the fingerprint
     bad = {
         "pickled": ([*args, "--weights", str(tmp_path / "pickled.pt")], "is not a plain state_dict"),
         "factory": ([*args[:2], f"{tmp_path / 'mymodel.py'}:broken", *args[3:]],

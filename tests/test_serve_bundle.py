@@ -42,9 +42,60 @@ def _reseal(bundle, name):
 
 def test_fingerprint_is_recomputed_from_the_real_graphs(tiny_bundle):
     b = Bundle.open(tiny_bundle)
-    assert b.bound_by == "graphs" and set(b.digests) == {"encoder", "decoder"}
+    assert b.bound_by == "graphs" and set(b.digests) == {"encoder", "decoder", "encoder.int8", "decoder.int8"}
     meta = graph_metadata((tiny_bundle / "decoder.onnx").read_bytes())
     assert meta["edgeae.fingerprint"] == b.fingerprint
+
+
+def test_swapped_int8_decoder_is_refused_like_an_fp32_one(tiny_bundle, make_bundle, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    b = _copy(tiny_bundle, tmp_path)
+    shutil.copy(make_bundle("conv", int8=True, seed=1) / "decoder.int8.onnx", b / "decoder.int8.onnx")
+    _reseal(b, "decoder.int8.onnx")
+    with pytest.raises(BundleError, match="not the int8 decoder graph this bundle was exported with"):
+        Bundle.open(b)
+    swapped = graph_digest((b / "decoder.int8.onnx").read_bytes())
+    _edit_manifest(b, lambda m: m["graphs"]["decoder"].__setitem__("int8_digest", swapped))  # forge the record
+    with pytest.raises(BundleError, match="decoder.int8.onnx was exported for bundle"):
+        Bundle.open(b)
+    model = onnx.load(str(b / "decoder.int8.onnx"))  # and its metadata: the recomputed fingerprint is left
+    for prop in model.metadata_props:
+        if prop.key == "edgeae.fingerprint":
+            prop.value = Bundle.open(tiny_bundle).fingerprint
+    onnx.save(model, str(b / "decoder.int8.onnx"))
+    _reseal(b, "decoder.int8.onnx")
+    with pytest.raises(BundleError, match="give fingerprint .* manifest says"):
+        Bundle.open(b)
+    # dropping the int8 record to get around it changes the fingerprint too
+    c = _copy(tiny_bundle, tmp_path, "c")
+    _edit_manifest(c, lambda m: m["graphs"]["decoder"].pop("int8_digest"))
+    with pytest.raises(BundleError, match="give fingerprint .* manifest says"):
+        Bundle.open(c)
+
+
+def test_bundles_exported_before_int8_joined_the_fingerprint_still_open(tiny_bundle, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from edgeae.runtime.fingerprint import fingerprint, tables_digest
+
+    b = _copy(tiny_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    old = fingerprint(m["graphs"]["encoder"]["digest"], m["graphs"]["decoder"]["digest"],
+                      tables_digest(m["latent"], m["entropy"]))
+    for g in m["graphs"].values():
+        g.pop("int8_digest", None)
+    m["fingerprint"] = old
+    (b / "manifest.json").write_text(json.dumps(m))
+    for name in ("encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx"):
+        model = onnx.load(str(b / name))
+        for prop in model.metadata_props:
+            if prop.key == "edgeae.fingerprint":
+                prop.value = old
+        onnx.save(model, str(b / name))
+        _reseal(b, name)
+    opened = Bundle.open(b)
+    assert opened.fingerprint == old and opened.bound_by == "graphs"
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    assert Decoder(b, "int8").decode(Encoder(b, "int8").encode(images)).shape == (2, 8, 8)
 
 
 def test_swapped_decoder_with_resealed_sha256_is_refused(tiny_bundle, other_bundle, tmp_path):
@@ -76,15 +127,6 @@ def test_swapped_decoder_with_resealed_sha256_is_refused(tiny_bundle, other_bund
     _edit_manifest(c, edit)
     with pytest.raises(BundleError, match="give fingerprint"):
         Bundle.open(c)
-
-
-def test_swapped_int8_graph_is_refused_by_its_metadata(tiny_bundle, make_bundle, tmp_path):
-    other_int8 = make_bundle("conv", int8=True, seed=1)
-    b = _copy(tiny_bundle, tmp_path)
-    shutil.copy(other_int8 / "decoder.int8.onnx", b / "decoder.int8.onnx")
-    _reseal(b, "decoder.int8.onnx")
-    with pytest.raises(BundleError, match="decoder.int8.onnx was exported for bundle"):
-        Bundle.open(b)
 
 
 def test_file_swapped_after_open_is_refused_not_run(tiny_bundle, other_bundle, tmp_path):

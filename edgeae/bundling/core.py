@@ -229,10 +229,7 @@ def _build(job: Job, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
     if section and section.size_multiple and job.input.dynamic_size:
         job.input = _entropy_multiple(job.input, section.size_multiple)
     extras = _extra_graphs(section.graphs if section else [], job.opset)
-    fp = graphs.fingerprint(graphs.graph_digest(protos["encoder"]), graphs.graph_digest(protos["decoder"]),
-                            graphs.tables_digest(latent, entropy),
-                            *(graphs.graph_digest(p) for _, p in sorted(extras.items())))
-    meta = {"edgeae.fingerprint": fp, "edgeae.manifest_version": str(MANIFEST_VERSION)}
+    meta = {"edgeae.manifest_version": str(MANIFEST_VERSION)}  # the fingerprint joins it once int8 is done
     for role, proto in [*protos.items(), *extras.items()]:
         graphs.set_metadata(proto, {**meta, "edgeae.role": role})
         graphs.save(proto, tmp / f"{role}.onnx" if role in extras else tmp / specs[role].file)
@@ -253,6 +250,7 @@ def _build(job: Job, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
     int8 = _int8(job, specs, tmp, y, requant, latent, quality, checks, modules, meta, scorer) \
         if job.int8 else None
     raise_failures(checks)
+    fp = _stamp_fingerprint(job, specs, protos, extras, latent, entropy, meta, tmp)
     if section and section.model:
         job.model_info = {**job.model_info, "entropy_model": section.model}
     # Round-trip through the runtime's validator: the exporter never writes a manifest the runtime refuses.
@@ -833,6 +831,26 @@ def _speed(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, Any]:
             "measured_on": platform.machine() + " " + cpu_model()}
 
 
+def _stamp_fingerprint(job: Job, specs: dict[str, GraphSpec], protos: dict[str, onnx.ModelProto],
+                       extras: dict[str, onnx.ModelProto], latent: dict[str, Any], entropy: dict[str, Any],
+                       meta: dict[str, str], tmp: Path) -> str:
+    """The fingerprint over every graph written (fp32, extra and int8 twins; docs/MANIFEST.md), then written
+    into each graph's metadata -- which its digest leaves out, so stamping changes no digest."""
+    int8_models = {role: onnx.load(str(tmp / s.int8_file)) for role, s in specs.items() if role in job.int8_roles}
+    fp = graphs.fingerprint(graphs.graph_digest(protos["encoder"]), graphs.graph_digest(protos["decoder"]),
+                            graphs.tables_digest(latent, entropy),
+                            *(graphs.graph_digest(p) for _, p in sorted(extras.items())),
+                            *(graphs.graph_digest(m) for _, m in sorted(int8_models.items())))
+    stamp = {**meta, "edgeae.fingerprint": fp}
+    for role, proto in [*protos.items(), *extras.items()]:
+        graphs.set_metadata(proto, stamp)
+        graphs.save(proto, tmp / f"{role}.onnx" if role in extras else tmp / specs[role].file)
+    for role, model in int8_models.items():
+        graphs.set_metadata(model, stamp)
+        graphs.save(model, tmp / specs[role].int8_file)
+    return fp
+
+
 def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], entropy: dict[str, Any], fp: str,
               quality: dict[str, Any], int8: dict[str, Any] | None, checks: list[GraphCheck],
               extras: list[ExtraGraph], tmp: Path) -> dict[str, Any]:
@@ -843,6 +861,8 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
         role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
                "int8_file": s.int8_file if role in job.int8_roles else None,
                "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
+    for role in job.int8_roles:  # the int8 twins are part of the fingerprint too
+        graph_section[role]["int8_digest"] = graphs.graph_digest(onnx.load(str(tmp / specs[role].int8_file)))
     for g in sorted(extras, key=lambda g: g.role):
         proto = onnx.load(str(tmp / g.file))
         opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=job.opset)

@@ -26,7 +26,8 @@ class Bundle:
     path: Path
     manifest: Manifest
     missing: frozenset[str] = frozenset()  # listed files absent from a partial bundle
-    digests: dict[str, str] = field(default_factory=dict)  # role -> verified digest of its fp32 graph
+    # role -> verified digest of its fp32 graph; "ROLE.int8" -> of its int8 graph
+    digests: dict[str, str] = field(default_factory=dict)
     bound_by: str = "graphs"  # "graphs": fingerprint recomputed; "metadata": partial bundle without digests
 
     @classmethod
@@ -53,7 +54,7 @@ class Bundle:
         manifest = Manifest.from_dict(raw, source=str(root / MANIFEST_NAME))
         real_root = root.resolve()
         graph_files = {g.file: role for role, g in manifest.graphs.items()}
-        int8_files = {g.int8_file for g in manifest.graphs.values() if g.int8_file}
+        int8_files = {g.int8_file: role for role, g in manifest.graphs.items() if g.int8_file}
         missing, digests, metadata = set(), {}, {}
         for name, entry in manifest.files.items():
             file = _inside(root, real_root, name)
@@ -66,8 +67,8 @@ class Bundle:
             if name in graph_files or name in int8_files:
                 data = _read_verified(root, file, name, entry.bytes, entry.sha256)
                 metadata[name] = graph_metadata(data)
-                if name in graph_files:
-                    digests[graph_files[name]] = graph_digest(data)
+                key = graph_files[name] if name in graph_files else f"{int8_files[name]}.int8"
+                digests[key] = graph_digest(data)
             elif file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
                 raise _tampered(root, name)
         bound_by = _check_fingerprint(root, manifest, raw, digests, metadata)
@@ -109,13 +110,13 @@ class Bundle:
         return self.path / self._graph_name(role, precision)
 
     def graph_bytes(self, role: str, precision: str = "fp32") -> bytes:
-        """The graph's bytes, read now and checked against the manifest (size, sha256, and for fp32 the digest
-        the fingerprint was recomputed from): build sessions from these, so a file swapped after `open` is
-        refused instead of run."""
+        """The graph's bytes, read now and checked against the manifest (size, sha256, and the digest verified
+        at open): build sessions from these, so a file swapped after `open` is refused instead of run."""
         name = self._graph_name(role, precision)
         entry = self.manifest.files[name]
         data = _read_verified(self.path, self.path / name, name, entry.bytes, entry.sha256)
-        if precision == "fp32" and role in self.digests and graph_digest(data) != self.digests[role]:
+        key = role if precision == "fp32" else f"{role}.int8"
+        if key in self.digests and graph_digest(data) != self.digests[key]:
             raise _tampered(self.path, name)
         return data
 
@@ -142,13 +143,21 @@ def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, st
                        metadata: dict[str, dict[str, str]]) -> str:
     """Refuse a bundle whose graphs or tables do not give its fingerprint; returns how it was bound."""
     parts: dict[str, str | None] = {}
+    int8_parts: dict[str, str] = {}
     for role, graph in m.graphs.items():
         recorded, found = graph.digest, digests.get(role)
         if recorded is not None and found is not None and recorded != found:
             raise BundleError(f"{root}: {graph.file} is not the {role} graph this bundle was exported "
                               f"with (its digest differs from graphs.{role}.digest); {REEXPORT}")
         parts[role] = found or recorded
-    for name, meta in metadata.items():  # int8 graphs are not part of the fingerprint: their metadata must agree
+        if graph.int8_digest is not None:  # exports since the int8 graphs joined the fingerprint
+            found = digests.get(f"{role}.int8")
+            if found is not None and found != graph.int8_digest:
+                raise BundleError(f"{root}: {graph.int8_file} is not the int8 {role} graph this bundle was exported "
+                                  f"with (its digest differs from graphs.{role}.int8_digest); {REEXPORT}")
+            int8_parts[role] = graph.int8_digest
+    # Every graph's metadata must name this bundle (older exports' int8 graphs are bound by this alone).
+    for name, meta in metadata.items():
         if FINGERPRINT_KEY in meta and meta[FINGERPRINT_KEY] != m.fingerprint:
             raise BundleError(f"{root}: {name} was exported for bundle {meta[FINGERPRINT_KEY][:16]}, not this "
                               f"one ({m.fingerprint[:16]}); {REEXPORT}")
@@ -159,7 +168,7 @@ def _check_fingerprint(root: Path, m: Manifest, raw: dict, digests: dict[str, st
     known = {role: d for role, d in parts.items() if d is not None}
     extra = {role: d for role, d in known.items() if role not in ROLES}
     want = compute_fingerprint(known["encoder"], known["decoder"], tables_digest(raw["latent"], raw["entropy"]),
-                               *(d for _, d in sorted(extra.items())))
+                               *(d for _, d in sorted(extra.items())), *(d for _, d in sorted(int8_parts.items())))
     if want != m.fingerprint:
         raise BundleError(f"{root}: the graphs and latent/entropy tables give fingerprint {want[:16]}, but the "
                           f"manifest says {m.fingerprint[:16]} (a graph or table was replaced or edited); {REEXPORT}")

@@ -1,7 +1,12 @@
 """A bundle's fingerprint, recomputed from its bytes without onnx (torch-free, runtime side).
 
     fingerprint = sha256(graph_digest(encoder) || graph_digest(decoder) || tables_digest(latent, entropy)
-                         || graph_digest(extra role) for each extra graph role, sorted by role name)
+                         || graph_digest(extra role) for each extra graph role, sorted by role name
+                         || graph_digest(int8 twin) for each role whose manifest entry records int8_digest,
+                            sorted by role name)
+
+(int8 twins joined the fingerprint in December 2026; bundles exported before record no int8_digest and keep
+their fingerprint, their int8 graphs bound only by the fingerprint in their metadata.)
 
 `graph_digest` is the sha256 of an ONNX file's bytes with its top-level `metadata_props` (ModelProto field 14)
 left out: the exporter hashes the model before writing the fingerprint into that metadata, and protobuf

@@ -95,11 +95,16 @@ class GraphEntry:
     opset: int
     int8_file: str | None = None
     digest: str | None = None  # sha256 of the fp32 graph without its metadata (the fingerprint's part)
+    int8_digest: str | None = None  # the same of the int8 graph (part of the fingerprint when recorded)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
-             "int8_file": self.int8_file}
-        return d if self.digest is None else {**d, "digest": self.digest}
+        d: dict[str, Any] = {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
+                             "int8_file": self.int8_file}
+        if self.digest is not None:
+            d["digest"] = self.digest
+        if self.int8_digest is not None:
+            d["int8_digest"] = self.int8_digest
+        return d
 
 
 @dataclass(frozen=True)
@@ -398,7 +403,11 @@ class _Validator:
                 opset=self.integer(self.need(g, "opset", p), f"{p}.opset", 1, 1000),
                 int8_file=None if int8 is None else self.text(int8, f"{p}.int8_file"),
                 digest=None if g.get("digest") is None else self.hexdigest(g["digest"], f"{p}.digest"),
+                int8_digest=None if g.get("int8_digest") is None
+                else self.hexdigest(g["int8_digest"], f"{p}.int8_digest"),
             )
+            if entry.int8_digest is not None and entry.int8_file is None:
+                raise self.fail(f"{p}.int8_digest", "is set but the graph has no int8_file")
             for key in ("file", "int8_file"):
                 name = getattr(entry, key)
                 if name is not None and name not in files:
