@@ -40,6 +40,17 @@ def _reseal(bundle, name):
     _edit_manifest(bundle, edit)
 
 
+def _restamp(bundle, name, fingerprint):
+    """Forge a graph's metadata: write `fingerprint` into it, and reseal its sha256."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(bundle / name))
+    for prop in model.metadata_props:
+        if prop.key == "edgeae.fingerprint":
+            prop.value = fingerprint
+    onnx.save(model, str(bundle / name))
+    _reseal(bundle, name)
+
+
 def test_fingerprint_is_recomputed_from_the_real_graphs(tiny_bundle):
     b = Bundle.open(tiny_bundle)
     assert b.bound_by == "graphs" and set(b.digests) == {"encoder", "decoder", "encoder.int8", "decoder.int8"}
@@ -48,7 +59,7 @@ def test_fingerprint_is_recomputed_from_the_real_graphs(tiny_bundle):
 
 
 def test_swapped_int8_decoder_is_refused_like_an_fp32_one(tiny_bundle, make_bundle, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     b = _copy(tiny_bundle, tmp_path)
     shutil.copy(make_bundle("conv", int8=True, seed=1) / "decoder.int8.onnx", b / "decoder.int8.onnx")
     _reseal(b, "decoder.int8.onnx")
@@ -58,12 +69,7 @@ def test_swapped_int8_decoder_is_refused_like_an_fp32_one(tiny_bundle, make_bund
     _edit_manifest(b, lambda m: m["graphs"]["decoder"].__setitem__("int8_digest", swapped))  # forge the record
     with pytest.raises(BundleError, match="decoder.int8.onnx was exported for bundle"):
         Bundle.open(b)
-    model = onnx.load(str(b / "decoder.int8.onnx"))  # and its metadata: the recomputed fingerprint is left
-    for prop in model.metadata_props:
-        if prop.key == "edgeae.fingerprint":
-            prop.value = Bundle.open(tiny_bundle).fingerprint
-    onnx.save(model, str(b / "decoder.int8.onnx"))
-    _reseal(b, "decoder.int8.onnx")
+    _restamp(b, "decoder.int8.onnx", Bundle.open(tiny_bundle).fingerprint)  # and its metadata: the recomputed
     with pytest.raises(BundleError, match="give fingerprint .* manifest says"):
         Bundle.open(b)
     # dropping the int8 record to get around it changes the fingerprint too
@@ -74,7 +80,7 @@ def test_swapped_int8_decoder_is_refused_like_an_fp32_one(tiny_bundle, make_bund
 
 
 def test_bundles_exported_before_int8_joined_the_fingerprint_still_open(tiny_bundle, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from edgeae.runtime.fingerprint import fingerprint, tables_digest
 
     b = _copy(tiny_bundle, tmp_path)
@@ -86,12 +92,7 @@ def test_bundles_exported_before_int8_joined_the_fingerprint_still_open(tiny_bun
     m["fingerprint"] = old
     (b / "manifest.json").write_text(json.dumps(m))
     for name in ("encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx"):
-        model = onnx.load(str(b / name))
-        for prop in model.metadata_props:
-            if prop.key == "edgeae.fingerprint":
-                prop.value = old
-        onnx.save(model, str(b / name))
-        _reseal(b, name)
+        _restamp(b, name, old)
     opened = Bundle.open(b)
     assert opened.fingerprint == old and opened.bound_by == "graphs"
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
@@ -108,13 +109,7 @@ def test_swapped_decoder_with_resealed_sha256_is_refused(tiny_bundle, other_bund
     _edit_manifest(b, lambda m: m["graphs"]["decoder"].__setitem__("digest", swapped))  # forge the record too
     with pytest.raises(BundleError, match="decoder.onnx was exported for bundle"):
         Bundle.open(b)
-    onnx = pytest.importorskip("onnx")  # and its metadata: only the recomputed fingerprint is left
-    model = onnx.load(str(b / "decoder.onnx"))
-    for prop in model.metadata_props:
-        if prop.key == "edgeae.fingerprint":
-            prop.value = Bundle.open(tiny_bundle).fingerprint
-    onnx.save(model, str(b / "decoder.onnx"))
-    _reseal(b, "decoder.onnx")
+    _restamp(b, "decoder.onnx", Bundle.open(tiny_bundle).fingerprint)  # and its metadata: only the recomputed
     with pytest.raises(BundleError, match="give fingerprint .* manifest says"):
         Bundle.open(b)
     # the same for the tables: one frequency moved between two symbols keeps the sums valid
