@@ -118,20 +118,22 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
             y = model.encoder(xt)
             z_hat = torch.round(model.hyper_encoder(y))
             y_hat = torch.round(y)
-            idx_q = model.scale_index(z_hat, integer_like=True)
+            idx_q, mean_q = model.scale_index_and_mean(z_hat, integer_like=True)
             model.h_s.set_fake_quant(False)
-            idx_f = model.scale_index(z_hat, integer_like=False)
+            idx_f, mean_f = model.scale_index_and_mean(z_hat, integer_like=False)
             model.h_s.set_fake_quant(True)
             from edgeae.train.models.hyperprior import gaussian_likelihood
 
-            for key, idx in (("y_float", idx_f), ("y_fake_quant", idx_q)):
-                lik = gaussian_likelihood(y_hat, model.scales_from_index(idx))
+            for key, idx, mean in (("y_float", idx_f, mean_f), ("y_fake_quant", idx_q, mean_q)):
+                lik = gaussian_likelihood(y_hat if mean is None else y_hat - mean, model.scales_from_index(idx))
                 tot[key] += float(-torch.log2(lik).sum())
         zi = z_hat.numpy().astype(np.int32)
-        index = params(zi)
+        index, int_mean = params.decode(zi)
         tot["index_mismatch"] += int((index != idx_q.numpy().astype(np.int32)).sum())
         tot["index_total"] += index.size
         yi = y_hat.numpy().astype(np.int64)
+        if int_mean is not None:  # mean-scale: the runtime codes round(y) - mean
+            yi = yi - int_mean
         tot["y_int"] += _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
         zc = np.repeat(np.arange(zi.shape[1]), zi.shape[2] * zi.shape[3])
         tot["z"] += _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])

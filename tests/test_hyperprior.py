@@ -23,21 +23,27 @@ OPT_LEVELS = {
 }
 
 
-def random_params(seed: int = 0, cz: int = 4, nh: int = 6, m: int = 5, shift: int = 30) -> IntHyperDecoder:
+def random_params(seed: int = 0, cz: int = 4, nh: int = 6, m: int = 5, shift: int = 30,
+                  mean_range: int = 0) -> IntHyperDecoder:
     """A hand-built integer hyper-decoder whose multipliers spread activations over [0, 255] and indices over
-    [0, K-1], with both clips active (so a wrong rounding, clip or layout changes the output)."""
+    [0, K-1], with both clips active (so a wrong rounding, clip or layout changes the output); with
+    `mean_range` R, the last layer's other m outputs spread means over [-R, R] and past both clips."""
     rng = np.random.default_rng(seed)
     layers = []
     cin, zp = cz, 128
-    for i, (cout, hi, up) in enumerate(((4 * nh, 255, 2), (4 * nh, 255, 2), (m, K - 1, 1))):
+    last_out = 2 * m if mean_range else m
+    for i, (cout, hi, up) in enumerate(((4 * nh, 255, 2), (4 * nh, 255, 2), (last_out, K - 1, 1))):
         w = rng.integers(-127, 128, size=(cout, cin, 3, 3)).astype(np.int8)
         # acc ~ 127 * 40 * sqrt(9 cin) at random inputs; map a few of those to the output range.
         target = (hi + 1) / (127.0 * (40 if i == 0 else 100) * np.sqrt(9 * cin))
         mult = np.round(target * rng.uniform(0.5, 2.0, cout) * 2.0**shift).astype(np.int64)
         bias = np.round(rng.uniform(-0.3, 0.7, cout) * hi * 2.0**shift).astype(np.int64)
+        if i == 2 and mean_range:  # the mean head: values around R (= mean 0) spreading past 0 and 2R
+            mult[m:] = np.round(mult[m:] * 2 * mean_range / K).astype(np.int64)
+            bias[m:] = np.round(rng.uniform(0.5, 1.5, m) * mean_range * 2.0**shift).astype(np.int64)
         layers.append(IntLayer(w, mult, bias, hi, up, zp))
         cin, zp = cout // (up * up), 0
-    return IntHyperDecoder(tuple(layers), shift, -128, 127, K)
+    return IntHyperDecoder(tuple(layers), shift, -128, 127, K, mean_range)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +93,34 @@ def test_onnxruntime_equals_numpy_reference_bit_for_bit(params, graph_bytes):
                     pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: {bad} indices differ")
 
 
+def test_mean_scale_graph_equals_the_reference_bit_for_bit():
+    params = random_params(seed=5, mean_range=20)
+    data = hyper.build_graph(params).SerializeToString()
+    zs = _z_tensors(300, params.in_channels, seed=11)
+    refs = [params.decode(z) for z in zs]
+    means = np.concatenate([m.ravel() for _, m in refs])
+    assert means.min() == -20 and means.max() == 20 and len(np.unique(means)) > 30  # both clips, the middle too
+    for threads in (1, 2):
+        for name, level in OPT_LEVELS.items():
+            sess = _session(data, threads, level)
+            for i, (z, (index, mean)) in enumerate(zip(zs, refs, strict=True)):
+                out_index, out_mean = sess.run(["index", "mean"], {"z": z})
+                assert out_mean.dtype == np.int32 and out_mean.shape == index.shape
+                if not (np.array_equal(out_index, index) and np.array_equal(out_mean, mean)):
+                    pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: index or mean differs")
+    loaded = IntHyperDecoder.from_onnx(data)  # the layout travels in the graph
+    assert loaded.mean_range == 20 and loaded.out_channels == 5
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.decode(zs[0]), refs[0], strict=True))
+    hyper.assert_integer_only(hyper.build_graph(params))
+    from edgeae.runtime.inthyper import verify
+
+    verify(params, zs[0], *refs[0][:1], mean=refs[0][1])
+    wrong = refs[0][1].copy()
+    wrong.flat[0] += 1
+    with pytest.raises(BundleError, match="means differ from the integer reference on 1 of"):
+        verify(params, zs[0], refs[0][0], mean=wrong)
+
+
 def test_reference_reads_its_parameters_from_the_graph_itself(params, graph_bytes):
     loaded = IntHyperDecoder.from_onnx(graph_bytes)
     z = _z_tensors(4, params.in_channels, seed=7)
@@ -104,6 +138,8 @@ def test_graph_is_integer_only(params):
     model = hyper.build_graph(params)
     ops = {n.op_type for n in model.graph.node}
     assert ops <= {"Clip", "Add", "Cast", "ConvInteger", "Mul", "Div", "DepthToSpace"}
+    mean_ops = {n.op_type for n in hyper.build_graph(random_params(mean_range=8)).graph.node}
+    assert mean_ops <= {"Clip", "Add", "Sub", "Slice", "Cast", "ConvInteger", "Mul", "Div", "DepthToSpace"}
     hyper.assert_integer_only(model)
     # The check bites: one float cast on the path is refused.
     model.graph.node.append(helper.make_node("Cast", ["index"], ["index_f"], to=TensorProto.FLOAT))
@@ -119,17 +155,18 @@ def test_overflowing_parameters_are_refused(params):
         IntHyperDecoder.from_parts(params.layout(), arrays)
 
 
-def _tiny_model(seed: int = 0):
+def _tiny_model(seed: int = 0, **options):
     torch.manual_seed(seed)
     model = build_model("hyperprior", in_shape=(3, 64, 64), channels=8, latent_channels=6, downsamplings=2,
-                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.01)
+                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.01, **options)
     with torch.no_grad():  # spread the index over the table, as training does
         model.h_s.last.weight.mul_(40.0)
     return model
 
 
-def test_integerized_model_matches_its_fake_quantised_float_path():
-    model = _tiny_model()
+@pytest.mark.parametrize("means", [False, True])
+def test_integerized_model_matches_its_fake_quantised_float_path(means):
+    model = _tiny_model(means=means, mean_range=30)
     model.train()
     rng = np.random.default_rng(0)
     zs = [torch.from_numpy(rng.integers(-6, 7, size=(4, 4, 3, 3)).astype(np.float32)) for _ in range(20)]
@@ -139,16 +176,27 @@ def test_integerized_model_matches_its_fake_quantised_float_path():
     params = hyper.integerize(model)
     sess = _session(hyper.build_graph(params).SerializeToString(), 1, OPT_LEVELS["all"])
     diffs, total, values = 0, 0, set()
+    mean_values: set = set()
     for z in zs:
         with torch.no_grad():
-            ref = model.scale_index(z).numpy().astype(np.int64)
-        out = sess.run(None, {"z": z.numpy().astype(np.int32)})[0]
+            ref_t, ref_mean = model.scale_index_and_mean(z)
+        ref = ref_t.numpy().astype(np.int64)
+        outs = sess.run(None, {"z": z.numpy().astype(np.int32)})
+        out = outs[0]
         assert np.array_equal(out, params(z.numpy().astype(np.int32)))
         assert np.abs(out - ref).max() <= 1  # fixed-point rounding moves an index by at most one step
         diffs, total = diffs + int((out != ref).sum()), total + out.size
         values |= set(np.unique(out).tolist())
+        if means:
+            assert len(outs) == 2 and np.array_equal(outs[1], params.decode(z.numpy().astype(np.int32))[1])
+            mean = ref_mean.numpy().astype(np.int64)
+            assert np.abs(outs[1] - mean).max() <= 1 and (outs[1] != mean).mean() < 0.01
+            mean_values |= set(np.unique(outs[1]).tolist())
+        else:
+            assert len(outs) == 1 and ref_mean is None
     assert len(values) > 10
     assert diffs / total < 0.01
+    assert not means or len(mean_values) > 5
 
 
 def test_entropy_tables_are_integer_with_escape():
@@ -167,11 +215,12 @@ def test_entropy_tables_are_integer_with_escape():
     assert t0["frequencies"][-1] < 16
 
 
-def test_family_trains_and_reports_both_rates():
+@pytest.mark.parametrize("means", [False, True])
+def test_family_trains_and_reports_both_rates(means):
     from edgeae.train.data import Dataset, DataSpec
     from edgeae.train.trainer import TrainConfig, fit
 
-    model = _tiny_model()
+    model = _tiny_model(means=means)
     rng = np.random.default_rng(0)
     base = rng.random((1, 3, 64, 64)).astype(np.float32)
     train = np.clip(base + 0.05 * rng.standard_normal((16, 3, 64, 64)), 0, 1).astype(np.float32)

@@ -28,15 +28,14 @@ def _smooth_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(out + 0.02 * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def _train_and_export(out, means: bool):
     """A tiny hyperprior (stride 16: y at /4, z at /16) trained for a few dozen steps, exported with int8."""
     import edgeae
     from edgeae.train.models import build_model
 
     torch.manual_seed(0)
     model = build_model("hyperprior", in_shape=(3, 32, 32), channels=12, latent_channels=8, downsamplings=2,
-                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.02)
+                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.02, means=means)
     data = torch.from_numpy(_smooth_images(64, 32, 32, seed=0))
     opt = model.configure_optimizer(3e-3)
     model.train()
@@ -47,8 +46,7 @@ def bundle(tmp_path_factory):
         loss.backward()
         opt.step()
     model.eval()
-    out = tmp_path_factory.mktemp("hyper") / "bundle"
-    _MODEL.append(model)
+    _MODEL[out] = model
     edgeae.export(model=model, out=out, input=edgeae.InputSpec(channels=3, height=32, width=32, dynamic_size=True,
                                                                size_multiple=16),
                   calibration=_smooth_images(48, 32, 32, seed=1), validation=_smooth_images(8, 32, 32, seed=2),
@@ -56,7 +54,18 @@ def bundle(tmp_path_factory):
     return out
 
 
-_MODEL: list = []  # the fixture's PyTorch model, the reference of the fp32 pipeline
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return _train_and_export(tmp_path_factory.mktemp("hyper") / "bundle", means=False)
+
+
+@pytest.fixture(scope="module")
+def mean_bundle(tmp_path_factory):
+    """The same with mean-scale: the hyper-decoder also gives an integer mean per y symbol."""
+    return _train_and_export(tmp_path_factory.mktemp("hyper") / "mean-bundle", means=True)
+
+
+_MODEL: dict = {}  # bundle -> the fixture's PyTorch model, the reference of the fp32 pipeline
 SIZES = [(32, 32), (33, 47), (16, 80), (64, 48), (17, 17)]
 
 
@@ -73,18 +82,22 @@ def test_manifest_lists_the_integer_hyper_decoder(bundle):
     assert params.in_channels == 4 and params.out_channels == 8
 
 
-def _torch_reconstruction(img: np.ndarray) -> np.ndarray:
+def _torch_reconstruction(bundle, img: np.ndarray) -> np.ndarray:
     """What the fp32 pipeline must give: pad (edge) to 16, g_s(round(g_a(x))), crop, to uint8."""
     h, w = img.shape[:2]
     x = np.pad(img, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="edge").transpose(2, 0, 1)[None] / 255.0
     with torch.no_grad():
-        model = _MODEL[0]
+        model = _MODEL[bundle]
         r = model.decoder(torch.round(model.encoder(torch.from_numpy(x.astype(np.float32))))).numpy()
     return np.clip(np.round(r[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)[:h, :w]
 
 
+@pytest.mark.parametrize("means", [False, True])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_payloads_of_several_sizes_decode(bundle, precision):
+def test_payloads_of_several_sizes_decode(request, precision, means):
+    bundle = request.getfixturevalue("mean_bundle" if means else "bundle")
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["entropy"]["y"]["means"] is means
     enc = Encoder(bundle, precision=precision, threads=1)
     dec = Decoder(bundle, threads=1, verify=True)
     images = [_uint8(_smooth_images(1, h, w, seed=10 + i)[0]) for i, (h, w) in enumerate(SIZES)]
@@ -92,7 +105,7 @@ def test_payloads_of_several_sizes_decode(bundle, precision):
     out = dec.decode(data)
     assert [o.shape for o in out] == [im.shape for im in images]
     for im, rec in zip(images, out, strict=True):
-        diff = np.abs(rec.astype(int) - _torch_reconstruction(im).astype(int))
+        diff = np.abs(rec.astype(int) - _torch_reconstruction(bundle, im).astype(int))
         if precision == "fp32":  # the real pipeline is PyTorch's up to float rounding at a few latent ties
             assert (diff <= 1).mean() > 0.99
         else:  # int8 encoder: latents move by a step here and there

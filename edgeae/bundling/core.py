@@ -669,7 +669,7 @@ def _check_extra(g: ExtraGraph, tmp: Path) -> GraphCheck:
     def reference(x: np.ndarray) -> np.ndarray:
         return graphs.torch_run(g.module, x) if g.module is not None else np.asarray(g.reference(x))  # type: ignore[misc]
 
-    return check_graph(spec, tmp / g.file, reference, [g.example[:1], g.example])
+    return check_graph(spec, tmp / g.file, reference, [g.example[:1], g.example], extra_outputs=g.extra_outputs)
 
 
 # --- checks and quality ----------------------------------------------------------------------------------

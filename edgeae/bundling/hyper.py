@@ -23,7 +23,7 @@ from edgeae.runtime.inthyper import INT64_HEADROOM, META_KEY, IntHyperDecoder, I
 from edgeae.train.models.hyperprior import Z_MAX, Z_MIN
 
 SHIFT = 30  # fixed point: 2^30 = 1.0
-INPUT, OUTPUT = "z", "index"
+INPUT, OUTPUT, MEAN = "z", "index", "mean"
 TAIL_MASS = 1e-6  # probability per side left to the escape symbol
 
 
@@ -41,6 +41,8 @@ def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
     s_in = 1.0  # z values are integers
     layers: list[IntLayer] = []
     k_levels = int(model.config.scale_levels)
+    mean_range = int(model.config.mean_range) if getattr(model.config, "means", False) else 0
+    m = int(model.config.latent_channels)
     with torch.no_grad():
         for i, conv in enumerate(convs):
             last = i == len(convs) - 1
@@ -50,11 +52,14 @@ def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
             b = conv.bias.detach().double().numpy()
             s_out = 1.0 if last else act_scales[i]
             mult = np.round(s_in * s_w / s_out * 2.0**shift).astype(np.int64)
-            bias = np.round((b / s_out + 0.5) * 2.0**shift).astype(np.int64)
+            offset = np.full(len(b), 0.5)  # floor(v + 1/2) = round half up
+            if last and mean_range:
+                offset[m:] += mean_range  # the mean head's output is mean + R, clipped to [0, 2R]
+            bias = np.round((b / s_out + offset) * 2.0**shift).astype(np.int64)
             zero_point = -Z_MIN if i == 0 else 0
             layers.append(IntLayer(w_int, mult, bias, k_levels - 1 if last else 255, 1 if last else 2, zero_point))
             s_in = s_out
-    params = IntHyperDecoder(tuple(layers), shift, Z_MIN, Z_MAX, k_levels)
+    params = IntHyperDecoder(tuple(layers), shift, Z_MIN, Z_MAX, k_levels, mean_range)
     arrays = {f"{k}{i}": v for i, la in enumerate(layers) for k, v in (("w", la.weight), ("m", la.mult), ("b", la.bias))}
     return IntHyperDecoder.from_parts(params.layout(), arrays, "integerised hyper-decoder")  # validates bounds
 
@@ -95,7 +100,22 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
         # Div truncates toward zero, floor rounds down: they differ only for negative values, which the
         # Clip at 0 maps to 0 either way.
         nodes.append(helper.make_node("Div", [f"fixed{i}", div], [f"q{i}"]))
-        nodes.append(helper.make_node("Clip", [f"q{i}", zero64, const(f"hi{i}", np.array(layer.hi, np.int64))],
+        if last and params.mean_range:  # channels [0, M): index; [M, 2M): mean + R
+            m, r = params.out_channels, params.mean_range
+            axis = const("axis1", np.array([1], np.int64))
+            nodes.append(helper.make_node("Slice", [f"q{i}", const("s0", np.array([0], np.int64)),
+                                                    const("s1", np.array([m], np.int64)), axis], [f"qi{i}"]))
+            nodes.append(helper.make_node("Slice", [f"q{i}", "s1", const("s2", np.array([2 * m], np.int64)), axis],
+                                          [f"qm{i}"]))
+            nodes.append(helper.make_node("Clip", [f"qm{i}", zero64, const("mean_hi", np.array(2 * r, np.int64))],
+                                          ["mean_shifted"]))
+            nodes.append(helper.make_node("Sub", ["mean_shifted", const("mean_range", np.array(r, np.int64))],
+                                          ["mean64"]))
+            nodes.append(helper.make_node("Cast", ["mean64"], [MEAN], to=TensorProto.INT32))
+            q = f"qi{i}"
+        else:
+            q = f"q{i}"
+        nodes.append(helper.make_node("Clip", [q, zero64, const(f"hi{i}", np.array(layer.hi, np.int64))],
                                       [f"clip{i}"]))
         if last:
             nodes.append(helper.make_node("Cast", [f"clip{i}"], [OUTPUT if layer.up == 1 else "index_pre"],
@@ -109,12 +129,15 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
                 nodes.append(helper.make_node("DepthToSpace", [x], [f"up{i}"], blocksize=layer.up, mode="CRD"))
                 x = f"up{i}"
     cz, m, f = params.in_channels, params.out_channels, params.upsampling
-    graph = helper.make_graph(
-        nodes, "edgeae_integer_hyper_decoder",
-        [helper.make_tensor_value_info(INPUT, TensorProto.INT32, ["N", cz, "h", "w"])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.INT32, ["N", m, f"{f}h", f"{f}w"])], inits)
+    outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.INT32, ["N", m, f"{f}h", f"{f}w"])]
+    if params.mean_range:
+        outputs.append(helper.make_tensor_value_info(MEAN, TensorProto.INT32, ["N", m, f"{f}h", f"{f}w"]))
+    graph = helper.make_graph(nodes, "edgeae_integer_hyper_decoder",
+                              [helper.make_tensor_value_info(INPUT, TensorProto.INT32, ["N", cz, "h", "w"])],
+                              outputs, inits)
+    what = "scale index and mean" if params.mean_range else "scale index"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="edgeae", doc_string="integer-only hyper-decoder: z -> scale index")
+                              producer_name="edgeae", doc_string=f"integer-only hyper-decoder: z -> {what}")
     model.ir_version = min(model.ir_version, 9)
     for key, value in {META_KEY: json.dumps(params.layout(), sort_keys=True), **(metadata or {})}.items():
         prop = model.metadata_props.add()
@@ -192,7 +215,8 @@ def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
     scales = model.scales_np
     return {"model": "hyperprior", "coder": "range", "precision": precision,
             "z": {"stride": 4, "tables": z_tables(model, precision)},
-            "y": {"scales": [float(s) for s in scales], "tables": y_tables(scales, precision), "means": False}}
+            "y": {"scales": [float(s) for s in scales], "tables": y_tables(scales, precision),
+                  "means": bool(getattr(model.config, "means", False))}}
 
 
 def bound_check(params: IntHyperDecoder) -> int:
@@ -212,6 +236,18 @@ def y_quantization(channels: int) -> dict[str, Any]:
     return {"bits": 8, "levels": 256, "offset": [float(Z_MIN)] * channels, "step": [1.0] * channels}
 
 
+def check_means(graph: onnx.ModelProto, params: IntHyperDecoder, z: np.ndarray) -> None:
+    """onnxruntime's means of the built graph == the int64 reference's on `z`, or ExportError."""
+    from edgeae.errors import ExportError
+    from edgeae.runtime.session import make_session
+
+    sess = make_session(graph.SerializeToString(), threads=1)
+    got = sess.run([MEAN], {INPUT: np.ascontiguousarray(z, np.int32)})[0]
+    want = params.decode(z)[1]
+    if want is None or got.shape != want.shape or not np.array_equal(got, want):
+        raise ExportError("the integer hyper-decoder graph's means differ from the integer reference; report it")
+
+
 def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
     """`Hyperprior.edgeae_entropy`: quantisation, entropy tables and the two extra graphs."""
     import torch
@@ -225,10 +261,14 @@ def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
         z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
     hyper_axes = {"y": {0: "batch", 2: "latent_height", 3: "latent_width"},
                   "z": {0: "batch", 2: "hyper_height", 3: "hyper_width"}}
+    graph = build_graph(params)
+    if params.mean_range:  # the exporter checks the index output against the reference; the means here
+        check_means(graph, params, z)
     graphs = [
         ExtraGraph("hyper_encoder", "y", "z", example=y, module=model.hyper_encoder, atol=1e-4, rtol=1e-4,
                    dynamic_axes=hyper_axes),
-        ExtraGraph("hyper_decoder", INPUT, OUTPUT, example=z, onnx_model=build_graph(params), reference=params),
+        ExtraGraph("hyper_decoder", INPUT, OUTPUT, example=z, onnx_model=graph, reference=params,
+                   extra_outputs=(MEAN,) if params.mean_range else ()),
     ]
     facts = {"name": "hyperprior", "scale_levels": int(model.config.scale_levels),
              "scale_min": float(model.config.scale_min), "scale_max": float(model.config.scale_max),

@@ -50,6 +50,7 @@ class ExtraGraph:
     atol: float | None = None  # default: 1e-4 for a traced module, 0 (exact) for an onnx_model
     rtol: float | None = None  # default: 1e-3 for a traced module, 0 for an onnx_model
     dynamic_axes: dict[str, dict[int, str]] | None = None  # traced modules; default: axis 0 of both is "batch"
+    extra_outputs: tuple[str, ...] = ()  # onnx_model graphs: outputs after output_name (checked by the provider)
 
     @property
     def tolerance(self) -> tuple[float, float]:

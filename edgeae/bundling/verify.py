@@ -81,9 +81,11 @@ def raise_failures(checks: list[GraphCheck], message: str = "export verification
 
 
 def check_graph(spec: Any, path: Path, reference: Reference, batches: list[np.ndarray], scale: float = 1.0,
-                compare_values: bool = True, file_label: str | None = None, precision: str = "fp32") -> GraphCheck:
+                compare_values: bool = True, file_label: str | None = None, precision: str = "fp32",
+                extra_outputs: tuple[str, ...] = ()) -> GraphCheck:
     """Run `path` in onnxruntime on each batch and compare with `reference` (PyTorch, or a numpy reference);
-    never raises, collects failures. `spec`: a GraphSpec (role, names, atol, rtol)."""
+    never raises, collects failures. `spec`: a GraphSpec (role, names, atol, rtol). The graph's outputs must
+    be exactly the spec's output then `extra_outputs`; the values checked are the first output's."""
     label = file_label or spec.file
     rtol = float(getattr(spec, "rtol", 0.0))
     result = GraphCheck(spec.role, tolerance=spec.atol * scale, batches=[len(b) for b in batches], file=label,
@@ -98,9 +100,9 @@ def check_graph(spec: Any, path: Path, reference: Reference, batches: list[np.nd
         result.fail(f"{label}: {exc}", ExportError)
         return result
     ins, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
-    if ins != [spec.input_name] or outs != [spec.output_name]:
-        result.fail(f"{label}: names {ins} -> {outs}, expected [{spec.input_name!r}] -> [{spec.output_name!r}]",
-                    ExportError)
+    want = [spec.output_name, *extra_outputs]
+    if ins != [spec.input_name] or outs != want:
+        result.fail(f"{label}: names {ins} -> {outs}, expected [{spec.input_name!r}] -> {want}", ExportError)
         return result
     for x in batches:
         at = f"batch {len(x)}" + (f" at {x.shape[2]}x{x.shape[3]}" if x.ndim == 4 else "")

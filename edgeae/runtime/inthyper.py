@@ -13,6 +13,10 @@ parameters out of that very file (its initializers, and the layer layout in the 
         x_i+1 = clip(floor(v / 2^shift), 0, hi_i)              hidden layers: uint8 (hi 255); last: index
         x_i+1 = depth_to_space(x_i+1, up_i)                    (CRD order, PyTorch's PixelShuffle) if up_i > 1
 
+With means (mean-scale, `mean_range` R > 0) the last layer has 2M output channels: the first M give the index
+as above, the other M the integer mean of every y symbol, clip(floor(v / 2^shift), 0, 2R) - R (the exporter
+folds the +R and the rounding half into the bias).
+
 No float appears anywhere. Everything here is torch- and onnx-free (the runtime's light install).
 """
 
@@ -32,6 +36,7 @@ FORMAT = 1
 MAX_LAYERS = 8
 MAX_CHANNELS = 4096
 INT64_HEADROOM = 1 << 62  # |acc * m + b| must stay below this (checked when the parameters load)
+MAX_MEAN_RANGE = 1 << 15
 META_KEY = "edgeae.int_hyper_decoder"
 MAX_GRAPH_BYTES = 64 << 20
 
@@ -58,7 +63,8 @@ class IntHyperDecoder:
     shift: int
     z_min: int
     z_max: int
-    levels: int  # K: the last layer's output lies in 0..K-1
+    levels: int  # K: the last layer's index output lies in 0..K-1
+    mean_range: int = 0  # R > 0: the last layer also gives integer means in -R..R (mean-scale)
 
     @property
     def in_channels(self) -> int:
@@ -66,7 +72,8 @@ class IntHyperDecoder:
 
     @property
     def out_channels(self) -> int:
-        return int(self.layers[-1].weight.shape[0] // self.layers[-1].up ** 2)
+        """M, the y channels (the last layer has 2M outputs with means)."""
+        return int(self.layers[-1].weight.shape[0] // self.layers[-1].up ** 2) // (2 if self.mean_range else 1)
 
     @property
     def upsampling(self) -> int:
@@ -77,8 +84,9 @@ class IntHyperDecoder:
 
     def layout(self) -> dict[str, Any]:
         """The non-array facts, stored as JSON in the graph's metadata under META_KEY."""
-        return {"format": FORMAT, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
-                "layers": [{"hi": la.hi, "up": la.up, "zero_point": la.zero_point} for la in self.layers]}
+        out = {"format": FORMAT, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
+               "layers": [{"hi": la.hi, "up": la.up, "zero_point": la.zero_point} for la in self.layers]}
+        return {**out, "mean_range": self.mean_range} if self.mean_range else out
 
     @classmethod
     def from_parts(cls, layout: Any, arrays: dict[str, np.ndarray], where: str = "hyper-decoder") -> IntHyperDecoder:
@@ -94,11 +102,12 @@ class IntHyperDecoder:
                                   "upgrade edgeae")
             shift, levels = int(layout["shift"]), int(layout["levels"])
             z_min, z_max = (int(v) for v in layout["z_range"])
+            mean_range = int(layout.get("mean_range", 0))
             metas = [(int(la["hi"]), int(la["up"]), int(la["zero_point"])) for la in layout["layers"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"malformed layout ({type(exc).__name__}: {exc})") from None
         if not (0 < shift <= 48 and 2 <= levels <= 1 << 16 and 1 <= len(metas) <= MAX_LAYERS
-                and z_min <= 0 <= z_max and z_max - z_min <= 255):
+                and z_min <= 0 <= z_max and z_max - z_min <= 255 and 0 <= mean_range <= MAX_MEAN_RANGE):
             raise bad("shift, levels, layers or z_range out of range")
         layers: list[IntLayer] = []
         for i, (hi, up, zp) in enumerate(metas):
@@ -112,7 +121,8 @@ class IntHyperDecoder:
             ok = (w.ndim == 4 and w.shape[2] == w.shape[3] and w.shape[2] % 2 == 1 and 0 < w.shape[0] <= MAX_CHANNELS
                   and 0 < w.shape[1] <= MAX_CHANNELS and m.shape == b.shape == (w.shape[0],)
                   and up in (1, 2, 4) and w.shape[0] % (up * up) == 0 and 0 <= zp <= 255
-                  and hi == (levels - 1 if last else 255) and (up == 1 or not last))
+                  and hi == (levels - 1 if last else 255) and (up == 1 or not last)
+                  and (not last or not mean_range or w.shape[0] % 2 == 0))
             if ok and layers:
                 prev = layers[-1]
                 ok = w.shape[1] == prev.weight.shape[0] // prev.up**2 and zp == 0
@@ -124,7 +134,7 @@ class IntHyperDecoder:
             if layer.acc_bound * int(np.abs(m).max()) + int(np.abs(b).max()) >= INT64_HEADROOM:
                 raise bad(f"layer {i} could overflow int64")
             layers.append(layer)
-        return cls(tuple(layers), shift, z_min, z_max, levels)
+        return cls(tuple(layers), shift, z_min, z_max, levels, mean_range)
 
     @classmethod
     def from_onnx(cls, data: bytes, where: str = "hyper_decoder.onnx") -> IntHyperDecoder:
@@ -149,17 +159,27 @@ class IntHyperDecoder:
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         """int z values (N, Cz, h, w) -> int32 scale indices (N, M, h * up, w * up), in int64 throughout."""
+        return self.decode(z)[0]
+
+    def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """int z values -> (int32 scale indices, int32 means or None without means), in int64 throughout."""
         z = np.asarray(z)
         if z.ndim != 4 or z.shape[1] != self.in_channels or z.dtype.kind not in "iu":
             raise ValueError(f"z must be integer (N, {self.in_channels}, h, w), got {z.dtype} {z.shape}")
         x = np.clip(z.astype(np.int64), self.z_min, self.z_max) - self.z_min
-        for layer in self.layers:
+        mean = None
+        for i, layer in enumerate(self.layers):
             acc = conv2d_int(x - layer.zero_point, layer.weight.astype(np.int64))
             v = acc * layer.mult[None, :, None, None] + layer.bias[None, :, None, None]
-            x = np.clip(v >> self.shift, 0, layer.hi)  # arithmetic shift = floor division by 2^shift
+            q = v >> self.shift  # arithmetic shift = floor division by 2^shift
+            if i == len(self.layers) - 1 and self.mean_range:
+                m = self.out_channels
+                mean = (np.clip(q[:, m:], 0, 2 * self.mean_range) - self.mean_range).astype(np.int32)
+                q = q[:, :m]
+            x = np.clip(q, 0, layer.hi)
             if layer.up > 1:
                 x = depth_to_space(x, layer.up)
-        return x.astype(np.int32)
+        return x.astype(np.int32), mean
 
 
 def conv2d_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -264,12 +284,17 @@ def read_onnx_params(data: bytes, where: str = "graph") -> tuple[dict[str, np.nd
     return arrays, meta
 
 
-def verify(params: IntHyperDecoder, z: np.ndarray, index: np.ndarray, where: str = "hyper_decoder") -> None:
-    """Raise BundleError unless `index` (what onnxruntime computed from `z`) equals the int64 reference."""
-    ref = params(z)
-    got = np.asarray(index)
-    if got.shape != ref.shape or not np.array_equal(got.astype(np.int64), ref.astype(np.int64)):
-        bad = int((got != ref).sum()) if got.shape == ref.shape else got.size
-        raise BundleError(f"{where}: onnxruntime's table indices differ from the integer reference on {bad} of "
-                          f"{ref.size} symbols on this machine; payloads may not decode elsewhere: report it "
-                          "with `edgeae doctor` output")
+def verify(params: IntHyperDecoder, z: np.ndarray, index: np.ndarray, where: str = "hyper_decoder",
+           mean: np.ndarray | None = None) -> None:
+    """Raise BundleError unless `index` (and `mean`), what onnxruntime computed from `z`, equal the int64
+    reference."""
+    ref, ref_mean = params.decode(z)
+    for what, got_, want in (("table indices", index, ref), ("means", mean, ref_mean)):
+        if got_ is None and want is None:
+            continue
+        got = np.asarray(got_)
+        if want is None or got.shape != want.shape or not np.array_equal(got.astype(np.int64), want.astype(np.int64)):
+            bad = int((got != want).sum()) if want is not None and got.shape == want.shape else got.size
+            raise BundleError(f"{where}: onnxruntime's {what} differ from the integer reference on {bad} of "
+                              f"{ref.size} symbols on this machine; payloads may not decode elsewhere: report it "
+                              "with `edgeae doctor` output")

@@ -83,6 +83,9 @@ class Hyperprior(EntropyModel):
     def hyper_decode(self, z: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """int z values (n, *z_shape) -> int64 table index (n, *shape) and mean (or None)."""
         out = self._graph("hyper_decoder")(np.ascontiguousarray(z, np.int32))
+        if INDEX_OUTPUT not in out or (self.means and MEAN_OUTPUT not in out):
+            raise BundleError(f"the hyper_decoder graph must output {INDEX_OUTPUT!r}"
+                              f"{f' and {MEAN_OUTPUT!r}' if self.means else ''}; re-export the bundle")
         index = np.asarray(out[INDEX_OUTPUT])
         mean = np.asarray(out[MEAN_OUTPUT]) if self.means else None
         want = (len(z), *shape)
@@ -92,14 +95,14 @@ class Hyperprior(EntropyModel):
         if index.dtype.kind not in "iu" or (mean is not None and mean.dtype.kind not in "iu"):
             raise BundleError("the hyper_decoder graph must give integer index and mean; re-export the bundle")
         if self.verify:
-            self._check_reference(z, index)
+            self._check_reference(z, index, mean)
         index = index.astype(np.int64)
         if index.size and (index.min() < 0 or index.max() >= len(self.y)):
             raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) - 1}; "
                               "re-export the bundle")
         return index, None if mean is None else mean.astype(np.int64)
 
-    def _check_reference(self, z: np.ndarray, index: np.ndarray) -> None:
+    def _check_reference(self, z: np.ndarray, index: np.ndarray, mean: np.ndarray | None) -> None:
         try:
             from edgeae.runtime import inthyper
         except ImportError:
@@ -109,7 +112,7 @@ class Hyperprior(EntropyModel):
         if self._reference is None:
             graph = self._graph("hyper_decoder")
             self._reference = inthyper.IntHyperDecoder.load(graph.path)
-        inthyper.verify(self._reference, z, index)
+        inthyper.verify(self._reference, z, index, mean=mean)
 
     def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float latents (n, C, h, w) -> the int z values and int y values the encoder codes (before means)."""

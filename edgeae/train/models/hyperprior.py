@@ -18,6 +18,9 @@
   activations whose range follows an EMA of the batch maximum (a buffer, exported), and the rounded index, all
   straight-through; so the rate the training sees is the rate the integer decoder gives (within the
   requantiser's 2^-30 rounding; bench_hyperprior measures float vs integer bpp).
+* Mean-scale (`means=True`, Minnen et al. 2018 with integer means): h_s's last convolution has 2M outputs, the
+  scale index and the mean of every y symbol, rounded (straight through) and clipped to [-R, R]; the runtime
+  codes round(y) - mean with the index's zero-mean table and adds the mean back, so y_hat stays round(y).
 * Loss: lmbda * 255^2 * MSE + bpp(y) + bpp(z); terms "bpp", "bpp_y", "bpp_z", "distortion".
 
 The total stride is 2^(d+2): z is y downsampled twice more, so images pad to a multiple of 64 with d=4.
@@ -54,6 +57,8 @@ class HyperpriorConfig(CodecConfig):
     scale_max: float = 64.0
     qat: bool = True  # fake-quantise h_s in training (int8 weights, uint8 activations, rounded index)
     act_momentum: float = 0.01  # EMA rate of the activation-range observers
+    means: bool = False  # mean-scale (Minnen et al. 2018): h_s also predicts an integer mean per y symbol
+    mean_range: int = 127  # the means lie in [-R, R]
 
 
 def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
@@ -126,14 +131,15 @@ class ActQuant(nn.Module):
 class HyperSynthesis(nn.Module):
     """z_hat (Cz, h, w) -> t (M, 4h, 4w), the scale-table index before rounding (see module docstring)."""
 
-    def __init__(self, cz: int, nh: int, m: int, momentum: float, init_index: float) -> None:
+    def __init__(self, cz: int, nh: int, m: int, momentum: float, init_index: float, means: bool = False) -> None:
         super().__init__()
         self.convs = nn.ModuleList([WeightQuantConv(cz, 4 * nh, 3, padding=1), WeightQuantConv(nh, 4 * nh, 3, padding=1)])
         self.acts = nn.ModuleList([ActQuant(momentum), ActQuant(momentum)])
-        self.last = WeightQuantConv(nh, m, 3, padding=1)
+        self.last = WeightQuantConv(nh, 2 * m if means else m, 3, padding=1)  # [index | mean]
         assert self.last.bias is not None  # built with a bias
         with torch.no_grad():
-            self.last.bias.fill_(init_index)
+            self.last.bias.fill_(0.0)
+            self.last.bias[:m].fill_(init_index)
 
     def set_fake_quant(self, on: bool) -> None:
         for mod in self.modules():
@@ -183,7 +189,9 @@ class Hyperprior(Codec):
         self.scales_np = scale_table(config.scale_levels, config.scale_min, config.scale_max)
         self.log_step = math.log(config.scale_max / config.scale_min) / (config.scale_levels - 1)
         init_index = math.log(1.0 / config.scale_min) / self.log_step  # scale 1 to start
-        self.h_s = HyperSynthesis(cz, nh, m, config.act_momentum, init_index)
+        if config.means and not 1 <= config.mean_range <= 1 << 15:
+            raise ValueError("hyperprior mean_range must be in [1, 32768]")
+        self.h_s = HyperSynthesis(cz, nh, m, config.act_momentum, init_index, config.means)
         self.h_s.set_fake_quant(config.qat)
         self.stride = 2 ** (config.downsamplings + 2)
         self._check_size(*config.in_shape[1:])
@@ -193,10 +201,20 @@ class Hyperprior(Codec):
     def scale_index(self, z_hat: torch.Tensor, integer_like: bool = True) -> torch.Tensor:
         """Float scale-table index of every y element: rounded + clipped (what the integer graph gives, with
         straight-through gradients) or, integer_like=False, continuous and only clipped (the float decoder)."""
+        return self.scale_index_and_mean(z_hat, integer_like)[0]
+
+    def scale_index_and_mean(self, z_hat: torch.Tensor, integer_like: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scale index, integer mean or None): the mean is always rounded (straight through) and clipped to
+        [-R, R], as the integer graph gives it, since the runtime codes round(y) - mean."""
         t = self.h_s(z_hat)
+        m = self.config.latent_channels
+        mean = None
+        if self.config.means:
+            r = self.config.mean_range
+            t, mean = t[:, :m], _ste_round(t[:, m:]).clamp(-r, r)
         if integer_like:
             t = _ste_round(t)
-        return t.clamp(0, self.config.scale_levels - 1)
+        return t.clamp(0, self.config.scale_levels - 1), mean
 
     def scales_from_index(self, index: torch.Tensor) -> torch.Tensor:
         return self.config.scale_min * torch.exp(index * self.log_step)
@@ -214,8 +232,8 @@ class Hyperprior(Codec):
             z_hat = torch.round(z)
             z_lik = self.prior.likelihood(z_hat)
             y_hat = y_rate = torch.round(y)
-        index = self.scale_index(z_hat, integer_like=self.config.qat)
-        y_lik = gaussian_likelihood(y_rate, self.scales_from_index(index))
+        index, mean = self.scale_index_and_mean(z_hat, integer_like=self.config.qat)
+        y_lik = gaussian_likelihood(y_rate if mean is None else y_rate - mean, self.scales_from_index(index))
         return AEOutput(x_hat=self.decoder(y_hat), latent=y,
                         extras={"likelihoods": y_lik, "z_likelihoods": z_lik, "z": z})
 
