@@ -199,6 +199,22 @@ def test_integerized_model_matches_its_fake_quantised_float_path(means):
     assert not means or len(mean_values) > 5
 
 
+def test_mean_scale_starts_from_a_scale_only_model():
+    scale_only = _tiny_model(seed=1)
+    scale_only.eval()
+    mean_scale = _tiny_model(seed=2, means=True)
+    mean_scale.load_base_state(scale_only.state_dict())  # what `edgeae train --init RUN` calls
+    mean_scale.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = scale_only(x), mean_scale(x)
+        index, mean = mean_scale.scale_index_and_mean(torch.round(mean_scale.hyper_encoder(mean_scale.encoder(x))))
+    assert torch.equal(a.extras["likelihoods"], b.extras["likelihoods"]) and torch.equal(a.x_hat, b.x_hat)
+    assert mean is not None and not mean.any()
+    with pytest.raises(RuntimeError):  # anything else must fit exactly
+        mean_scale.load_base_state({k: v for k, v in scale_only.state_dict().items() if "prior" not in k})
+
+
 def test_entropy_tables_are_integer_with_escape():
     model = _tiny_model()
     model.eval()

@@ -247,6 +247,15 @@ class Hyperprior(Codec):
         return LossOutput(total=total, terms={"bpp": float(bpp.detach()), "bpp_y": float(bpp_y.detach()),
                                               "bpp_z": float(bpp_z.detach()), "distortion": float(mse.detach())})
 
+    def load_base_state(self, state: dict[str, torch.Tensor]) -> None:
+        """`edgeae train --init RUN`: a hyperprior run's weights; a mean-scale model also takes a scale-only
+        run's, whose h_s gets a mean head of zeros (mean 0 everywhere: at first, exactly the scale-only model)."""
+        w, b = state.get("h_s.last.weight"), state.get("h_s.last.bias")
+        if self.config.means and w is not None and b is not None and w.shape[0] == self.config.latent_channels:
+            state = {**state, "h_s.last.weight": torch.cat([w, torch.zeros_like(w)]),
+                     "h_s.last.bias": torch.cat([b, torch.zeros_like(b)])}
+        self.load_state_dict(state, strict=True)
+
     @property
     def hyper_latent_shape(self) -> tuple[int, ...]:
         with torch.no_grad():
