@@ -109,7 +109,11 @@ def test_mean_scale_graph_equals_the_reference_bit_for_bit():
                 if not (np.array_equal(out_index, index) and np.array_equal(out_mean, mean)):
                     pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: index or mean differs")
     loaded = IntHyperDecoder.from_onnx(data)  # the layout travels in the graph
-    assert loaded.mean_range == 20 and loaded.out_channels == 5
+    assert loaded.mean_range == 20 and loaded.out_channels == 5 and params.layout()["format"] == 2
+    arrays = {f"{k}{i}": v for i, la in enumerate(params.layers) for k, v in (("w", la.weight), ("m", la.mult),
+                                                                              ("b", la.bias))}
+    with pytest.raises(BundleError, match="malformed layout"):  # a mean head in a format-1 layout: refused
+        IntHyperDecoder.from_parts({**params.layout(), "format": 1}, arrays)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.decode(zs[0]), refs[0], strict=True))
     hyper.assert_integer_only(hyper.build_graph(params))
     from edgeae.runtime.inthyper import verify

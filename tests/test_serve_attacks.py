@@ -484,3 +484,35 @@ def test_a_stalled_body_does_not_hold_everyone_s_batch(tiny_bundle):
             b.close()
 
     assert asyncio.run(scenario()) is not None
+
+
+def test_waiting_refusals_are_capped_and_hang_ups_mid_body_are_strikes(tiny_bundle, keyfile, logs, monkeypatch):
+    from edgeae.serve import http as http_layer
+
+    monkeypatch.setattr(http_layer, "MAX_SLEEPING_PER_OWNER", 2)
+    path, keys = keyfile
+    cfg = ServeConfig(bundle=str(tiny_bundle), keys=str(path), penalty_free=0, penalty_step_s=0.5, penalty_max_s=1.0)
+    app = create_app(cfg)
+    service = app.state.service
+    with ThreadServer(app) as s:
+        def bad(i):
+            return httpx.post(s.base + "/v1/decode", content=b"garbage",
+                              headers=_auth(keys["cam"], **{"x-request-id": f"cap{i}"}))
+        with cf.ThreadPoolExecutor(8) as pool:
+            rs = list(pool.map(bad, range(8)))
+        assert all(r.status_code == 400 for r in rs)
+        closed = [r for r in rs if r.headers.get("connection") == "close"]
+        assert closed and len(closed) <= 6  # at most 2 of cam's refusals waited at once; the others closed
+        lines = [a for a in logs.access() if a["id"].startswith("cap")]
+        assert sum(1 for a in lines if a.get("penalty_ms")) >= 2
+        assert all(a["penalty_ms"] == 0 for a in lines if a["id"] in {r.headers["x-request-id"] for r in closed})
+        before = service.penalties.strikes("device:cam2")
+        with socket.create_connection((LOOPBACK, s.port)) as c:  # cam2 hangs up inside its body
+            c.sendall((f"POST /v1/decode HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['cam2']}\r\n"
+                       "Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n").encode() + b"\0" * 10)
+            time.sleep(0.2)
+        logs.wait_for(lambda a: a.get("device") == "cam2" and a["status"] == 499)
+        assert service.penalties.strikes("device:cam2") > before
+        for _ in range(2):  # a device using a scope it lacks: the strike is the device's, not its address's
+            assert httpx.get(s.base + "/metrics", headers=_auth(keys["cam"])).status_code == 403
+        assert service.penalties.strikes("device:cam") > 8 and service.penalties.strikes("client:127.0.0.1") == 0

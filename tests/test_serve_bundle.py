@@ -148,6 +148,11 @@ def test_decoder_only_bundle_is_bound_by_recorded_digest_or_metadata(tiny_bundle
     _edit_manifest(b, older_export)
     part = Bundle.open(b, partial=True)
     assert part.bound_by == "metadata"  # an export that recorded no graph digests: the graphs' metadata
+    from edgeae.serve.http import DecodeService, ServeConfig
+
+    with pytest.raises(BundleError, match="cannot be recomputed.*--allow-unbound"):  # a server refuses it
+        DecodeService(ServeConfig(bundle=str(b)))
+    assert DecodeService(ServeConfig(bundle=str(b), allow_unbound=True)).engine.fingerprint == part.fingerprint
     enc_digest = graph_digest((tiny_bundle / "encoder.onnx").read_bytes())
 
     def record(m):

@@ -251,6 +251,9 @@ def _build(job: Job, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
         if job.int8 else None
     raise_failures(checks)
     fp = _stamp_fingerprint(job, specs, protos, extras, latent, entropy, meta, tmp)
+    for role, entry in (int8 or {}).get("graphs", {}).items():  # the sizes as written, metadata included
+        b32, b8 = (tmp / specs[role].file).stat().st_size, (tmp / specs[role].int8_file).stat().st_size
+        entry.update(bytes_fp32=b32, bytes_int8=b8, size_ratio=b8 / b32)
     if section and section.model:
         job.model_info = {**job.model_info, "entropy_model": section.model}
     # Round-trip through the runtime's validator: the exporter never writes a manifest the runtime refuses.

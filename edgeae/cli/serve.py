@@ -69,6 +69,8 @@ MIB = 1 << 20
 @click.option("--penalty-max", default=1.0, show_default=True, type=click.FloatRange(0, 60),
               help="Seconds: a device (or address) that keeps sending refused requests gets each further refusal "
                    "answered up to this much later (0: off; successes are never delayed).")
+@click.option("--allow-unbound", is_flag=True,
+              help="Serve a partial bundle of an older export whose fingerprint cannot be recomputed.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float, store: str | None, workers: int,
@@ -77,7 +79,7 @@ def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float,
           memory_budget: int, budget_share: float, max_items: int | None, max_pixels: int | None, request_timeout: float,
           body_timeout: float, header_timeout: float, max_connections: int, quota_bytes: int | None,
           quota_items: int | None, quota_window: float, quota_disk: int | None, keep_days: float | None,
-          min_free: int, penalty_max: float, log_level: str) -> None:
+          min_free: int, penalty_max: float, allow_unbound: bool, log_level: str) -> None:
     """Serve POST /v1/decode, /v1/ingest, GET /v1/model, /healthz, /metrics for one bundle (docs/SERVER.md)."""
     from edgeae.serve.http import ServeConfig
 
@@ -94,7 +96,7 @@ def serve(bundle: str, host: str, port: int, max_batch: int, max_wait_ms: float,
                       request_timeout=request_timeout, body_timeout=body_timeout, header_timeout=header_timeout,
                       max_connections=max_connections, quota_bytes=quota_bytes, quota_items=quota_items,
                       quota_window_s=quota_window, quota_disk_bytes=quota_disk, keep_days=keep_days,
-                      min_free_bytes=min_free * MIB, penalty_max_s=penalty_max)
+                      min_free_bytes=min_free * MIB, penalty_max_s=penalty_max, allow_unbound=allow_unbound)
     from edgeae.serve.app import check_exposure
 
     check_exposure(cfg, host, insecure)

@@ -208,7 +208,8 @@ def _graph_jobs(b: Bundle, s: ProfileSettings, precisions, threads, profile) -> 
                            "model_bytes": graph.stat().st_size}
                     if part in GRAPH_PARTS:
                         job.update(kind="onnx", engine="onnxruntime", graph=str(graph), per_op=s.per_op,
-                                   input_file="images.npy" if part == "encoder" else "latents.npy")
+                                   input_file="images.npy" if part == "encoder" else "latents.npy",
+                                   arena=_ROLE[part] != "encoder")  # as the runtime's Encoder runs it
                     else:
                         job.update(kind="codec", engine="edgeae", bundle=str(b.path))
                     jobs.append(job)

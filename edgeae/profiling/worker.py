@@ -84,7 +84,8 @@ def _onnx(job: dict[str, Any]) -> dict[str, Any]:
     held: dict[str, Any] = {}
 
     def setup() -> Callable[[], Any]:
-        sess = held["session"] = make_session(job["graph"], job.get("device"), job["threads"])
+        sess = held["session"] = make_session(job["graph"], job.get("device"), job["threads"],
+                                              arena=job.get("arena", True))
         feed = {sess.get_inputs()[0].name: x}
         return lambda: sess.run(None, feed)
 

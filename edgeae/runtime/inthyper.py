@@ -33,6 +33,7 @@ import numpy as np
 from edgeae.errors import BundleError
 
 FORMAT = 1
+FORMAT_MEANS = 2  # with a mean head: older runtimes must refuse it ("upgrade"), not misread it
 MAX_LAYERS = 8
 MAX_CHANNELS = 4096
 INT64_HEADROOM = 1 << 62  # |acc * m + b| must stay below this (checked when the parameters load)
@@ -84,7 +85,7 @@ class IntHyperDecoder:
 
     def layout(self) -> dict[str, Any]:
         """The non-array facts, stored as JSON in the graph's metadata under META_KEY."""
-        out = {"format": FORMAT, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
+        out = {"format": FORMAT_MEANS if self.mean_range else FORMAT, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
                "layers": [{"hi": la.hi, "up": la.up, "zero_point": la.zero_point} for la in self.layers]}
         return {**out, "mean_range": self.mean_range} if self.mean_range else out
 
@@ -97,12 +98,14 @@ class IntHyperDecoder:
             return BundleError(f"{where}: {what}; re-export the bundle")
 
         try:
-            if layout["format"] != FORMAT:
+            if layout["format"] not in (FORMAT, FORMAT_MEANS):
                 raise BundleError(f"{where}: integer hyper-decoder format {layout['format']!r} is unknown; "
                                   "upgrade edgeae")
             shift, levels = int(layout["shift"]), int(layout["levels"])
             z_min, z_max = (int(v) for v in layout["z_range"])
             mean_range = int(layout.get("mean_range", 0))
+            if (layout["format"] == FORMAT_MEANS) != (mean_range > 0):
+                raise ValueError(f"format {layout['format']} with mean_range {mean_range}")
             metas = [(int(la["hi"]), int(la["up"]), int(la["zero_point"])) for la in layout["layers"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"malformed layout ({type(exc).__name__}: {exc})") from None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeae.errors import FingerprintMismatch, PayloadError, Truncated
+from edgeae.errors import BundleError, FingerprintMismatch, PayloadError, Truncated
 from edgeae.runtime import payload as wire
 from edgeae.runtime.images import png_bytes
 from edgeae.serve.auth import SIGNATURE_HEADER, Device, KeyRing, bearer, signature_ok
@@ -40,6 +40,8 @@ PAYLOAD_TYPES = ("application/octet-stream", "application/x-edgeae-payload")
 RETRY_AFTER_S = 1
 BYTES_PER_VALUE = 8  # decode memory per output value: float32 graph output + uint8 + encoded image + slack
 BYTES_PER_SYMBOL = 8  # int32 symbols + float32 latents
+MAX_SLEEPING = 128  # refusals waiting out a penalty at once, all owners together
+MAX_SLEEPING_PER_OWNER = 16
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("edgeae.serve.access")
 log = logging.getLogger("edgeae.serve")
@@ -85,6 +87,7 @@ class ServeConfig:
     penalty_free: int = 8
     penalty_step_s: float = 0.05
     penalty_max_s: float = 1.0
+    allow_unbound: bool = False  # serve a partial bundle whose fingerprint cannot be recomputed (older exports)
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,11 @@ class HTTPProblem(Exception):
 
 
 class ClientGone(Exception):
-    """The client disconnected; nobody reads the answer."""
+    """The client disconnected; nobody reads the answer. `incomplete`: inside its request body."""
+
+    def __init__(self, incomplete: bool = False) -> None:
+        super().__init__("client gone")
+        self.incomplete = incomplete
 
 
 def _busy(error: str, detail: str, strike: bool = False) -> HTTPProblem:
@@ -282,9 +289,15 @@ class DecodeService:
         self.engine_name = engine_name
         self.metrics = Metrics()
         self.engine = engine or DecodeEngine(config.bundle, config.precision, threads=config.threads, hook=hook)
+        bundle = getattr(getattr(self.engine, "decoder", None), "bundle", None)
+        if bundle is not None and bundle.bound_by != "graphs" and not config.allow_unbound:
+            raise BundleError(f"{bundle.path}: its fingerprint cannot be recomputed (graphs are missing and the "
+                              "manifest records no digests for them, an older export): a swapped graph would go "
+                              "unnoticed; re-export the bundle, or serve it anyway with --allow-unbound")
         self.limits = Limits.derive(config, self.engine)
         self.budget = Budget(self.limits.memory_budget, config.budget_share)
         self.penalties = Penalties(config.penalty_free, config.penalty_step_s, config.penalty_max_s)
+        self._sleeping: dict[str, int] = {}  # owner -> refusals waiting out their penalty now
         self.keys = KeyRing(config.keys, config.key_reload_s) if config.keys else None
         self.store = ImageStore(config.store, config.min_free_bytes) if config.store else None
         self.batcher: MicroBatcher | None = None
@@ -334,27 +347,50 @@ class DecodeService:
                       client=request.client.host if request.client else None)
         try:
             response = await self._route(endpoint, request, ctx)
-        except ClientGone:
+        except ClientGone as exc:
             response = JSONResponse({"error": "client_gone", "detail": "the client disconnected"}, status_code=499)
             ctx.error = "client_gone"
+            if exc.incomplete:  # hung up inside its body: as a body timeout would have been, a strike
+                self.penalties.strike(ctx.owner)
         except Exception as exc:
             p = problem_for(exc, ctx.id)
             response = JSONResponse({"error": p.error, "detail": p.detail}, status_code=p.status, headers=p.headers)
             ctx.error, strike = p.error, p.strike
+            del p  # the exception's traceback holds the request's frames (its body): not while it sleeps
         response.headers["X-Request-Id"] = ctx.id
         ctx.status = response.status_code
         ctx.ms = round(1000 * (time.perf_counter() - t0), 3)
         if strike:  # a refusal the client caused: answer it later the more it insists (edgeae.serve.penalty)
-            wait = self.penalties.strike(ctx.owner)
-            if wait > 0:
-                ctx.extra["penalty_ms"] = round(1000 * wait)
-                self.metrics.observe_penalty(wait)
-                await asyncio.sleep(wait)
+            await self._penalise(ctx, response)
         if endpoint in ("decode", "ingest", "metrics") or ctx.status >= 400:
             self.metrics.observe_request(endpoint, ctx.status, ctx.ms / 1000, ctx.error)
             record = {k: v for k, v in asdict(ctx).items() if v is not None and k != "extra"}
             access_log.info(json.dumps({"ts": round(time.time(), 3), **record, **ctx.extra}, separators=(",", ":")))
         return response
+
+    async def _penalise(self, ctx: Context, response: Any) -> None:
+        """Wait before sending a refusal, by the owner's strikes; beyond MAX_SLEEPING refusals waiting (or
+        MAX_SLEEPING_PER_OWNER of one owner) answer at once and close the connection instead, so waiting
+        refusals cannot fill the connection slots (or a Ray replica's request slots)."""
+        wait = self.penalties.strike(ctx.owner)
+        if wait <= 0:
+            return
+        mine = self._sleeping.get(ctx.owner, 0)
+        if sum(self._sleeping.values()) >= MAX_SLEEPING or mine >= MAX_SLEEPING_PER_OWNER:
+            response.headers["Connection"] = "close"
+            ctx.extra["penalty_ms"] = 0
+            return
+        ctx.extra["penalty_ms"] = round(1000 * wait)
+        self.metrics.observe_penalty(wait)
+        self._sleeping[ctx.owner] = mine + 1
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            left = self._sleeping[ctx.owner] - 1
+            if left:
+                self._sleeping[ctx.owner] = left
+            else:
+                del self._sleeping[ctx.owner]
 
     async def _route(self, endpoint: str, request: Any, ctx: Context) -> Any:
         from starlette.responses import JSONResponse, PlainTextResponse
@@ -365,8 +401,7 @@ class DecodeService:
             return JSONResponse(self.model_info())
         if endpoint not in ("decode", "ingest", "metrics"):
             raise HTTPProblem(404, "not_found", f"no route {request.method} {request.url.path}")
-        device = self.authenticate(request, endpoint)
-        ctx.device = device.name if device else None
+        device = self.authenticate(request, endpoint, ctx)
         if endpoint == "metrics":
             b = self.batcher
             return PlainTextResponse(self.metrics.render(b.outstanding if b else 0, self.gauges()),
@@ -390,7 +425,7 @@ class DecodeService:
 
     # --- checks --------------------------------------------------------------------------------------------
 
-    def authenticate(self, request: Any, scope: str) -> Device | None:
+    def authenticate(self, request: Any, scope: str, ctx: Context | None = None) -> Device | None:
         if self.keys is None:
             return None
         token = bearer(request.headers.get("authorization"))
@@ -401,6 +436,8 @@ class DecodeService:
         if device is None:
             raise HTTPProblem(401, "unauthorized", "unknown or revoked key",
                               {"WWW-Authenticate": 'Bearer realm="edgeae", error="invalid_token"'})
+        if ctx is not None:
+            ctx.device = device.name  # from here on its refusals are the device's
         if scope not in device.scopes:
             raise HTTPProblem(403, "forbidden", f"device {device.name} may not use {scope}")
         return device
@@ -457,7 +494,7 @@ class DecodeService:
                               {"Connection": "close"}) from None
         except ClientDisconnect:
             self.budget.give(got[1], owner)
-            raise ClientGone() from None
+            raise ClientGone(incomplete=True) from None
         except BaseException:
             self.budget.give(got[1], owner)
             raise

@@ -128,7 +128,7 @@ class Hyperprior(EntropyModel):
             raise BundleError(f"the hyper_encoder graph gives shape {zi.shape[1:]} for a latent of {shape}; "
                               f"expected {zshape}; re-export the bundle")
         index, mean = self.hyper_decode(zi, shape)
-        values = yi if mean is None else yi - mean
+        values = yi if mean is None else np.clip(yi - mean, -MAX_VALUE, MAX_VALUE)
         zidx = self._zindex(zshape)
         z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(y))])
         ys = []
