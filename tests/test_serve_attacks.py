@@ -489,7 +489,7 @@ def test_a_stalled_body_does_not_hold_everyone_s_batch(tiny_bundle):
 def test_waiting_refusals_are_capped_and_hang_ups_mid_body_are_strikes(tiny_bundle, keyfile, logs, monkeypatch):
     from edgeae.serve import http as http_layer
 
-    monkeypatch.setattr(http_layer, "MAX_SLEEPING_PER_OWNER", 2)
+    monkeypatch.setattr(http_layer, "MAX_SLEEPING", 4)  # 2 per owner
     path, keys = keyfile
     cfg = ServeConfig(bundle=str(tiny_bundle), keys=str(path), penalty_free=0, penalty_step_s=0.5, penalty_max_s=1.0)
     app = create_app(cfg)

@@ -40,8 +40,8 @@ PAYLOAD_TYPES = ("application/octet-stream", "application/x-edgeae-payload")
 RETRY_AFTER_S = 1
 BYTES_PER_VALUE = 8  # decode memory per output value: float32 graph output + uint8 + encoded image + slack
 BYTES_PER_SYMBOL = 8  # int32 symbols + float32 latents
-MAX_SLEEPING = 256  # refusals waiting out a penalty at once, all owners together (half the connection cap)
-MAX_SLEEPING_PER_OWNER = 128
+MAX_SLEEPING = 256  # refusals waiting out a penalty at once, all owners together (half the connection cap);
+# one owner may hold half of them
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("edgeae.serve.access")
 log = logging.getLogger("edgeae.serve")
@@ -284,7 +284,8 @@ class DecodeService:
     """One bundle's decode service. `start()` on the serving event loop, `close()` at shutdown."""
 
     def __init__(self, config: ServeConfig, engine: DecodeEngine | None = None,
-                 hook: Callable[[int], None] | None = None, engine_name: str = "local") -> None:
+                 hook: Callable[[int], None] | None = None, engine_name: str = "local",
+                 max_waiting: int | None = None) -> None:
         self.config = config
         self.engine_name = engine_name
         self.metrics = Metrics()
@@ -298,6 +299,7 @@ class DecodeService:
         self.budget = Budget(self.limits.memory_budget, config.budget_share)
         self.penalties = Penalties(config.penalty_free, config.penalty_step_s, config.penalty_max_s)
         self._sleeping: dict[str, int] = {}  # owner -> refusals waiting out their penalty now
+        self.max_waiting = MAX_SLEEPING if max_waiting is None else max_waiting
         self.keys = KeyRing(config.keys, config.key_reload_s) if config.keys else None
         self.store = ImageStore(config.store, config.min_free_bytes) if config.store else None
         self.batcher: MicroBatcher | None = None
@@ -369,14 +371,14 @@ class DecodeService:
         return response
 
     async def _penalise(self, ctx: Context, response: Any) -> None:
-        """Wait before sending a refusal, by the owner's strikes; beyond MAX_SLEEPING refusals waiting (or
-        MAX_SLEEPING_PER_OWNER of one owner) answer at once and close the connection instead, so waiting
-        refusals cannot fill the connection slots (or a Ray replica's request slots)."""
+        """Wait before sending a refusal, by the owner's strikes; beyond `max_waiting` refusals waiting (or half
+        of them of one owner) answer at once and close the connection instead, so waiting refusals cannot fill
+        the connection slots (or a Ray replica's request slots)."""
         wait = self.penalties.strike(ctx.owner)
         if wait <= 0:
             return
         mine = self._sleeping.get(ctx.owner, 0)
-        if sum(self._sleeping.values()) >= MAX_SLEEPING or mine >= MAX_SLEEPING_PER_OWNER:
+        if sum(self._sleeping.values()) >= self.max_waiting or mine >= self.max_waiting // 2:
             response.headers["Connection"] = "close"
             ctx.extra["penalty_ms"] = 0
             return

@@ -24,7 +24,8 @@ ROUTES = {("POST", "/v1/decode"): "decode", ("POST", "/v1/ingest"): "ingest", ("
 @serve.deployment(name="edgeae_decoder", max_ongoing_requests=256)
 class RayDecoder:
     def __init__(self, config: ServeConfig) -> None:
-        self.service = DecodeService(config, engine_name="ray")
+        # a quarter of the replica's 256 request slots at most for refusals waiting out a penalty
+        self.service = DecodeService(config, engine_name="ray", max_waiting=64)
         self.started = False
 
     async def __call__(self, request: Any) -> Any:
