@@ -215,6 +215,11 @@ def test_mean_scale_starts_from_a_scale_only_model():
         index, mean = mean_scale.scale_index_and_mean(torch.round(mean_scale.hyper_encoder(mean_scale.encoder(x))))
     assert torch.equal(a.extras["likelihoods"], b.extras["likelihoods"]) and torch.equal(a.x_hat, b.x_hat)
     assert mean is not None and not mean.any()
+    signed = _tiny_model(seed=2, means=True, hyper_signed=True).eval()
+    y = torch.randn(1, 6, 8, 8)
+    with torch.no_grad():  # h_a sees the signs (for the means) only when asked to
+        assert not torch.equal(signed.hyper_encoder(y), signed.hyper_encoder(-y))
+        assert torch.equal(mean_scale.hyper_encoder(y), mean_scale.hyper_encoder(-y))
     with pytest.raises(RuntimeError):  # anything else must fit exactly
         mean_scale.load_base_state({k: v for k, v in scale_only.state_dict().items() if "prior" not in k})
 

@@ -18,7 +18,8 @@
   activations whose range follows an EMA of the batch maximum (a buffer, exported), and the rounded index, all
   straight-through; so the rate the training sees is the rate the integer decoder gives (within the
   requantiser's 2^-30 rounding; bench_hyperprior measures float vs integer bpp).
-* Mean-scale (`means=True`, Minnen et al. 2018 with integer means): h_s's last convolution has 2M outputs, the
+* Mean-scale (`means=True`, Minnen et al. 2018 with integer means; with `hyper_signed=True` h_a sees y itself,
+  as there, not |y|): h_s's last convolution has 2M outputs, the
   scale index and the mean of every y symbol, rounded (straight through) and clipped to [-R, R]; the runtime
   codes round(y) - mean with the index's zero-mean table and adds the mean back, so y_hat stays round(y).
 * Loss: lmbda * 255^2 * MSE + bpp(y) + bpp(z); terms "bpp", "bpp_y", "bpp_z", "distortion".
@@ -59,6 +60,7 @@ class HyperpriorConfig(CodecConfig):
     act_momentum: float = 0.01  # EMA rate of the activation-range observers
     means: bool = False  # mean-scale (Minnen et al. 2018): h_s also predicts an integer mean per y symbol
     mean_range: int = 127  # the means lie in [-R, R]
+    hyper_signed: bool = False  # h_a sees y rather than |y| (Minnen's mean-scale: the means need the signs)
 
 
 def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
@@ -161,14 +163,16 @@ def hyper_analysis(m: int, nh: int, cz: int) -> nn.Sequential:
 
 
 class HyperEncoder(nn.Module):
-    """y -> z = h_a(|y|): the `hyper_encoder` graph (float, encoder side only)."""
+    """y -> z = h_a(|y|) (scale only), or h_a(y) (`signed`: mean-scale, whose means need the signs): the
+    `hyper_encoder` graph (float, encoder side only)."""
 
-    def __init__(self, h_a: nn.Module) -> None:
+    def __init__(self, h_a: nn.Module, signed: bool = False) -> None:
         super().__init__()
         self.h_a = h_a
+        self.signed = signed
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.h_a(torch.abs(y))
+        return self.h_a(y if self.signed else torch.abs(y))
 
 
 @register("hyperprior", HyperpriorConfig)
@@ -184,7 +188,7 @@ class Hyperprior(Codec):
             raise ValueError("hyperprior hyper_channels and hyper_latent_channels must be >= 1")
         super().__init__(config)  # g_a as self.encoder, g_s as self.decoder, a factorized prior (replaced below)
         m, nh, cz = config.latent_channels, config.hyper_channels, config.hyper_latent_channels
-        self.hyper_encoder = HyperEncoder(hyper_analysis(m, nh, cz))
+        self.hyper_encoder = HyperEncoder(hyper_analysis(m, nh, cz), signed=config.hyper_signed)
         self.prior = FactorizedPrior(cz, tuple(config.filters))  # the factorized prior now models z
         self.scales_np = scale_table(config.scale_levels, config.scale_min, config.scale_max)
         self.log_step = math.log(config.scale_max / config.scale_min) / (config.scale_levels - 1)
