@@ -6,12 +6,23 @@
 #   bash benchmarks/zoo_photo.sh build     # bake the current weights (checkpoint if unfinished) into the zoo
 #   bash benchmarks/zoo_photo.sh bench     # 768x512 speed vs WebP/JPEG, 1920x1080 peak RSS, then the card
 #
+#   bash benchmarks/zoo_photo.sh pack      # photos/train + val as q95 JPEG in gpu-data/ (git-ignored, ~20 MB):
+#                                          # small enough for the device tool's 64 MiB carry
+#
 # Variables: FAMILY (hyperprior-vr | codec-vr), RUN, INIT (a base-family run to warm-start from), STEPS,
-# LAMBDAS, THREADS, DEVICE (cpu | cuda), SHARED (the shared data folder).
+# LAMBDAS, THREADS, DEVICE (cpu | cuda), SHARED (the shared data folder), CROP, BATCH, LR, SET (more options,
+# e.g. "--set means=true --set hyper_signed=true"), MINUTES (stop with a checkpoint after this long).
+#
+# On a lent GPU (the device tool: no network, torch/onnx/onnxruntime/pillow/scipy installed, 10 min a call),
+# after `pack` here, one call with carry ["gpu-data"] and timeout_s 600 (the run comes back under $OUT):
+#   PY=python3 EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=8 CROP=256 BATCH=16 LR=2e-4 \
+#     STEPS=40000 MINUTES=8 SET="--set means=true --set hyper_signed=true" RUN=$OUT/run \
+#     bash benchmarks/zoo_photo.sh train
+# then, here: RUN=<the fetched run> bash benchmarks/zoo_photo.sh build (resume it later with `train` again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-EA=${EA:-.venv/bin/edgeae}
+read -ra EA <<< "${EA:-.venv/bin/edgeae}"
 FAMILY=${FAMILY:-hyperprior-vr}
 RUN=${RUN:-runs/zoo-photo-${FAMILY%-vr}}
 INIT=${INIT:-}
@@ -20,19 +31,40 @@ LAMBDAS=${LAMBDAS:-"[0.003,0.007,0.016,0.036]"}
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
 SHARED=${SHARED:-../shared/data}
+CROP=${CROP:-128}
+BATCH=${BATCH:-8}
+LR=${LR:-5e-4}
+read -ra SET <<< "${SET:-}"
+MINUTES=${MINUTES:-0}
+STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 case ${1:-} in
   train)
     if [[ -f $RUN/config.json ]]; then
-      exec "$EA" train --resume "$RUN" --threads "$THREADS" --device "$DEVICE" \
+      exec "${STOP[@]}" "${EA[@]}" train --resume "$RUN" --threads "$THREADS" --device "$DEVICE" \
         --data "$SHARED/photos/train" --val-data "$SHARED/photos/val"
     fi
-    exec "$EA" train --model "$FAMILY" --dataset images --data "$SHARED/photos/train" \
-      --val-data "$SHARED/photos/val" --crop 128 --crops-per-image 4 --val-crop 192 --color rgb \
-      --channels 64 --latent 128 --set downsamplings=4 --set "lmbdas=$LAMBDAS" --batch-size 8 --lr 5e-4 --lr-decay cosine \
-      --epochs 1000 --max-steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --checkpoint-minutes 5 \
-      ${INIT:+--init "$INIT"} --out "$RUN"
+    exec "${STOP[@]}" "${EA[@]}" train --model "$FAMILY" --dataset images --data "$SHARED/photos/train" \
+      --val-data "$SHARED/photos/val" --crop "$CROP" --crops-per-image 4 --val-crop 192 --color rgb \
+      --channels 64 --latent 128 --set downsamplings=4 --set "lmbdas=$LAMBDAS" "${SET[@]}" --batch-size "$BATCH" \
+      --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
+      --checkpoint-minutes 2 ${INIT:+--init "$INIT"} --out "$RUN"
+    ;;
+  pack)
+    "$PY" - "$SHARED" gpu-data <<'PYEOF'
+import sys
+from pathlib import Path
+from PIL import Image
+src, dst = Path(sys.argv[1]) / "photos", Path(sys.argv[2]) / "photos"
+for split in ("train", "val"):
+    out = dst / split
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted((src / split).iterdir()):
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            Image.open(p).convert("RGB").save(out / (p.stem + ".jpg"), quality=95, subsampling=0)
+print(sum(f.stat().st_size for f in dst.rglob("*.jpg")) // 2**20, "MiB in", dst)
+PYEOF
     ;;
   build)
     ckpt=(); [[ -f $RUN/weights.safetensors ]] || ckpt=(--checkpoint)
@@ -45,5 +77,5 @@ case ${1:-} in
     "$PY" -m edgeae.zoo.card docs/MODELS.md --speed photo=bench-out/zoo-photo-speed.json > /dev/null
     "$EA" models --pretrained
     ;;
-  *) echo "usage: $0 train|build|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 train|build|bench|pack" >&2; exit 2 ;;
 esac
