@@ -224,6 +224,21 @@ def test_mean_scale_starts_from_a_scale_only_model():
         mean_scale.load_base_state({k: v for k, v in scale_only.state_dict().items() if "prior" not in k})
 
 
+@pytest.mark.parametrize("z_noise", [False, True])
+def test_h_s_sees_rounded_or_noisy_z_in_training_and_rounded_z_in_eval(z_noise):
+    model = _tiny_model(z_noise=z_noise)
+    seen = []
+    model.h_s.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    x = torch.rand(2, 3, 64, 64)
+    model.train()
+    model(x)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    integral = [bool(torch.equal(t, torch.round(t))) for t in seen]
+    assert integral == [not z_noise, True]
+
+
 def test_entropy_tables_are_integer_with_escape():
     model = _tiny_model()
     model.eval()

@@ -61,6 +61,7 @@ class HyperpriorConfig(CodecConfig):
     means: bool = False  # mean-scale (Minnen et al. 2018): h_s also predicts an integer mean per y symbol
     mean_range: int = 127  # the means lie in [-R, R]
     hyper_signed: bool = False  # h_a sees y rather than |y| (Minnen's mean-scale: the means need the signs)
+    z_noise: bool = False  # training: h_s sees z + U(-1/2, 1/2) (CompressAI's entropy bottleneck), not round(z)
 
 
 def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
@@ -228,8 +229,9 @@ class Hyperprior(Codec):
         y = self.encoder(x)
         z = self.hyper_encoder(y)
         if self.training:
-            z_lik = self.prior.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5))
-            z_hat = _ste_round(z)
+            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+            z_lik = self.prior.likelihood(z_noisy)
+            z_hat = z_noisy if self.config.z_noise else _ste_round(z)
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             y_hat = _ste_round(y)
         else:
