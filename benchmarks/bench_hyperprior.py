@@ -1,20 +1,21 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce (each pair trained the same way for the same steps, one thread each, on photos/train only):
+Reproduce (each pair trained the same way for the same 7,000 steps, one thread each, on photos/train only;
+this session's runs, 2026-12-01):
 
-    for L in 0067 003; do
-      edgeae train --model hyperprior --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
-          --crops-per-image 4 --set channels=64 --set latent_channels=128 --lmbda 0.$L --epochs 1000 \
-          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/hyper_l$L
-      edgeae train --model codec --dataset images --data ../shared/data/photos/train --color rgb --crop 128 \
-          --crops-per-image 4 --channels 64 --latent 128 --set downsamplings=4 --lmbda 0.$L --epochs 1000 \
-          --max-steps 1200 --batch-size 8 --lr 5e-4 --lr-decay cosine --threads 1 --out /work/runs/codec_l$L
+    T="--dataset images --data ../shared/data/photos/train --val-data ../shared/data/photos/val --color rgb \
+       --crop 320 --crops-per-image 1 --val-crop 256 --channels 64 --latent 128 --set downsamplings=4 \
+       --batch-size 2 --lr-decay cosine --epochs 100000 --threads 1"
+    for L in lo:0.0035 hi:0.013; do
+      edgeae train --model codec $T --lmbda ${L#*:} --lr 4e-4 --max-steps 7000 --out runs/c_${L%:*}
+      edgeae train --model hyperprior $T --lmbda ${L#*:} --lr 4e-4 --max-steps 7000 --out runs/h_${L%:*}
     done
-    for r in hyper_l0067 codec_l0067 hyper_l003 codec_l003; do
-        edgeae export /work/runs/$r --int8 --out /work/bundles/$r --force; done
-    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
-        --hyper /work/bundles/hyper_l003,/work/bundles/hyper_l0067 \
-        --codec /work/bundles/codec_l003,/work/bundles/codec_l0067 --json /work/bundles/bench_hyperprior.json
+    # (the hyperprior runs were stopped at steps 1161 / 1222 and continued as mean-scale for the rest:)
+    edgeae train --model hyperprior $T --init runs/h_lo --set means=true --lmbda 0.0035 --lr 3.736e-4 \
+        --max-steps 5839 --out runs/h_lo_ms      # and h_hi: --lmbda 0.013 --lr 3.71e-4 --max-steps 5778
+    for r in c_lo c_hi h_lo_ms h_hi_ms; do edgeae export runs/$r --int8 --out bundles/$r --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_lo_ms,bundles/h_hi_ms \
+        --codec bundles/c_lo,bundles/c_hi --json bundles/bench_hyperprior.json
 
 What it prints:
 1. per bundle: mean bits per pixel (payload bytes * 8 / original pixels, headers included) and mean PSNR (RGB,
