@@ -414,3 +414,19 @@ def test_a_slim_checkpoint_resumes_elsewhere_without_adam_moments(tmp_path, fold
     done = resume(slim, data=str(moved / "train"), val_data=str(moved / "val"))
     assert done.metrics["steps"] == 12 and [d["first_step"] for d in done.metrics["devices"]] == [1, 5]
     assert load_run(slim).config["data"]["data"] == str((moved / "train").resolve())
+
+
+def test_a_crop_run_validated_at_another_side_exports_at_the_smaller_side(folders, tmp_path):
+    from edgeae.bundling.build import ExportOptions, export_run
+    from edgeae.runtime import Decoder, Encoder
+    from edgeae.train.trainer import TrainConfig, train
+
+    run = train("codec", _crop_spec(folders, val_crop=32), tmp_path / "run",
+                {"channels": 4, "latent_channels": 4, "downsamplings": 2},
+                TrainConfig(epochs=1, batch_size=12, progress=False)).path
+    out = tmp_path / "bundle"
+    export_run(run, ExportOptions(out=out, calibration_samples=8, measure_speed=False))
+    enc = Encoder(out)
+    assert enc.manifest.input.shape == (3, 16, 16) and enc.any_size  # 16-px crops, validated at 32: both cut to 16
+    img = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    assert Decoder(out).decode(enc.encode(img))[0].shape == (20, 28, 3)

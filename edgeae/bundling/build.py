@@ -6,6 +6,7 @@ sizes of fully convolutional families) and hands the model and its images to the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -52,6 +53,12 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
     if opts.opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opts.opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     run = load_run(run_dir)
+    data = run.config.get("data", {})
+    if opts.input_size is None and data.get("crop") and data.get("val_crop") not in (None, data["crop"]):
+        # trained on random crops, validated on centre crops of another side: export at the smaller side, to
+        # which both are cut (a fully convolutional model; the bundle takes any size anyway)
+        side = min(data["crop"], data["val_crop"])
+        opts = dataclasses.replace(opts, input_size=(side, side))
     model = _model_for_size(run, opts.input_size)
     train, val = _images(run, model, opts)
     c, h, w = model.config.in_shape
