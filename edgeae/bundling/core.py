@@ -250,14 +250,15 @@ def _build(job: Job, tmp: Path) -> tuple[dict[str, Any], list[GraphCheck]]:
     int8 = _int8(job, specs, tmp, y, requant, latent, quality, checks, modules, meta, scorer) \
         if job.int8 else None
     raise_failures(checks)
-    fp = _stamp_fingerprint(job, specs, protos, extras, latent, entropy, meta, tmp)
+    fp, int8_digests = _stamp_fingerprint(job, specs, protos, extras, latent, entropy, meta, tmp)
     for role, entry in (int8 or {}).get("graphs", {}).items():  # the sizes as written, metadata included
         b32, b8 = (tmp / specs[role].file).stat().st_size, (tmp / specs[role].int8_file).stat().st_size
         entry.update(bytes_fp32=b32, bytes_int8=b8, size_ratio=b8 / b32)
     if section and section.model:
         job.model_info = {**job.model_info, "entropy_model": section.model}
     # Round-trip through the runtime's validator: the exporter never writes a manifest the runtime refuses.
-    raw = _manifest(job, specs, latent, entropy, fp, quality, int8, checks, section.graphs if section else [], tmp)
+    raw = _manifest(job, specs, latent, entropy, fp, quality, int8, checks, section.graphs if section else [], tmp,
+                    int8_digests)
     try:
         manifest = Manifest.from_dict(raw).to_dict()
     except BundleError as exc:
@@ -836,14 +837,16 @@ def _speed(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, Any]:
 
 def _stamp_fingerprint(job: Job, specs: dict[str, GraphSpec], protos: dict[str, onnx.ModelProto],
                        extras: dict[str, onnx.ModelProto], latent: dict[str, Any], entropy: dict[str, Any],
-                       meta: dict[str, str], tmp: Path) -> str:
+                       meta: dict[str, str], tmp: Path) -> tuple[str, dict[str, str]]:
     """The fingerprint over every graph written (fp32, extra and int8 twins; docs/MANIFEST.md), then written
-    into each graph's metadata -- which its digest leaves out, so stamping changes no digest."""
+    into each graph's metadata -- which its digest leaves out, so stamping changes no digest. Returns it and
+    the int8 twins' digests (role -> digest)."""
     int8_models = {role: onnx.load(str(tmp / s.int8_file)) for role, s in specs.items() if role in job.int8_roles}
+    int8_digests = {role: graphs.graph_digest(m) for role, m in int8_models.items()}
     fp = graphs.fingerprint(graphs.graph_digest(protos["encoder"]), graphs.graph_digest(protos["decoder"]),
                             graphs.tables_digest(latent, entropy),
                             *(graphs.graph_digest(p) for _, p in sorted(extras.items())),
-                            *(graphs.graph_digest(m) for _, m in sorted(int8_models.items())))
+                            *(d for _, d in sorted(int8_digests.items())))
     stamp = {**meta, "edgeae.fingerprint": fp}
     for role, proto in [*protos.items(), *extras.items()]:
         graphs.set_metadata(proto, stamp)
@@ -851,12 +854,12 @@ def _stamp_fingerprint(job: Job, specs: dict[str, GraphSpec], protos: dict[str, 
     for role, model in int8_models.items():
         graphs.set_metadata(model, stamp)
         graphs.save(model, tmp / specs[role].int8_file)
-    return fp
+    return fp, int8_digests
 
 
 def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], entropy: dict[str, Any], fp: str,
               quality: dict[str, Any], int8: dict[str, Any] | None, checks: list[GraphCheck],
-              extras: list[ExtraGraph], tmp: Path) -> dict[str, Any]:
+              extras: list[ExtraGraph], tmp: Path, int8_digests: dict[str, str]) -> dict[str, Any]:
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
     # "digest": the metadata-free sha256 that enters the fingerprint, so one side of a bundle can be verified
     # alone (the runtime keeps it once its GraphEntry knows the field).
@@ -864,8 +867,8 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
         role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
                "int8_file": s.int8_file if role in job.int8_roles else None,
                "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
-    for role in job.int8_roles:  # the int8 twins are part of the fingerprint too
-        graph_section[role]["int8_digest"] = graphs.graph_digest(onnx.load(str(tmp / specs[role].int8_file)))
+    for role, digest in int8_digests.items():  # the int8 twins are part of the fingerprint too
+        graph_section[role]["int8_digest"] = digest
     for g in sorted(extras, key=lambda g: g.role):
         proto = onnx.load(str(tmp / g.file))
         opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=job.opset)

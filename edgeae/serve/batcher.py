@@ -12,6 +12,7 @@ it is skipped if its decoding has not started. Every job is finished exactly onc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -74,7 +75,7 @@ class MicroBatcher:
         self._outstanding = 0  # queued + being decoded
         # requests whose body is being received (the server calls arrive/arrived): token -> start time
         self._arriving: dict[int, float] = {}
-        self._tokens = 0
+        self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"edgeae-decode-{i}", daemon=True)
                          for i in range(workers)]
@@ -85,20 +86,15 @@ class MicroBatcher:
         """A request started (its body is being read): a gathering decode thread waits for it, but only
         during the first max_wait of its body (a body that takes longer -- a slow link, or a client
         stalling on purpose -- is not worth holding everyone's batch for). Returns the token for `arrived`."""
+        token = next(self._tokens)
         with self._lock:
-            self._tokens += 1
-            self._arriving[self._tokens] = time.perf_counter()
-            return self._tokens
+            self._arriving[token] = time.perf_counter()
+        return token
 
     def arrived(self, token: int) -> None:
         """That request's body is read (it is about to be queued, or was refused)."""
         with self._lock:
             self._arriving.pop(token, None)
-
-    @property
-    def arriving(self) -> int:
-        """Bodies being received."""
-        return len(self._arriving)
 
     def _arrival_soon(self) -> bool:
         """Is a body still being received that started less than max_wait ago?"""

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeae.errors import BundleError
 from edgeae.runtime.codec import Decoder
 
 
@@ -22,8 +23,13 @@ class DecodeEngine:
     `hook`: an optional callable run before each graph run (tests use it to slow decoding down)."""
 
     def __init__(self, bundle: str | os.PathLike[str], precision: str = "fp32", threads: int | None = None,
-                 hook: Callable[[int], None] | None = None) -> None:
+                 hook: Callable[[int], None] | None = None, allow_unbound: bool = False) -> None:
         self.decoder = Decoder(bundle, precision, threads=threads)
+        b = self.decoder.bundle
+        if b.bound_by != "graphs" and not allow_unbound:
+            raise BundleError(f"{b.path}: its fingerprint cannot be recomputed (graphs are missing and the "
+                              "manifest records no digests for them, an older export): a swapped graph would go "
+                              "unnoticed; re-export the bundle, or serve it anyway with --allow-unbound")
         self.manifest = self.decoder.manifest
         self.precision = precision
         self.hook = hook

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeae.errors import BundleError, FingerprintMismatch, PayloadError, Truncated
+from edgeae.errors import FingerprintMismatch, PayloadError, Truncated
 from edgeae.runtime import payload as wire
 from edgeae.runtime.images import png_bytes
 from edgeae.serve.auth import SIGNATURE_HEADER, Device, KeyRing, bearer, signature_ok
@@ -289,12 +289,8 @@ class DecodeService:
         self.config = config
         self.engine_name = engine_name
         self.metrics = Metrics()
-        self.engine = engine or DecodeEngine(config.bundle, config.precision, threads=config.threads, hook=hook)
-        bundle = getattr(getattr(self.engine, "decoder", None), "bundle", None)
-        if bundle is not None and bundle.bound_by != "graphs" and not config.allow_unbound:
-            raise BundleError(f"{bundle.path}: its fingerprint cannot be recomputed (graphs are missing and the "
-                              "manifest records no digests for them, an older export): a swapped graph would go "
-                              "unnoticed; re-export the bundle, or serve it anyway with --allow-unbound")
+        self.engine = engine or DecodeEngine(config.bundle, config.precision, threads=config.threads, hook=hook,
+                                             allow_unbound=config.allow_unbound)
         self.limits = Limits.derive(config, self.engine)
         self.budget = Budget(self.limits.memory_budget, config.budget_share)
         self.penalties = Penalties(config.penalty_free, config.penalty_step_s, config.penalty_max_s)
@@ -444,6 +440,13 @@ class DecodeService:
             raise HTTPProblem(403, "forbidden", f"device {device.name} may not use {scope}")
         return device
 
+    def _take(self, n: int, owner: str, what: str) -> None:
+        """Take `n` bytes from the memory budget for `owner`, or refuse with 503 (a strike when it is the
+        owner's own share that is full, not the total)."""
+        if not self.budget.take(n, owner):
+            raise _busy("overloaded", f"{what} (budget {self.budget.total} bytes, {self.budget.per_owner} per "
+                        "device); retry later", self.budget.over_share(n, owner))
+
     async def read_body(self, request: Any, ctx: Context) -> tuple[bytes, int]:
         """The body within the size cap, the memory budget and the body time limit; returns (body, bytes
         taken from the budget) -- the caller gives them back."""
@@ -468,9 +471,8 @@ class DecodeService:
                 raise HTTPProblem(413, "too_large", f"body of {declared} bytes exceeds the limit of {lim.max_body}",
                                   {"Connection": "close"})
         owner = ctx.owner
-        if declared and not self.budget.take(declared, owner):
-            raise _busy("overloaded", f"too many bytes of requests in flight (budget {self.budget.total}, "
-                        f"{self.budget.per_owner} per device); retry later", self.budget.over_share(declared, owner))
+        if declared:
+            self._take(declared, owner, "too many bytes of requests in flight")
         taken = declared or 0
         chunks: list[bytes] = []
         got = [0, taken]  # bytes received, bytes taken from the budget
@@ -482,9 +484,7 @@ class DecodeService:
                     raise HTTPProblem(413, "too_large", f"body exceeds the limit of {lim.max_body} bytes",
                                       {"Connection": "close"})
                 if got[0] > got[1]:  # chunked: take from the budget as it arrives
-                    if not self.budget.take(got[0] - got[1], owner):
-                        raise _busy("overloaded", "too many bytes of requests in flight; retry later",
-                                    self.budget.over_share(got[0] - got[1], owner))
+                    self._take(got[0] - got[1], owner, "too many bytes of requests in flight")
                     got[1] = got[0]
                 chunks.append(chunk)
 
@@ -575,10 +575,7 @@ class DecodeService:
             items, values = self.precheck(payload)
             ctx.items = items
             cost = self.limits.cost(0, items, values)
-            if not self.budget.take(cost, ctx.owner):
-                raise _busy("overloaded", f"decode work admitted is at the memory budget ({self.budget.total} "
-                            f"bytes, {self.budget.per_owner} per device); retry later",
-                            self.budget.over_share(cost, ctx.owner))
+            self._take(cost, ctx.owner, "decode work admitted is at the memory budget")
             held += cost
             if endpoint == "decode":
                 accept = request.headers.get("accept")
