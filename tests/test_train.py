@@ -430,3 +430,30 @@ def test_a_crop_run_validated_at_another_side_exports_at_the_smaller_side(folder
     assert enc.manifest.input.shape == (3, 16, 16) and enc.any_size  # 16-px crops, validated at 32: both cut to 16
     img = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)
     assert Decoder(out).decode(enc.encode(img))[0].shape == (20, 28, 3)
+
+
+def test_frozen_transforms_from_a_codec_run_give_both_families_the_same_reconstruction(tmp_path):
+    """Issue 14's fair comparison: a hyperprior (and a factorized codec) started from one codec run with
+    freeze_transforms train their entropy model only, so both decode the very same y_hat."""
+    from edgeae.errors import RunDirError
+
+    tiny = {**CODEC_TINY, "downsamplings": 1}
+    base = train("codec", "digits", tmp_path / "base", tiny,
+                 TrainConfig(epochs=1, batch_size=256, progress=False, threads=1))
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, threads=1, max_steps=4, lr=1e-2)
+    frozen = {**tiny, "freeze_transforms": True}
+    hyper = train("hyperprior", "digits", tmp_path / "hyper", {**frozen, "hyper_channels": 4,
+                  "hyper_latent_channels": 2, "means": True, "hyper_signed": True}, cfg, init=tmp_path / "base")
+    codec = train("codec", "digits", tmp_path / "codec", frozen, cfg, init=tmp_path / "base")
+    b, h, c = base.model.state_dict(), hyper.model.state_dict(), codec.model.state_dict()
+    for key in (k for k in b if k.startswith(("encoder.", "decoder."))):
+        assert torch.equal(b[key], h[key]) and torch.equal(b[key], c[key]), key
+    assert not torch.equal(b["prior.biases.0"], c["prior.biases.0"])  # the entropy model did train
+    assert load_run(tmp_path / "hyper").config["init"]["family"] == "codec"
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(base.model.eval()(x).x_hat, hyper.model.eval()(x).x_hat)
+    train("dense", "digits", tmp_path / "dense", {}, TrainConfig(epochs=1, progress=False, threads=1))
+    with pytest.raises(RunDirError, match="do not fit"):  # a run of another family does not fit
+        train("hyperprior", "digits", tmp_path / "bad", {**frozen, "hyper_channels": 4}, cfg,
+              init=tmp_path / "dense")

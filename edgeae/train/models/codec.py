@@ -56,6 +56,7 @@ class CodecConfig(ModelConfig):
     tail_mass: float = 1e-9  # probability left outside the exported integer support, per side
     prior_lr_scale: float = 10.0  # the entropy model's learning rate = this x the trainer's lr
     extra_layers: int = 0  # stride-1 Conv3x3+ReLU layers after each inner stage, in g_a and mirrored in g_s
+    freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
 
 
 class _Analysis(nn.Sequential):
@@ -172,6 +173,9 @@ class Codec(AutoEncoder):
         self.encoder = _Analysis(*enc)
         self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers)
         self.prior = FactorizedPrior(m, tuple(config.filters))
+        if config.freeze_transforms:
+            self.encoder.requires_grad_(False)
+            self.decoder.requires_grad_(False)
 
     def _check_size(self, h: int, w: int) -> None:
         if h % self.stride or w % self.stride:
@@ -198,10 +202,11 @@ class Codec(AutoEncoder):
         return LossOutput(total=total, terms={"bpp": float(bpp.detach()), "distortion": float(mse.detach())})
 
     def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """One Adam, two groups: the small CDF MLP learns faster so short CPU runs reach a tight prior."""
+        """One Adam, two groups: the small CDF MLP learns faster so short CPU runs reach a tight prior. Frozen
+        parameters (freeze_transforms) are left out."""
         prior = list(self.prior.parameters())
         ids = {id(p) for p in prior}
-        rest = [p for p in self.parameters() if id(p) not in ids]
+        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         return torch.optim.Adam([{"params": rest, "lr": lr},
                                  {"params": prior, "lr": lr * self.config.prior_lr_scale}])
 
