@@ -163,7 +163,9 @@ def _tiny_model(seed: int = 0, **options):
     torch.manual_seed(seed)
     model = build_model("hyperprior", in_shape=(3, 64, 64), channels=8, latent_channels=6, downsamplings=2,
                         hyper_channels=8, hyper_latent_channels=4, lmbda=0.01, **options)
-    with torch.no_grad():  # spread the index over the table, as training does
+    with torch.no_grad():  # spread the index (and the means, which start at zero) over their range, as training does
+        if options.get("means"):
+            torch.nn.init.kaiming_uniform_(model.h_s.last.weight[6:], a=5**0.5)
         model.h_s.last.weight.mul_(40.0)
     return model
 

@@ -140,9 +140,10 @@ class HyperSynthesis(nn.Module):
         self.acts = nn.ModuleList([ActQuant(momentum), ActQuant(momentum)])
         self.last = WeightQuantConv(nh, 2 * m if means else m, 3, padding=1)  # [index | mean]
         assert self.last.bias is not None  # built with a bias
-        with torch.no_grad():
-            self.last.bias.fill_(0.0)
+        with torch.no_grad():  # scale 1 everywhere and (mean-scale) mean 0 everywhere: the means start silent,
+            self.last.bias.fill_(0.0)  # random integer means would cost more than the scales save
             self.last.bias[:m].fill_(init_index)
+            self.last.weight[m:].zero_()
 
     def set_fake_quant(self, on: bool) -> None:
         for mod in self.modules():
