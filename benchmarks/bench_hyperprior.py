@@ -119,10 +119,11 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
             y = model.encoder(xt)
             z_hat = torch.round(model.hyper_encoder(y))
             y_hat = torch.round(y)
+            model.h_s.set_fake_quant(True)  # the integer path's stand-in, whether or not it trained with qat
             idx_q, mean_q = model.scale_index_and_mean(z_hat, integer_like=True)
             model.h_s.set_fake_quant(False)
             idx_f, mean_f = model.scale_index_and_mean(z_hat, integer_like=False)
-            model.h_s.set_fake_quant(True)
+            model.h_s.set_fake_quant(model.config.qat)
             from edgeae.train.models.hyperprior import gaussian_likelihood
 
             for key, idx, mean in (("y_float", idx_f, mean_f), ("y_fake_quant", idx_q, mean_q)):

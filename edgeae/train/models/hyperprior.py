@@ -128,7 +128,9 @@ class ActQuant(nn.Module):
         if not self.fake_quant:
             return a
         s = self.range.clamp_min(1e-6) / ACT_LEVELS
-        return a + (torch.clamp(torch.round(a / s), 0, ACT_LEVELS) * s - a).detach()
+        inside = a <= self.range  # no gradient where the uint8 grid saturates: pushing there changes nothing
+        a_ste = torch.where(inside, a, a.detach())
+        return a_ste + (torch.clamp(torch.round(a / s), 0, ACT_LEVELS) * s - a_ste).detach()
 
 
 class HyperSynthesis(nn.Module):
