@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 14's comparison pairs on one machine at once: the factorized `codec` and the scale-only `hyperprior`
+# (float h_s in training, integerised at export) at each lambda, the same recipe and the same steps, every run
+# in the background; resumable (a second call continues what a first one stopped). Then, here:
+#   for r in OUT/*; do edgeae export $r --int8 --out bundles/$(basename $r); done
+#   python benchmarks/bench_hyperprior.py --hyper bundles/hq_0.0035,... --codec bundles/c_0.0035,...
+#
+#   bash benchmarks/gpu_pairs.sh           # on this machine (CPU, 1 thread a run: ~55 min for 7,000 steps)
+#
+# On a lent GPU (the device tool, 10 min a call), after `bash benchmarks/zoo_photo.sh pack` here, one call with
+# carry ["gpu-data"] (the runs come back under $OUT; MINUTES stops every run with a checkpoint in time):
+#   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=2 BATCH=8 CROP=256 STEPS=20000 MINUTES=8 \
+#     OUT=$OUT/pairs bash benchmarks/gpu_pairs.sh
+#
+# Variables: LAMBDAS, STEPS, CROP, BATCH, LR, DEVICE, THREADS, SHARED, OUT, MINUTES, EA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+read -ra EA <<< "${EA:-.venv/bin/edgeae}"
+LAMBDAS=${LAMBDAS:-"0.0035 0.007 0.013"}
+STEPS=${STEPS:-7000}
+CROP=${CROP:-320}
+BATCH=${BATCH:-2}
+LR=${LR:-4e-4}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-1}
+SHARED=${SHARED:-../shared/data}
+OUT=${OUT:-runs/pairs}
+MINUTES=${MINUTES:-0}
+STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+mkdir -p "$OUT"
+where=(--threads "$THREADS" --device "$DEVICE" --data "$SHARED/photos/train" --val-data "$SHARED/photos/val")
+pids=()
+for lmbda in $LAMBDAS; do
+  for family in codec hyperprior; do
+    run=$OUT/${family:0:1}_$lmbda
+    if [[ -f $run/config.json ]]; then
+      cmd=(train --resume "$run" "${where[@]}")
+    else
+      extra=(); [[ $family == hyperprior ]] && extra=(--set qat=false)
+      cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
+           --val-crop 256 --channels 64 --latent 128 --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"
+           --batch-size "$BATCH" --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS"
+           --checkpoint-minutes 2 --out "$run")
+    fi
+    "${STOP[@]}" "${EA[@]}" "${cmd[@]}" > "$run.log" 2>&1 &
+    pids+=($!)
+  done
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done  # 124 = stopped by MINUTES (checkpointed)
+tail -n 2 "$OUT"/*.log
+exit $(( status == 124 ? 0 : status ))
