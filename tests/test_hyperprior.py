@@ -287,3 +287,16 @@ def test_verify_flags_a_single_differing_index(params):
     index.flat[0] = (index.flat[0] + 1) % K
     with pytest.raises(BundleError, match="differ from the integer reference on 1 of"):
         verify(params, z, index)
+
+
+def test_activation_quantiser_passes_no_gradient_where_its_grid_saturates():
+    from edgeae.train.models.hyperprior import ActQuant
+
+    act = ActQuant(momentum=0.0)  # the range stays at the first batch's maximum
+    act.train()
+    act(torch.tensor([2.0]))
+    a = torch.tensor([0.5, 1.9, 2.5, 40.0], requires_grad=True)
+    out = act(a)
+    out.sum().backward()
+    assert torch.equal(out[2:], torch.full((2,), 2.0))  # saturated at the range
+    assert a.grad is not None and a.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
