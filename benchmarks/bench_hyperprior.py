@@ -110,9 +110,11 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
     ent = manifest["entropy"]
     params = IntHyperDecoder.load(Path(bundle) / manifest["graphs"]["hyper_decoder"]["file"])
     stride = model.stride
-    tot = {"pixels": 0, "z": 0.0, "y_float": 0.0, "y_fake_quant": 0.0, "y_int": 0.0, "index_mismatch": 0,
-           "index_total": 0}
+    keys = ("z", "y_float", "y_fake_quant", "y_int")
+    per_image: dict[str, list[float]] = {k: [] for k in keys}  # bits per pixel, averaged per image as rd_point does
+    tot = {"index_mismatch": 0, "index_total": 0}
     for _, img in images:
+        tot.update(dict.fromkeys(keys, 0.0))
         h, w = img.shape[:2]
         x = np.pad(img, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
         xt = torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
@@ -140,11 +142,12 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
         tot["y_int"] += _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
         zc = np.repeat(np.arange(zi.shape[1]), zi.shape[2] * zi.shape[3])
         tot["z"] += _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])
-        tot["pixels"] += h * w
-    px = tot["pixels"]
-    return {"bundle": bundle, "bpp_z": tot["z"] / px, "bpp_y_float_hyper": tot["y_float"] / px,
-            "bpp_y_fake_quant": tot["y_fake_quant"] / px, "bpp_y_integer_hyper": tot["y_int"] / px,
-            "bpp_total_float": (tot["z"] + tot["y_float"]) / px, "bpp_total_integer": (tot["z"] + tot["y_int"]) / px,
+        for k in keys:
+            per_image[k].append(tot[k] / (h * w))
+    bpp = {k: float(np.mean(v)) for k, v in per_image.items()}
+    return {"bundle": bundle, "bpp_z": bpp["z"], "bpp_y_float_hyper": bpp["y_float"],
+            "bpp_y_fake_quant": bpp["y_fake_quant"], "bpp_y_integer_hyper": bpp["y_int"],
+            "bpp_total_float": bpp["z"] + bpp["y_float"], "bpp_total_integer": bpp["z"] + bpp["y_int"],
             "index_mismatch_vs_fake_quant": tot["index_mismatch"] / tot["index_total"]}
 
 
