@@ -11,9 +11,12 @@
 # Per bundle and precision: x86 encode and arm64 encode of the same folder (one payload per image); the
 # payloads compared byte for byte; both decoded on x86 (symbols and PNGs compared); then x86's payloads decoded
 # on arm64 (symbols and PNGs against x86's decode of them). Symbols and payloads must be
-# identical. Images decoded on two different CPUs by a float decoder graph may differ by a grey level where a
-# float lands within an ulp of a rounding boundary: reported as NEAR with the count (exit 0); more than one
-# level, or any symbol or payload difference, is a FAIL (exit 1). Emulated times are sanity figures only.
+# identical: a payload decodes to the same symbols on both CPUs. Images decoded on two different CPUs by a float
+# decoder graph may differ by a grey level where a float lands within an ulp of a rounding boundary: reported as
+# NEAR with the count (exit 0); more than one level, or any symbol difference, is a FAIL (exit 1). Payloads of
+# one image encoded on both CPUs must be byte-identical for int8 encoders; a float encoder graph may round a
+# latent within an ulp of k + 1/2 differently (a different valid payload): reported as DIFF, not a failure.
+# Emulated times are sanity figures only.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -77,14 +80,23 @@ for bundle in "${BUNDLES[@]}"; do
         n=$(find "$w/in" -type f | wc -l)
         echo "-- $prec: encode $n images, 1 thread: x86 $(secs "$t0" "$t1") s, arm64 emulated $(secs "$t1" "$t2") s (sanity figure only)"
         echo "   $(tail -1 "$p/log-enc-arm")"
-        check $ACID compare "payloads, arm64 encode vs x86 encode" "$p/enc-arm" "$p/enc-x86"
-        # arm64's payloads decoded on x86: symbols, and images against x86's decode of its own payloads
+        # The same image encoded on both CPUs: an int8 encoder graph gives the same payload bit for bit; a float
+        # (fp32) one may round a latent that lies within an ulp of k + 1/2 the other way on the other CPU, a
+        # different but valid payload, so for fp32 a difference is reported (DIFF) and does not fail the test.
+        if [ "$prec" = int8 ]; then
+            check $ACID compare "payloads, arm64 encode vs x86 encode" "$p/enc-arm" "$p/enc-x86"
+        else
+            $ACID compare "payloads, arm64 encode vs x86 encode (float encoder graph)" "$p/enc-arm" "$p/enc-x86" 2>&1 \
+                | sed 's/^FAIL/DIFF/' || true
+        fi
+        # arm64's payloads decoded on x86 must give what arm64 itself decodes from them: symbols and images
         $ACID symbols "$bundle" "$p/enc-arm" "$p/sym-arm-on-x86.npz" >/dev/null
-        $ACID symbols "$bundle" "$p/enc-x86" "$p/sym-x86-on-x86.npz" >/dev/null
-        check $ACID compare "symbols, x86 decode of arm64 payloads vs of x86 payloads" "$p/sym-arm-on-x86.npz" "$p/sym-x86-on-x86.npz"
+        arm_python "$HERE/acid.py" symbols "$bundle" "$p/enc-arm" "$p/sym-arm-on-arm.npz" >/dev/null
+        check $ACID compare "symbols, x86 decode of arm64 payloads vs arm64 decode of them" "$p/sym-arm-on-x86.npz" "$p/sym-arm-on-arm.npz"
         host_edgeae decode "$p/enc-arm" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-arm-on-x86" >/dev/null
+        arm_edgeae decode "$p/enc-arm" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-arm-on-arm" >/dev/null
+        check $ACID compare "images, x86 decode of arm64 payloads vs arm64 decode of them" --pixels --near 1 "$p/dec-arm-on-x86" "$p/dec-arm-on-arm"
         host_edgeae decode "$p/enc-x86" --bundle "$bundle" "${flag[@]}" --threads 1 --out "$p/dec-x86-on-x86" >/dev/null
-        check $ACID compare "images, x86 decode of arm64 payloads vs of x86 payloads" --pixels "$p/dec-arm-on-x86" "$p/dec-x86-on-x86"
         # The reverse: x86 encodes, arm64 decodes: the same per-image payloads, or with ACID_REVERSE=batch one
         # --batch payload of the whole folder (a multi-item payload; the numpy coder decodes its items side by side).
         src="$p/enc-x86"
