@@ -102,6 +102,7 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
     """bpp of y and z: float hyper-decoder (ideal), integer hyper-decoder + integer tables (ideal code length)."""
     import torch
 
+    from edgeae.train.models.hyperprior import gaussian_likelihood
     from edgeae.train.rundir import load_run
 
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
@@ -110,11 +111,10 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
     ent = manifest["entropy"]
     params = IntHyperDecoder.load(Path(bundle) / manifest["graphs"]["hyper_decoder"]["file"])
     stride = model.stride
-    keys = ("z", "y_float", "y_fake_quant", "y_int")
-    per_image: dict[str, list[float]] = {k: [] for k in keys}  # bits per pixel, averaged per image as rd_point does
+    per_image: list[dict[str, float]] = []  # bits per pixel of each image, averaged per image as rd_point does
     tot = {"index_mismatch": 0, "index_total": 0}
     for _, img in images:
-        tot.update(dict.fromkeys(keys, 0.0))
+        bits: dict[str, float] = {}
         h, w = img.shape[:2]
         x = np.pad(img, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
         xt = torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
@@ -127,11 +127,9 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
             model.h_s.set_fake_quant(False)
             idx_f, mean_f = model.scale_index_and_mean(z_hat, integer_like=False)
             model.h_s.set_fake_quant(model.config.qat)
-            from edgeae.train.models.hyperprior import gaussian_likelihood
-
             for key, idx, mean in (("y_float", idx_f, mean_f), ("y_fake_quant", idx_q, mean_q)):
                 lik = gaussian_likelihood(y_hat if mean is None else y_hat - mean, model.scales_from_index(idx))
-                tot[key] += float(-torch.log2(lik).sum())
+                bits[key] = float(-torch.log2(lik).sum())
         zi = z_hat.numpy().astype(np.int32)
         index, int_mean = params.decode(zi)
         tot["index_mismatch"] += int((index != idx_q.numpy().astype(np.int32)).sum())
@@ -139,12 +137,11 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
         yi = y_hat.numpy().astype(np.int64)
         if int_mean is not None:  # mean-scale: the runtime codes round(y) - mean
             yi = yi - int_mean
-        tot["y_int"] += _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
+        bits["y_int"] = _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
         zc = np.repeat(np.arange(zi.shape[1]), zi.shape[2] * zi.shape[3])
-        tot["z"] += _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])
-        for k in keys:
-            per_image[k].append(tot[k] / (h * w))
-    bpp = {k: float(np.mean(v)) for k, v in per_image.items()}
+        bits["z"] = _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])
+        per_image.append({k: v / (h * w) for k, v in bits.items()})
+    bpp = {k: float(np.mean([p[k] for p in per_image])) for k in per_image[0]}
     return {"bundle": bundle, "bpp_z": bpp["z"], "bpp_y_float_hyper": bpp["y_float"],
             "bpp_y_fake_quant": bpp["y_fake_quant"], "bpp_y_integer_hyper": bpp["y_int"],
             "bpp_total_float": bpp["z"] + bpp["y_float"], "bpp_total_integer": bpp["z"] + bpp["y_int"],
