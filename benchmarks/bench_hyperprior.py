@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeae.evaluate.bdrate import bd_rate  # noqa: E402
 from edgeae.runtime import Decoder, Encoder  # noqa: E402
+from edgeae.runtime.entropy_models.hyperprior import tables_and_base  # noqa: E402
 from edgeae.runtime.inthyper import IntHyperDecoder  # noqa: E402
 
 SPEED_IMAGE = "set14_011.png"  # 768x512 RGB
@@ -134,10 +135,11 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
         index, int_mean = params.decode(zi)
         tot["index_mismatch"] += int((index != idx_q.numpy().astype(np.int32)).sum())
         tot["index_total"] += index.size
+        table, base = tables_and_base(index, int_mean, int(ent["y"].get("mean_phases", 1)))
         yi = y_hat.numpy().astype(np.int64)
-        if int_mean is not None:  # mean-scale: the runtime codes round(y) - mean
-            yi = yi - int_mean
-        bits["y_int"] = _code_bits(yi.reshape(-1), index.reshape(-1), ent["y"]["tables"])
+        if base is not None:  # mean-scale: the runtime codes round(y) - floor(mean) with the mean phase's table
+            yi = yi - base
+        bits["y_int"] = _code_bits(yi.reshape(-1), table.reshape(-1), ent["y"]["tables"])
         zc = np.repeat(np.arange(zi.shape[1]), zi.shape[2] * zi.shape[3])
         bits["z"] = _code_bits(zi.reshape(-1).astype(np.int64), zc, ent["z"]["tables"])
         per_image.append({k: v / (h * w) for k, v in bits.items()})

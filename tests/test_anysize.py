@@ -513,7 +513,10 @@ def test_a_real_codec_bundle_codes_every_size_like_its_padded_image(codec_bundle
     (lambda e: e["z"]["tables"][1]["frequencies"].append(1), r"entropy.z.tables\[1\].frequencies must sum"),
     (lambda e: e["y"]["tables"][0].__setitem__("offset", 1.5), r"entropy.y.tables\[0\].offset must be an integer"),
     (lambda e: e["y"].__setitem__("means", "no"), "entropy.y.means must be true or false"),
-    (lambda e: e["y"]["scales"].pop(), "entropy.y.scales must have one scale per table"),
+    (lambda e: e["y"]["scales"].pop(), "entropy.y.scales must have one scale per 1 table"),
+    (lambda e: e["y"].__setitem__("mean_phases", 2), "entropy.y.mean_phases needs means: true"),
+    (lambda e: e["y"].update(means=True, mean_phases=3), "entropy.y.tables must hold a table per scale and mean phase"),
+    (lambda e: e["y"].update(means=True, mean_phases=0), "entropy.y.mean_phases must be"),
     (lambda e: e["y"].__setitem__("tables", []), "entropy.y.tables must hold 1 to"),
     (lambda e: e.__setitem__("model", "gmm"), "entropy.model must be one of"),
 ])

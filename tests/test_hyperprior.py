@@ -24,10 +24,11 @@ OPT_LEVELS = {
 
 
 def random_params(seed: int = 0, cz: int = 4, nh: int = 6, m: int = 5, shift: int = 30,
-                  mean_range: int = 0) -> IntHyperDecoder:
+                  mean_range: int = 0, mean_phases: int = 1) -> IntHyperDecoder:
     """A hand-built integer hyper-decoder whose multipliers spread activations over [0, 255] and indices over
     [0, K-1], with both clips active (so a wrong rounding, clip or layout changes the output); with
-    `mean_range` R, the last layer's other m outputs spread means over [-R, R] and past both clips."""
+    `mean_range` R, the last layer's other m outputs spread means over [-RP, RP] (units of 1/P) and past both
+    clips."""
     rng = np.random.default_rng(seed)
     layers = []
     cin, zp = cz, 128
@@ -38,12 +39,13 @@ def random_params(seed: int = 0, cz: int = 4, nh: int = 6, m: int = 5, shift: in
         target = (hi + 1) / (127.0 * (40 if i == 0 else 100) * np.sqrt(9 * cin))
         mult = np.round(target * rng.uniform(0.5, 2.0, cout) * 2.0**shift).astype(np.int64)
         bias = np.round(rng.uniform(-0.3, 0.7, cout) * hi * 2.0**shift).astype(np.int64)
-        if i == 2 and mean_range:  # the mean head: values around R (= mean 0) spreading past 0 and 2R
-            mult[m:] = np.round(mult[m:] * 2 * mean_range / K).astype(np.int64)
-            bias[m:] = np.round(rng.uniform(0.5, 1.5, m) * mean_range * 2.0**shift).astype(np.int64)
+        if i == 2 and mean_range:  # the mean head: values around RP (= mean 0) spreading past 0 and 2RP
+            bound = mean_range * mean_phases
+            mult[m:] = np.round(mult[m:] * 2 * bound / K).astype(np.int64)
+            bias[m:] = np.round(rng.uniform(0.5, 1.5, m) * bound * 2.0**shift).astype(np.int64)
         layers.append(IntLayer(w, mult, bias, hi, up, zp))
         cin, zp = cout // (up * up), 0
-    return IntHyperDecoder(tuple(layers), shift, -128, 127, K, mean_range)
+    return IntHyperDecoder(tuple(layers), shift, -128, 127, K, mean_range, mean_phases)
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +95,15 @@ def test_onnxruntime_equals_numpy_reference_bit_for_bit(params, graph_bytes):
                     pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: {bad} indices differ")
 
 
-def test_mean_scale_graph_equals_the_reference_bit_for_bit():
-    params = random_params(seed=5, mean_range=20)
+@pytest.mark.parametrize("phases", [1, 8])
+def test_mean_scale_graph_equals_the_reference_bit_for_bit(phases):
+    params = random_params(seed=5, mean_range=20, mean_phases=phases)
     data = hyper.build_graph(params).SerializeToString()
     zs = _z_tensors(300, params.in_channels, seed=11)
     refs = [params.decode(z) for z in zs]
     means = np.concatenate([m.ravel() for _, m in refs])
-    assert means.min() == -20 and means.max() == 20 and len(np.unique(means)) > 30  # both clips, the middle too
+    bound = 20 * phases  # means in 1/P steps
+    assert means.min() == -bound and means.max() == bound and len(np.unique(means)) > 30  # both clips, the middle
     for threads in (1, 2):
         for name, level in OPT_LEVELS.items():
             sess = _session(data, threads, level)
@@ -109,11 +113,13 @@ def test_mean_scale_graph_equals_the_reference_bit_for_bit():
                 if not (np.array_equal(out_index, index) and np.array_equal(out_mean, mean)):
                     pytest.fail(f"tensor {i} ({z.shape}), {threads} threads, {name}: index or mean differs")
     loaded = IntHyperDecoder.from_onnx(data)  # the layout travels in the graph
-    assert loaded.mean_range == 20 and loaded.out_channels == 5 and params.layout()["format"] == 2
+    assert loaded.mean_range == 20 and loaded.mean_phases == phases and loaded.out_channels == 5
+    assert params.layout()["format"] == (3 if phases > 1 else 2)  # a format-2 runtime must refuse 1/P means
     arrays = {f"{k}{i}": v for i, la in enumerate(params.layers) for k, v in (("w", la.weight), ("m", la.mult),
                                                                               ("b", la.bias))}
-    with pytest.raises(BundleError, match="malformed layout"):  # a mean head in a format-1 layout: refused
-        IntHyperDecoder.from_parts({**params.layout(), "format": 1}, arrays)
+    for fmt in {1, 2, 3} - {params.layout()["format"]}:  # a layout whose format disagrees with its means: refused
+        with pytest.raises(BundleError, match="malformed layout"):
+            IntHyperDecoder.from_parts({**params.layout(), "format": fmt}, arrays)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.decode(zs[0]), refs[0], strict=True))
     hyper.assert_integer_only(hyper.build_graph(params))
     from edgeae.runtime.inthyper import verify
@@ -170,9 +176,9 @@ def _tiny_model(seed: int = 0, **options):
     return model
 
 
-@pytest.mark.parametrize("means", [False, True])
-def test_integerized_model_matches_its_fake_quantised_float_path(means):
-    model = _tiny_model(means=means, mean_range=30)
+@pytest.mark.parametrize(("means", "phases"), [(False, 1), (True, 1), (True, 8)])
+def test_integerized_model_matches_its_fake_quantised_float_path(means, phases):
+    model = _tiny_model(means=means, mean_range=30, mean_phases=phases)
     model.train()
     rng = np.random.default_rng(0)
     zs = [torch.from_numpy(rng.integers(-6, 7, size=(4, 4, 3, 3)).astype(np.float32)) for _ in range(20)]
@@ -195,7 +201,8 @@ def test_integerized_model_matches_its_fake_quantised_float_path(means):
         values |= set(np.unique(out).tolist())
         if means:
             assert len(outs) == 2 and np.array_equal(outs[1], params.decode(z.numpy().astype(np.int32))[1])
-            mean = ref_mean.numpy().astype(np.int64)
+            # P = 1: the model's mean is already rounded; P > 1: it is continuous, the graph's is in 1/P steps
+            mean = np.floor(ref_mean.numpy().astype(np.float64) * phases + 0.5).astype(np.int64)
             assert np.abs(outs[1] - mean).max() <= 1 and (outs[1] != mean).mean() < 0.01
             mean_values |= set(np.unique(outs[1]).tolist())
         else:
@@ -255,6 +262,27 @@ def test_entropy_tables_are_integer_with_escape():
     t0 = section["y"]["tables"][0]
     assert t0["frequencies"][-t0["offset"]] > 0.9 * (1 << 16)
     assert t0["frequencies"][-1] < 16
+
+
+def test_mean_phase_tables_centre_each_gaussian_on_its_phase():
+    model = _tiny_model(means=True, mean_phases=4)
+    section = hyper.entropy_section(model, precision=16)
+    y = section["y"]
+    assert y["mean_phases"] == 4 and len(y["tables"]) == 4 * len(y["scales"]) == 4 * K
+    k = int(np.argmin(np.abs(np.asarray(y["scales"]) - 0.6)))  # a scale at which the phase matters
+    for phase in range(4):
+        t = y["tables"][4 * k + phase]
+        f = np.asarray(t["frequencies"][:-1], np.float64)  # without the escape
+        values = t["offset"] + np.arange(len(f))
+        assert abs(float((f * values).sum() / f.sum()) - phase / 4) < 0.02  # the table's mean is its phase
+        assert t["frequencies"][-1] < 16
+    # the runtime's split of a mean in 1/P steps: floor for the value's base, the rest picks the table
+    from edgeae.runtime.entropy_models.hyperprior import tables_and_base
+
+    table, base = tables_and_base(np.array([[3, 3, 0, 5]]), np.array([[-3, 8, 7, -8]]), 8)
+    assert base is not None and base.tolist() == [[-1, 1, 0, -1]] and table.tolist() == [[29, 24, 7, 40]]
+    table, base = tables_and_base(np.array([2, 9]), None, 8)
+    assert base is None and table.tolist() == [2, 9]  # scale-only: the scale index is the table
 
 
 @pytest.mark.parametrize("means", [False, True])

@@ -61,7 +61,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mean_bundle(tmp_path_factory):
-    """The same with mean-scale: the hyper-decoder also gives an integer mean per y symbol."""
+    """The same with mean-scale: the hyper-decoder also gives a mean per y symbol, in 1/8 steps."""
     return _train_and_export(tmp_path_factory.mktemp("hyper") / "mean-bundle", means=True)
 
 
@@ -98,6 +98,7 @@ def test_payloads_of_several_sizes_decode(request, precision, means):
     bundle = request.getfixturevalue("mean_bundle" if means else "bundle")
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["entropy"]["y"]["means"] is means
+    assert m["entropy"]["y"].get("mean_phases", 1) == (8 if means else 1)  # means in 1/8 steps by default
     enc = Encoder(bundle, precision=precision, threads=1)
     dec = Decoder(bundle, threads=1, verify=True)
     images = [_uint8(_smooth_images(1, h, w, seed=10 + i)[0]) for i, (h, w) in enumerate(SIZES)]

@@ -42,6 +42,7 @@ def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
     layers: list[IntLayer] = []
     k_levels = int(model.config.scale_levels)
     mean_range = int(model.config.mean_range) if getattr(model.config, "means", False) else 0
+    phases = int(getattr(model.config, "mean_phases", 1)) if mean_range else 1
     m = int(model.config.latent_channels)
     with torch.no_grad():
         for i, conv in enumerate(convs):
@@ -51,15 +52,17 @@ def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
             w_int = np.clip(np.round(w / s_w[:, None, None, None]), -127, 127).astype(np.int8)
             b = conv.bias.detach().double().numpy()
             s_out = 1.0 if last else act_scales[i]
-            mult = np.round(s_in * s_w / s_out * 2.0**shift).astype(np.int64)
+            gain = np.ones(len(b))
             offset = np.full(len(b), 0.5)  # floor(v + 1/2) = round half up
-            if last and mean_range:
-                offset[m:] += mean_range  # the mean head's output is mean + R, clipped to [0, 2R]
-            bias = np.round((b / s_out + offset) * 2.0**shift).astype(np.int64)
+            if last and mean_range:  # the mean head's output is (mean + R) * P, clipped to [0, 2RP]
+                gain[m:] = phases
+                offset[m:] += mean_range * phases
+            mult = np.round(s_in * s_w * gain / s_out * 2.0**shift).astype(np.int64)
+            bias = np.round((b * gain / s_out + offset) * 2.0**shift).astype(np.int64)
             zero_point = -Z_MIN if i == 0 else 0
             layers.append(IntLayer(w_int, mult, bias, k_levels - 1 if last else 255, 1 if last else 2, zero_point))
             s_in = s_out
-    params = IntHyperDecoder(tuple(layers), shift, Z_MIN, Z_MAX, k_levels, mean_range)
+    params = IntHyperDecoder(tuple(layers), shift, Z_MIN, Z_MAX, k_levels, mean_range, phases)
     arrays = {f"{k}{i}": v for i, la in enumerate(layers) for k, v in (("w", la.weight), ("m", la.mult), ("b", la.bias))}
     return IntHyperDecoder.from_parts(params.layout(), arrays, "integerised hyper-decoder")  # validates bounds
 
@@ -100,8 +103,8 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
         # Div truncates toward zero, floor rounds down: they differ only for negative values, which the
         # Clip at 0 maps to 0 either way.
         nodes.append(helper.make_node("Div", [f"fixed{i}", div], [f"q{i}"]))
-        if last and params.mean_range:  # channels [0, M): index; [M, 2M): mean + R
-            m, r = params.out_channels, params.mean_range
+        if last and params.mean_range:  # channels [0, M): index; [M, 2M): (mean + R) * P
+            m, r = params.out_channels, params.mean_bound
             axis = const("axis1", np.array([1], np.int64))
             nodes.append(helper.make_node("Slice", [f"q{i}", const("s0", np.array([0], np.int64)),
                                                     const("s1", np.array([m], np.int64)), axis], [f"qi{i}"]))
@@ -175,8 +178,10 @@ def _integer_row(probs: np.ndarray, precision: int) -> list[int]:
     return [int(v) for v in _integer_rows(probs[None, :], precision)[0]]
 
 
-def y_tables(scales: np.ndarray, precision: int = 16, tail_mass: float = TAIL_MASS) -> list[dict[str, Any]]:
-    """One table per scale: zero-mean discretised Gaussian on [-R, R] (R from the tail mass), then escape."""
+def y_tables(scales: np.ndarray, precision: int = 16, tail_mass: float = TAIL_MASS,
+             phases: int = 1) -> list[dict[str, Any]]:
+    """Table k * P + p (P = `phases`): the Gaussian of scale[k] centred at p / P, discretised on the integers
+    -R .. R (+1 when p > 0; R from the tail mass), then the escape entry with the mass outside."""
     from scipy.special import ndtr, ndtri
 
     out = []
@@ -184,11 +189,13 @@ def y_tables(scales: np.ndarray, precision: int = 16, tail_mass: float = TAIL_MA
     max_levels = (1 << precision) // 4
     for s in np.asarray(scales, np.float64):
         r = max(1, int(math.ceil(factor * s - 0.5)))
-        r = min(r, (max_levels - 2) // 2)
-        v = np.arange(-r, r + 1, dtype=np.float64)
-        p = ndtr((v + 0.5) / s) - ndtr((v - 0.5) / s)
-        esc = 2.0 * ndtr(-(r + 0.5) / s)
-        out.append({"offset": -r, "frequencies": _integer_row(np.append(p, esc), precision)})
+        r = min(r, (max_levels - 3) // 2)
+        for phase in range(phases):
+            mu = phase / phases
+            v = np.arange(-r, r + (2 if phase else 1), dtype=np.float64)
+            p = ndtr((v + 0.5 - mu) / s) - ndtr((v - 0.5 - mu) / s)
+            esc = float(ndtr((v[0] - 0.5 - mu) / s)) + float(ndtr(-(v[-1] + 0.5 - mu) / s))
+            out.append({"offset": -r, "frequencies": _integer_row(np.append(p, esc), precision)})
     return out
 
 
@@ -213,10 +220,12 @@ def z_tables(model: Any, precision: int = 16, tail_mass: float = TAIL_MASS) -> l
 def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
     """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14)."""
     scales = model.scales_np
+    means = bool(getattr(model.config, "means", False))
+    phases = int(getattr(model.config, "mean_phases", 1)) if means else 1
     return {"model": "hyperprior", "coder": "range", "precision": precision,
             "z": {"stride": 4, "tables": z_tables(model, precision)},
-            "y": {"scales": [float(s) for s in scales], "tables": y_tables(scales, precision),
-                  "means": bool(getattr(model.config, "means", False))}}
+            "y": {"scales": [float(s) for s in scales], "means": means,
+                  "tables": y_tables(scales, precision, phases=phases), **({"mean_phases": phases} if phases > 1 else {})}}
 
 
 def bound_check(params: IntHyperDecoder) -> int:

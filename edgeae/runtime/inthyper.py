@@ -14,8 +14,8 @@ parameters out of that very file (its initializers, and the layer layout in the 
         x_i+1 = depth_to_space(x_i+1, up_i)                    (CRD order, PyTorch's PixelShuffle) if up_i > 1
 
 With means (mean-scale, `mean_range` R > 0) the last layer has 2M output channels: the first M give the index
-as above, the other M the integer mean of every y symbol, clip(floor(v / 2^shift), 0, 2R) - R (the exporter
-folds the +R and the rounding half into the bias).
+as above, the other M the mean of every y symbol in 1/P steps (`mean_phases` P, 1: integer means),
+clip(floor(v / 2^shift), 0, 2RP) - RP (the exporter folds the +RP and the rounding half into the bias).
 
 No float appears anywhere. Everything here is torch- and onnx-free (the runtime's light install).
 """
@@ -34,6 +34,8 @@ from edgeae.errors import BundleError
 
 FORMAT = 1
 FORMAT_MEANS = 2  # with a mean head: older runtimes must refuse it ("upgrade"), not misread it
+FORMAT_PHASES = 3  # means in 1/P steps (P > 1): a format-2 runtime would read them as integers
+MAX_MEAN_PHASES = 64
 MAX_LAYERS = 8
 MAX_CHANNELS = 4096
 INT64_HEADROOM = 1 << 62  # |acc * m + b| must stay below this (checked when the parameters load)
@@ -65,7 +67,13 @@ class IntHyperDecoder:
     z_min: int
     z_max: int
     levels: int  # K: the last layer's index output lies in 0..K-1
-    mean_range: int = 0  # R > 0: the last layer also gives integer means in -R..R (mean-scale)
+    mean_range: int = 0  # R > 0: the last layer also gives means in -R..R (mean-scale), in 1/P steps
+    mean_phases: int = 1  # P
+
+    @property
+    def mean_bound(self) -> int:
+        """R * P: the mean output lies in -RP..RP (units of 1/P)."""
+        return self.mean_range * self.mean_phases
 
     @property
     def in_channels(self) -> int:
@@ -85,9 +93,14 @@ class IntHyperDecoder:
 
     def layout(self) -> dict[str, Any]:
         """The non-array facts, stored as JSON in the graph's metadata under META_KEY."""
-        out = {"format": FORMAT_MEANS if self.mean_range else FORMAT, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
+        fmt = (FORMAT_PHASES if self.mean_phases > 1 else FORMAT_MEANS) if self.mean_range else FORMAT
+        out = {"format": fmt, "shift": self.shift, "levels": self.levels, "z_range": [self.z_min, self.z_max],
                "layers": [{"hi": la.hi, "up": la.up, "zero_point": la.zero_point} for la in self.layers]}
-        return {**out, "mean_range": self.mean_range} if self.mean_range else out
+        if self.mean_range:
+            out["mean_range"] = self.mean_range
+        if self.mean_phases > 1:
+            out["mean_phases"] = self.mean_phases
+        return out
 
     @classmethod
     def from_parts(cls, layout: Any, arrays: dict[str, np.ndarray], where: str = "hyper-decoder") -> IntHyperDecoder:
@@ -98,19 +111,21 @@ class IntHyperDecoder:
             return BundleError(f"{where}: {what}; re-export the bundle")
 
         try:
-            if layout["format"] not in (FORMAT, FORMAT_MEANS):
+            if layout["format"] not in (FORMAT, FORMAT_MEANS, FORMAT_PHASES):
                 raise BundleError(f"{where}: integer hyper-decoder format {layout['format']!r} is unknown; "
                                   "upgrade edgeae")
             shift, levels = int(layout["shift"]), int(layout["levels"])
             z_min, z_max = (int(v) for v in layout["z_range"])
             mean_range = int(layout.get("mean_range", 0))
-            if (layout["format"] == FORMAT_MEANS) != (mean_range > 0):
-                raise ValueError(f"format {layout['format']} with mean_range {mean_range}")
+            phases = int(layout.get("mean_phases", 1))
+            if (layout["format"] != FORMAT) != (mean_range > 0) or (layout["format"] == FORMAT_PHASES) != (phases > 1):
+                raise ValueError(f"format {layout['format']} with mean_range {mean_range}, mean_phases {phases}")
             metas = [(int(la["hi"]), int(la["up"]), int(la["zero_point"])) for la in layout["layers"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"malformed layout ({type(exc).__name__}: {exc})") from None
         if not (0 < shift <= 48 and 2 <= levels <= 1 << 16 and 1 <= len(metas) <= MAX_LAYERS
-                and z_min <= 0 <= z_max and z_max - z_min <= 255 and 0 <= mean_range <= MAX_MEAN_RANGE):
+                and z_min <= 0 <= z_max and z_max - z_min <= 255 and 0 <= mean_range
+                and 1 <= phases <= MAX_MEAN_PHASES and mean_range * phases <= MAX_MEAN_RANGE):
             raise bad("shift, levels, layers or z_range out of range")
         layers: list[IntLayer] = []
         for i, (hi, up, zp) in enumerate(metas):
@@ -137,7 +152,7 @@ class IntHyperDecoder:
             if layer.acc_bound * int(np.abs(m).max()) + int(np.abs(b).max()) >= INT64_HEADROOM:
                 raise bad(f"layer {i} could overflow int64")
             layers.append(layer)
-        return cls(tuple(layers), shift, z_min, z_max, levels, mean_range)
+        return cls(tuple(layers), shift, z_min, z_max, levels, mean_range, phases)
 
     @classmethod
     def from_onnx(cls, data: bytes, where: str = "hyper_decoder.onnx") -> IntHyperDecoder:
@@ -165,7 +180,8 @@ class IntHyperDecoder:
         return self.decode(z)[0]
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """int z values -> (int32 scale indices, int32 means or None without means), in int64 throughout."""
+        """int z values -> (int32 scale indices, int32 means in 1/P steps or None without means), in int64
+        throughout."""
         z = np.asarray(z)
         if z.ndim != 4 or z.shape[1] != self.in_channels or z.dtype.kind not in "iu":
             raise ValueError(f"z must be integer (N, {self.in_channels}, h, w), got {z.dtype} {z.shape}")
@@ -177,7 +193,7 @@ class IntHyperDecoder:
             q = v >> self.shift  # arithmetic shift = floor division by 2^shift
             if i == len(self.layers) - 1 and self.mean_range:
                 m = self.out_channels
-                mean = (np.clip(q[:, m:], 0, 2 * self.mean_range) - self.mean_range).astype(np.int32)
+                mean = (np.clip(q[:, m:], 0, 2 * self.mean_bound) - self.mean_bound).astype(np.int32)
                 q = q[:, :m]
             x = np.clip(q, 0, layer.hi)
             if layer.up > 1:

@@ -149,18 +149,22 @@ MAX_TABLE_ENTRIES = 1 << 22  # all frequencies of one entropy section together
 class TableFamily:
     """Conditional tables (docs/FORMAT.md): table t codes values offset[t] .. offset[t] + len(row) - 2, and its
     last entry is the escape. `stride`: z only, the hyper-latent's downsampling of the latent y; `means`: y only,
-    whether the hyper-decoder also gives an integer mean; `scales`: y only, the scale each table stands for
-    (informational: coding uses the integer tables)."""
+    whether the hyper-decoder also gives a mean, in 1/`mean_phases` steps (table k * P + p is scale index k's
+    table for the means' fractional part p / P); `scales`: y only, the scale of each scale index (informational:
+    coding uses the integer tables)."""
 
     offsets: tuple[int, ...]
     frequencies: tuple[tuple[int, ...], ...]
     stride: int = 0
     means: bool = False
     scales: tuple[float, ...] = ()
+    mean_phases: int = 1
 
     def to_dict(self, part: str) -> dict[str, Any]:
         d: dict[str, Any] = {"stride": self.stride} if part == "z" else {"means": self.means,
                                                                           "scales": list(self.scales)}
+        if self.mean_phases > 1:
+            d["mean_phases"] = self.mean_phases
         d["tables"] = [{"offset": o, "frequencies": list(f)} for o, f in zip(self.offsets, self.frequencies,
                                                                                strict=True)]
         return d
@@ -496,10 +500,15 @@ class _Validator:
         means = d.get("means", False)
         if not isinstance(means, bool):
             raise self.fail(f"{path}.means", f"must be true or false, got {means!r}")
+        phases = self.integer(d.get("mean_phases", 1), f"{path}.mean_phases", 1, 64)
+        if phases > 1 and not means:
+            raise self.fail(f"{path}.mean_phases", "needs means: true")
+        if len(rows) % phases:
+            raise self.fail(f"{path}.tables", f"must hold a table per scale and mean phase ({phases}), got {len(rows)}")
         scales = self.array(d.get("scales", []), f"{path}.scales")
-        if scales and len(scales) != len(rows):
-            raise self.fail(f"{path}.scales", f"must have one scale per table ({len(rows)}), got {len(scales)}")
-        return TableFamily(tuple(offsets), tuple(freqs), means=means,
+        if scales and len(scales) * phases != len(rows):
+            raise self.fail(f"{path}.scales", f"must have one scale per {phases} table(s) ({len(rows)}), got {len(scales)}")
+        return TableFamily(tuple(offsets), tuple(freqs), means=means, mean_phases=phases,
                            scales=tuple(self.number(v, f"{path}.scales[{i}]", positive=True)
                                         for i, v in enumerate(scales)))
 

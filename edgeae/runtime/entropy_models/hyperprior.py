@@ -2,13 +2,16 @@
 
 Encoder side: z = hyper_encoder(y) (float, encoder only), z values = round(z); decoder and encoder both run
 the bundle's integer `hyper_decoder` graph on the int32 z values, which gives an int32 table `index`
-(N, C, h, w) for every y symbol (and, with `entropy.y.means`, an int32 `mean`). Then, per item:
+(N, C, h, w) for every y symbol (and, with `entropy.y.means`, an int32 `mean` in 1/P steps, P =
+`entropy.y.mean_phases`, 1 by default). Per symbol, with base = floor(mean / P) and phase = mean - P * base,
+the value round(y) - base is coded with y table t = index * P + phase (the Gaussian of scale[index] centred
+at phase / P). Then, per item:
 
     part 0  z values, channel-major, z channel c coded with z table c
-    part 1  y values round(y) - mean in the order of a stable sort of the flat index array, with y table index[i]
+    part 1  y values in the order of a stable sort of the flat table array t, y symbol i with table t[i]
     part 2  escaped values (z's, then y's) as zigzag LEB128 varints (docs/FORMAT.md)
 
-The decoder graph gets y_hat = value + mean, the integer latent itself.
+The decoder graph gets y_hat = value + base = round(y), the integer latent itself.
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ def _integers(x: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(np.rint(x), nan=0.0), -MAX_VALUE, MAX_VALUE).astype(np.int64)
 
 
+def tables_and_base(index: np.ndarray, mean: np.ndarray | None, phases: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scale index, mean in 1/P steps or None) -> (y table of every symbol, base floor(mean / P) or None)."""
+    if mean is None:
+        return index.astype(np.int64), None
+    base, phase = np.divmod(mean.astype(np.int64), phases)
+    return index.astype(np.int64) * phases + phase, base
+
+
 class Hyperprior(EntropyModel):
     name = "hyperprior"
     model_id = wire.MODEL_HYPERPRIOR
@@ -50,6 +61,7 @@ class Hyperprior(EntropyModel):
         self.y = ConditionalTables(e.y.offsets, e.y.frequencies, e.precision)
         self.z_stride = e.z.stride
         self.means = e.y.means
+        self.phases = e.y.mean_phases
         self.z_channels = len(e.z.offsets)
         self.y_channels = manifest.latent.channels
         self._z_index: dict[tuple[int, ...], np.ndarray] = {}
@@ -81,7 +93,8 @@ class Hyperprior(EntropyModel):
         return idx
 
     def hyper_decode(self, z: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-        """int z values (n, *z_shape) -> int64 table index (n, *shape) and mean (or None)."""
+        """int z values (n, *z_shape) -> int64 y table of every symbol (n, *shape) and the integer base
+        floor(mean / P) added to its value (or None without means)."""
         out = self._graph("hyper_decoder")(np.ascontiguousarray(z, np.int32))
         if INDEX_OUTPUT not in out or (self.means and MEAN_OUTPUT not in out):
             raise BundleError(f"the hyper_decoder graph must output {INDEX_OUTPUT!r}"
@@ -97,10 +110,10 @@ class Hyperprior(EntropyModel):
         if self.verify:
             self._check_reference(z, index, mean)
         index = index.astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= len(self.y)):
-            raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) - 1}; "
+        if index.size and (index.min() < 0 or index.max() >= len(self.y) // self.phases):
+            raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) // self.phases - 1}; "
                               "re-export the bundle")
-        return index, None if mean is None else mean.astype(np.int64)
+        return tables_and_base(index, mean, self.phases)
 
     def _check_reference(self, z: np.ndarray, index: np.ndarray, mean: np.ndarray | None) -> None:
         try:
@@ -111,7 +124,11 @@ class Hyperprior(EntropyModel):
 
         if self._reference is None:
             graph = self._graph("hyper_decoder")
-            self._reference = inthyper.IntHyperDecoder.load(graph.path)
+            ref = inthyper.IntHyperDecoder.load(graph.path)
+            if bool(ref.mean_range) != self.means or (self.means and ref.mean_phases != self.phases):
+                raise BundleError(f"the hyper_decoder graph's means ({ref.mean_range and ref.mean_phases} phases) "
+                                  f"disagree with the manifest's ({self.means and self.phases}); re-export the bundle")
+            self._reference = ref
         inthyper.verify(self._reference, z, index, mean=mean)
 
     def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +144,13 @@ class Hyperprior(EntropyModel):
         if zi.shape[1:] != zshape:
             raise BundleError(f"the hyper_encoder graph gives shape {zi.shape[1:]} for a latent of {shape}; "
                               f"expected {zshape}; re-export the bundle")
-        index, mean = self.hyper_decode(zi, shape)
-        values = yi if mean is None else np.clip(yi - mean, -MAX_VALUE, MAX_VALUE)
+        table, base = self.hyper_decode(zi, shape)
+        values = yi if base is None else np.clip(yi - base, -MAX_VALUE, MAX_VALUE)
         zidx = self._zindex(zshape)
         z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(y))])
         ys = []
         for i in range(len(y)):
-            idx = index[i].reshape(-1)
+            idx = table[i].reshape(-1)
             order = self.y.order(idx)
             ys.append((values[i].reshape(-1)[order], idx[order]))
         y_bodies, y_esc = self.y.encode(ys)
@@ -148,8 +165,8 @@ class Hyperprior(EntropyModel):
         zidx = self._zindex(zshape)
         readers = [EscapeReader(p[2]) for p in parts]
         z = self.z.decode([p[0] for p in parts], [zidx] * n, readers, [f"item {i} z" for i in range(n)])
-        index, mean = self.hyper_decode(np.stack(z).reshape(n, *zshape), shape)
-        flat = index.reshape(n, -1)
+        table, base = self.hyper_decode(np.stack(z).reshape(n, *zshape), shape)
+        flat = table.reshape(n, -1)
         orders = [self.y.order(idx) for idx in flat]
         values = self.y.decode([p[1] for p in parts], [idx[o] for idx, o in zip(flat, orders, strict=True)],
                                readers, [f"item {i} y" for i in range(n)])
@@ -158,8 +175,8 @@ class Hyperprior(EntropyModel):
             y[i, o] = v
             r.finish()
         y_hat = y.reshape(n, *shape)
-        if mean is not None:
-            y_hat += mean
+        if base is not None:
+            y_hat += base
         return y_hat.astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -168,6 +185,7 @@ class Hyperprior(EntropyModel):
         return {"model": self.name, "precision": e.precision,
                 "z": {"tables": len(self.z), "entries": sum(map(len, e.z.frequencies)), "stride": self.z_stride},
                 "y": {"tables": len(self.y), "entries": sum(map(len, e.y.frequencies)), "means": self.means,
+                      "mean_phases": self.phases,
                       "scales": [min(e.y.scales), max(e.y.scales)] if e.y.scales else None}}
 
 

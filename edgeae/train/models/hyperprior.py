@@ -18,10 +18,10 @@
   activations whose range follows an EMA of the batch maximum (a buffer, exported), and the rounded index, all
   straight-through; so the rate the training sees is the rate the integer decoder gives (within the
   requantiser's 2^-30 rounding; bench_hyperprior measures float vs integer bpp).
-* Mean-scale (`means=True`, Minnen et al. 2018 with integer means; with `hyper_signed=True` h_a sees y itself,
-  as there, not |y|): h_s's last convolution has 2M outputs, the
-  scale index and the mean of every y symbol, rounded (straight through) and clipped to [-R, R]; the runtime
-  codes round(y) - mean with the index's zero-mean table and adds the mean back, so y_hat stays round(y).
+* Mean-scale (`means=True`, Minnen et al. 2018; with `hyper_signed=True` h_a sees y itself, as there, not
+  |y|): h_s's last convolution has 2M outputs, the scale index and the mean of every y symbol, clipped to
+  [-R, R] and continuous in training; the integer graph gives it in 1/P steps (`mean_phases`) and the runtime
+  codes round(y) with the table of (scale index, mean phase), so y_hat stays round(y) (docs/HYPERPRIOR.md).
 * Loss: lmbda * 255^2 * MSE + bpp(y) + bpp(z); terms "bpp", "bpp_y", "bpp_z", "distortion".
 
 The total stride is 2^(d+2): z is y downsampled twice more, so images pad to a multiple of 64 with d=4.
@@ -60,6 +60,9 @@ class HyperpriorConfig(CodecConfig):
     act_momentum: float = 0.01  # EMA rate of the activation-range observers
     means: bool = False  # mean-scale (Minnen et al. 2018): h_s also predicts an integer mean per y symbol
     mean_range: int = 127  # the means lie in [-R, R]
+    # P: the integer hyper-decoder gives each mean in 1/P steps, and y's tables are indexed by (scale index,
+    # mean phase); training uses the continuous mean (P = 1: integer means, rounded straight through)
+    mean_phases: int = 8
     hyper_signed: bool = False  # h_a sees y rather than |y| (Minnen's mean-scale: the means need the signs)
     z_noise: bool = False  # training: h_s sees z + U(-1/2, 1/2) (CompressAI's entropy bottleneck), not round(z)
 
@@ -197,8 +200,8 @@ class Hyperprior(Codec):
         self.scales_np = scale_table(config.scale_levels, config.scale_min, config.scale_max)
         self.log_step = math.log(config.scale_max / config.scale_min) / (config.scale_levels - 1)
         init_index = math.log(1.0 / config.scale_min) / self.log_step  # scale 1 to start
-        if config.means and not 1 <= config.mean_range <= 1 << 15:
-            raise ValueError("hyperprior mean_range must be in [1, 32768]")
+        if config.means and not (1 <= config.mean_phases <= 64 and 1 <= config.mean_range * config.mean_phases <= 1 << 15):
+            raise ValueError("hyperprior needs 1 <= mean_phases <= 64 and 1 <= mean_range * mean_phases <= 32768")
         self.h_s = HyperSynthesis(cz, nh, m, config.act_momentum, init_index, config.means)
         self.h_s.set_fake_quant(config.qat)
         self.stride = 2 ** (config.downsamplings + 2)
@@ -212,14 +215,16 @@ class Hyperprior(Codec):
         return self.scale_index_and_mean(z_hat, integer_like)[0]
 
     def scale_index_and_mean(self, z_hat: torch.Tensor, integer_like: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(scale index, integer mean or None): the mean is always rounded (straight through) and clipped to
-        [-R, R], as the integer graph gives it, since the runtime codes round(y) - mean."""
+        """(scale index, mean or None), the mean clipped to [-R, R]: continuous (mean_phases P > 1: the integer
+        graph gives it in 1/P steps, whose rate cost bench_hyperprior measures) or, P = 1, rounded straight
+        through as the graph gives it."""
         t = self.h_s(z_hat)
         m = self.config.latent_channels
         mean = None
         if self.config.means:
             r = self.config.mean_range
-            t, mean = t[:, :m], _ste_round(t[:, m:]).clamp(-r, r)
+            t, mean = t[:, :m], t[:, m:]
+            mean = (mean if self.config.mean_phases > 1 else _ste_round(mean)).clamp(-r, r)
         if integer_like:
             t = _ste_round(t)
         return t.clamp(0, self.config.scale_levels - 1), mean
