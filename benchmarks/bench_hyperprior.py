@@ -170,7 +170,10 @@ def speed(bundle: str, image: np.ndarray, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hyper", required=True, help="comma-separated hyperprior bundles (one per lambda)")
-    ap.add_argument("--codec", required=True, help="comma-separated factorized codec bundles (one per lambda)")
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--codec", help="comma-separated factorized codec bundles (one per lambda)")
+    group.add_argument("--codec-points", help="the factorized curve as bpp:psnr,... from an earlier run of this "
+                       "benchmark on --codec bundles (same data), when those bundles are not at hand")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "photos" / "val"))
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", help="also write the results here")
@@ -178,7 +181,13 @@ def main() -> None:
     images = load_images(Path(a.data))
     print(f"{len(images)} photographs from {a.data} (RGB, own sizes)")
     curves: dict[str, list[dict]] = {}
+    if a.codec_points:
+        pts = [tuple(float(v) for v in p.split(":")) for p in a.codec_points.split(",")]
+        curves["codec"] = sorted(({"bundle": "(given)", "bpp": b, "psnr": q} for b, q in pts), key=lambda p: p["bpp"])
     for fam, arg in (("hyperprior", a.hyper), ("codec", a.codec)):
+        if arg is None:
+            print(f"  {fam:10s} given: " + ", ".join(f"bpp {p['bpp']:.4f} PSNR {p['psnr']:.2f} dB" for p in curves[fam]))
+            continue
         curves[fam] = sorted((rd_point(b, images) for b in arg.split(",")), key=lambda p: p["bpp"])
         for p in curves[fam]:
             print(f"  {fam:10s} {Path(p['bundle']).name:22s} bpp {p['bpp']:.4f}  PSNR {p['psnr']:.2f} dB")
@@ -195,7 +204,7 @@ def main() -> None:
     speed_img = dict(images).get(SPEED_IMAGE)
     speeds = []
     if speed_img is not None:
-        for b in (a.hyper.split(",")[-1], a.codec.split(",")[-1]):
+        for b in [a.hyper.split(",")[-1]] + ([a.codec.split(",")[-1]] if a.codec else []):
             s = speed(b, speed_img, a.repeats)
             speeds.append(s)
             for prec in ("fp32", "int8"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14's comparison pairs on one machine at once: the factorized `codec` and the scale-only `hyperprior`
-# (float h_s in training, integerised at export) at each lambda, the same recipe and the same steps, every run
-# in the background; resumable (a second call continues what a first one stopped). Then, here:
+# Issue 14's comparison pairs on one machine at once: the factorized `codec` and the mean-scale `hyperprior`
+# (float h_s and continuous means in training, integerised at export) at each lambda, the same recipe and the
+# same steps, every run in the background; resumable (a second call continues what a first one stopped). Then, here:
 #   for r in OUT/*; do edgeae export $r --int8 --out bundles/$(basename $r); done
 #   python benchmarks/bench_hyperprior.py --hyper bundles/hq_0.0035,... --codec bundles/c_0.0035,...
 #
@@ -12,7 +12,8 @@
 #   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=2 BATCH=8 CROP=256 STEPS=20000 MINUTES=8 \
 #     OUT=$OUT/pairs bash benchmarks/gpu_pairs.sh
 #
-# Variables: LAMBDAS, STEPS, CROP, BATCH, LR, DEVICE, THREADS, SHARED, OUT, MINUTES, EA.
+# Variables: LAMBDAS, STEPS, CROP, BATCH, LR, DEVICE, THREADS, SHARED, OUT, MINUTES, EA, HYPER_SET (the
+# hyperprior's --set options; default mean-scale, float h_s; "--set qat=false" for scale-only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"
@@ -26,6 +27,7 @@ THREADS=${THREADS:-1}
 SHARED=${SHARED:-../shared/data}
 OUT=${OUT:-runs/pairs}
 MINUTES=${MINUTES:-0}
+HYPER_SET=${HYPER_SET:-"--set qat=false --set means=true --set hyper_signed=true"}
 STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
@@ -37,7 +39,7 @@ for lmbda in $LAMBDAS; do
     if [[ -f $run/config.json ]]; then
       cmd=(train --resume "$run" "${where[@]}")
     else
-      extra=(); [[ $family == hyperprior ]] && extra=(--set qat=false)
+      extra=(); [[ $family == hyperprior ]] && read -ra extra <<< "$HYPER_SET"
       cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
            --val-crop 256 --channels 64 --latent 128 --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"
            --batch-size "$BATCH" --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS"
