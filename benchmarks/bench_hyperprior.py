@@ -18,6 +18,14 @@ hyperprior trains its h_s in float, `qat=false`, and export integerises it; the 
 h_lo_ms / h_hi_ms, went 1,161 / 1,222 steps scale-only with `qat` and then `--init ... --set means=true` for the
 rest: docs/HYPERPRIOR.md has why neither QAT nor integer means are used now.)
 
+Mean-scale (1/8-step means, docs/HYPERPRIOR.md; session 4 measured -0.4% against the factorized figures of
+session 3, given as points since those bundles were not kept):
+
+    edgeae train --model hyperprior $T --set qat=false --set means=true --set hyper_signed=true \
+        --lmbda ${L#*:} --out runs/ms_${L%:*}                       # for each L as above, then export --int8
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/ms_lo,bundles/ms_mid,bundles/ms_hi \
+        --codec-points 0.2829:23.42,0.4465:23.65,0.6204:24.01
+
 What it prints:
 1. per bundle: mean bits per pixel (payload bytes * 8 / original pixels, headers included) and mean PSNR (RGB,
    uint8) over the whole validation photographs at their own size, fp32 encoder;
