@@ -30,6 +30,13 @@ TAIL_MASS = 1e-6  # probability per side left to the escape symbol
 # --- integerisation ---
 
 
+def mean_layout(model: Any) -> tuple[int, int]:
+    """(mean range R, mean phases P) of a model's h_s: (0, 1) without means."""
+    if not getattr(model.config, "means", False):
+        return 0, 1
+    return int(model.config.mean_range), int(model.config.mean_phases)
+
+
 def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
     """The model's h_s as integer layers. Mirrors its fake quantisation: per-channel symmetric int8 weights,
     uint8 activations on [0, range], index = clip(floor(t + 1/2), 0, K - 1)."""
@@ -41,8 +48,7 @@ def integerize(model: Any, shift: int = SHIFT) -> IntHyperDecoder:
     s_in = 1.0  # z values are integers
     layers: list[IntLayer] = []
     k_levels = int(model.config.scale_levels)
-    mean_range = int(model.config.mean_range) if getattr(model.config, "means", False) else 0
-    phases = int(getattr(model.config, "mean_phases", 1)) if mean_range else 1
+    mean_range, phases = mean_layout(model)
     m = int(model.config.latent_channels)
     with torch.no_grad():
         for i, conv in enumerate(convs):
@@ -220,11 +226,10 @@ def z_tables(model: Any, precision: int = 16, tail_mass: float = TAIL_MASS) -> l
 def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
     """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14)."""
     scales = model.scales_np
-    means = bool(getattr(model.config, "means", False))
-    phases = int(getattr(model.config, "mean_phases", 1)) if means else 1
+    mean_range, phases = mean_layout(model)
     return {"model": "hyperprior", "coder": "range", "precision": precision,
             "z": {"stride": 4, "tables": z_tables(model, precision)},
-            "y": {"scales": [float(s) for s in scales], "means": means,
+            "y": {"scales": [float(s) for s in scales], "means": mean_range > 0,
                   "tables": y_tables(scales, precision, phases=phases), **({"mean_phases": phases} if phases > 1 else {})}}
 
 

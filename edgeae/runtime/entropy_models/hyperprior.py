@@ -42,10 +42,11 @@ def _integers(x: np.ndarray) -> np.ndarray:
 
 def tables_and_base(index: np.ndarray, mean: np.ndarray | None, phases: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(scale index, mean in 1/P steps or None) -> (y table of every symbol, base floor(mean / P) or None)."""
+    index = np.asarray(index, np.int64)
     if mean is None:
-        return index.astype(np.int64), None
-    base, phase = np.divmod(mean.astype(np.int64), phases)
-    return index.astype(np.int64) * phases + phase, base
+        return index, None
+    base, phase = np.divmod(np.asarray(mean, np.int64), phases)
+    return index * phases + phase, base
 
 
 class Hyperprior(EntropyModel):
@@ -69,6 +70,11 @@ class Hyperprior(EntropyModel):
         # BundleError on any differing index (`edgeae decode --verify`)
         self.verify = False
         self._reference: Any = None
+
+    @property
+    def scale_levels(self) -> int:
+        """K: the hyper_decoder graph's index lies in 0..K-1 (P tables per scale index)."""
+        return len(self.y) // self.phases
 
     def _graph(self, role: str) -> Any:
         if self.graphs is None:
@@ -109,9 +115,8 @@ class Hyperprior(EntropyModel):
             raise BundleError("the hyper_decoder graph must give integer index and mean; re-export the bundle")
         if self.verify:
             self._check_reference(z, index, mean)
-        index = index.astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= len(self.y) // self.phases):
-            raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{len(self.y) // self.phases - 1}; "
+        if index.size and (index.min() < 0 or index.max() >= self.scale_levels):
+            raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{self.scale_levels - 1}; "
                               "re-export the bundle")
         return tables_and_base(index, mean, self.phases)
 
@@ -125,9 +130,10 @@ class Hyperprior(EntropyModel):
         if self._reference is None:
             graph = self._graph("hyper_decoder")
             ref = inthyper.IntHyperDecoder.load(graph.path)
-            if bool(ref.mean_range) != self.means or (self.means and ref.mean_phases != self.phases):
-                raise BundleError(f"the hyper_decoder graph's means ({ref.mean_range and ref.mean_phases} phases) "
-                                  f"disagree with the manifest's ({self.means and self.phases}); re-export the bundle")
+            if (bool(ref.mean_range), ref.mean_phases) != (self.means, self.phases):
+                raise BundleError(f"the hyper_decoder graph's means (means {bool(ref.mean_range)}, {ref.mean_phases} "
+                                  f"phases) disagree with the manifest's (means {self.means}, {self.phases} phases); "
+                                  "re-export the bundle")
             self._reference = ref
         inthyper.verify(self._reference, z, index, mean=mean)
 
