@@ -457,3 +457,52 @@ def test_frozen_transforms_from_a_codec_run_give_both_families_the_same_reconstr
     with pytest.raises(RunDirError, match="do not fit"):  # a run of another family does not fit
         train("hyperprior", "digits", tmp_path / "bad", {**frozen, "hyper_channels": 4}, cfg,
               init=tmp_path / "dense")
+
+
+# --- bf16 training (--precision bf16) ---
+
+@pytest.mark.parametrize("family", ["codec", "hyperprior"])
+def test_bf16_training_runs_the_transforms_in_bfloat16_and_the_rates_in_float32(tmp_path, folders, family):
+    """Under --precision bf16 the analysis convolutions output bfloat16 while every likelihood (the rate) is
+    float32; the run records its precision per segment and a resume may switch back to fp32."""
+    from edgeae.train.trainer import TrainingInterrupted, resume
+
+    seen: dict[str, torch.dtype] = {}
+    opts = {**CODEC_TINY, **({"hyper_channels": 8, "hyper_latent_channels": 4, "downsamplings": 2}
+                             if family == "hyperprior" else {})}
+    cfg = TrainConfig(epochs=2, batch_size=3, progress=False, threads=1, precision="bf16")
+    spec = _crop_spec(folders) if family == "codec" else DataSpec(
+        "images", data=str(folders[0]), val_data=str(folders[1]), crop=32, crops_per_image=3, color="rgb")
+    with pytest.raises(TrainingInterrupted):
+        train(family, spec, tmp_path / "r", opts, cfg, stop_at_step=4)
+    model = build_model(family, in_shape=(3, 32, 32), **opts)
+    model.encoder[0].register_forward_hook(lambda m, i, o: seen.__setitem__("g_a", o.dtype))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 3, 32, 32))
+    assert seen["g_a"] == torch.bfloat16
+    assert all(out.extras[k].dtype == torch.float32 for k in out.extras if "likelihoods" in k)
+    done = resume(tmp_path / "r", precision="fp32")
+    assert [d["precision"] for d in done.metrics["devices"]] == ["bf16", "fp32"]
+    assert np.isfinite(done.metrics["final"]["loss"])
+    assert load_run(tmp_path / "r").config["train"]["precision"] == "bf16"  # the run's own option is kept
+
+
+@pytest.mark.parametrize("family", SEED_FAMILIES)
+def test_bf16_training_of_every_seed_family_gives_a_finite_falling_loss(tiny, family):
+    model = build_model(family, in_shape=tiny.shape)
+    res = fit(model, tiny, TrainConfig(epochs=3, batch_size=32, lr=3e-3, progress=False, precision="bf16"))
+    losses = [h["train_loss"] for h in res["history"]]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_an_unknown_precision_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeae.cli import main
+    from edgeae.errors import EdgeaeError
+
+    with pytest.raises(EdgeaeError, match="--precision must be one of fp32, bf16"):
+        fit(build_model("dense", in_shape=(1, 8, 8)), load_dataset("digits"), TrainConfig(precision="fp16"))
+    res = CliRunner().invoke(main, ["train", "--model", "dense", "--precision", "fp16", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "fp16" in res.output and "Traceback" not in res.output

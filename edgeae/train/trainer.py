@@ -37,7 +37,7 @@ import torch
 from edgeae import __version__
 from edgeae.errors import EdgeaeError, RunDirError
 from edgeae.train.data import Dataset, DataSpec, load_dataset
-from edgeae.train.models import AutoEncoder, build_model, make_config
+from edgeae.train.models import AEOutput, AutoEncoder, build_model, make_config
 from edgeae.train.rundir import CONFIG, GRID, METRICS, WEIGHTS, AtomicDir, read_json, save_grid, write_json
 
 CHECKPOINT = "checkpoint"
@@ -45,6 +45,7 @@ CKPT_MODEL, CKPT_TENSORS, CKPT_STATE = "model.safetensors", "state.safetensors",
 CHECKPOINT_FORMAT = 1
 MAX_THREADS_DEFAULT = 4
 DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingInterrupted(EdgeaeError):
@@ -66,6 +67,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None: default_threads()
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: only by time and at epoch ends)
     checkpoint_minutes: float = 10.0  # checkpoint at least this often (wall clock; 0: off)
+    precision: str = "fp32"  # "bf16": the forward pass under bfloat16 autocast (see `_autocast`)
 
 
 @dataclass
@@ -120,6 +122,29 @@ def resolve_device(name: str) -> torch.device:
         why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise EdgeaeError(f"--device cuda: {why} (torch {torch.__version__}); train with --device cpu")
     return torch.device(name)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training forward pass's autocast. bf16: convolutions and matmuls in bfloat16 (float32 weights,
+    moments and accumulation); AMX/AVX-512-BF16 CPUs and CUDA GPUs run them several times faster (`edgeae
+    train --precision bf16`; benchmarks/bench_train_precision.py measures the speed and the quality at equal
+    steps). Families keep their entropy models and rates in float32 (models.base.full_precision); the loss
+    is taken outside autocast. Validation and export always run in float32."""
+    if cfg.precision not in PRECISIONS:
+        raise EdgeaeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """NHWC in memory for image batches: oneDNN/cuDNN convolutions are faster on it (the values are the same)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def _float32(out: AEOutput) -> AEOutput:
+    """The model's outputs as float32 (what bf16 autocast left in bfloat16), so that losses see float32."""
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return t.float() if t.is_floating_point() else t
+    return AEOutput(x_hat=f(out.x_hat), latent=f(out.latent), extras={k: f(v) for k, v in out.extras.items()})
 
 
 def _device_name(device: torch.device) -> str:
@@ -451,7 +476,10 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
     SIGTERM does; tests use it to interrupt a run at a known point)."""
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
+    autocast = _autocast(cfg, device)
     model.to(device)
+    if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights; moments follow
     opt = _optimizer(model, cfg.lr)
     n_train = len(data.crops) if data.crops is not None else len(data.train)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -471,6 +499,7 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
         state, epoch_gen_state = _State(), gen.get_state()
     segment = {"device": device.type, "name": _device_name(device), "host": platform.node(),
                "torch": torch.__version__, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+               "precision": cfg.precision,
                "first_step": state.steps + 1, "last_step": state.steps, "seconds": 0.0,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     state.devices.append(segment)
@@ -515,8 +544,10 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 x = target
                 if cfg.denoise_std > 0:
                     x = (target + cfg.denoise_std * torch.randn(target.shape, generator=gen)).clamp(0, 1)
-                x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                loss = model.loss(model(x), target).total
+                x, target = (_channels_last(t.to(device, non_blocking=True)) for t in (x, target))
+                with autocast:
+                    out = _float32(model(x))
+                loss = model.loss(out, target).total
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -644,10 +675,11 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
 
 def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None = None, device: str | None = None,
            threads: int | None = None, progress: bool | None = None, stop_at_step: int | None = None,
-           data: str | None = None, val_data: str | None = None) -> RunResult:
+           data: str | None = None, val_data: str | None = None, precision: str | None = None) -> RunResult:
     """Continue a run from its checkpoint. The model, data and optimiser options come from its config.json;
-    only the length (epochs, max_steps), the device, the threads, progress output and where the same data
-    now lives (`data`, `val_data`: another machine) may change."""
+    only the length (epochs, max_steps), the device, the threads, the precision (a GPU or CPU without bf16
+    may continue in fp32), progress output and where the same data now lives (`data`, `val_data`: another
+    machine) may change."""
     run = Path(run_dir)
     if not (run / CONFIG).is_file():
         raise RunDirError(f"{run} is not a run directory (no {CONFIG}); start one with `edgeae train --out`")
@@ -663,7 +695,8 @@ def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None
     if moved:
         config = {**config, "data": {**config["data"], **moved}}
         write_json(run / CONFIG, config)
-    changes = {"epochs": epochs, "max_steps": max_steps, "device": device, "threads": threads, "progress": progress}
+    changes = {"epochs": epochs, "max_steps": max_steps, "device": device, "threads": threads, "progress": progress,
+               "precision": precision}
     cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in changes.items() if v is not None}})
     resolve_device(cfg.device)
     _checkpoint_dir(run)

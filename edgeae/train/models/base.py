@@ -42,6 +42,12 @@ def reconstruction_loss(kind: str, x_hat: torch.Tensor, target: torch.Tensor) ->
     raise ValueError(f"unknown reconstruction loss {kind!r}; use 'bce' or 'mse'")
 
 
+def full_precision(t: torch.Tensor) -> torch.autocast:
+    """Autocast off on `t`'s device: what must stay float32 when training runs in bfloat16 (`--precision
+    bf16`): entropy models, rates and losses. Inputs made inside it should be `.float()` first."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class AutoEncoder(nn.Module):
     """Base of every family.
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeae.train.models.base import AEOutput, AutoEncoder, LossOutput, ModelConfig
+from edgeae.train.models.base import AEOutput, AutoEncoder, LossOutput, ModelConfig, full_precision
 from edgeae.train.models.registry import register
 
 LIKELIHOOD_BOUND = 1e-9
@@ -184,14 +184,15 @@ class Codec(AutoEncoder):
 
     def forward(self, x: torch.Tensor) -> AEOutput:
         self._check_size(*x.shape[-2:])
-        y = self.encoder(x)
-        if self.training:
-            noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-            likelihoods = self.prior.likelihood(noisy)
-            y_hat = y + (torch.round(y) - y).detach()  # straight-through rounding for the decoder
-        else:
-            y_hat = torch.round(y)
-            likelihoods = self.prior.likelihood(y_hat)
+        y = self.encoder(x).float()
+        with full_precision(y):  # the rate in float32 also when the transforms train in bfloat16
+            if self.training:
+                noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+                likelihoods = self.prior.likelihood(noisy)
+                y_hat = y + (torch.round(y) - y).detach()  # straight-through rounding for the decoder
+            else:
+                y_hat = torch.round(y)
+                likelihoods = self.prior.likelihood(y_hat)
         return AEOutput(x_hat=self.decoder(y_hat), latent=y, extras={"likelihoods": likelihoods})
 
     def loss(self, out: AEOutput, target: torch.Tensor) -> LossOutput:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeae.train.models.base import AEOutput, LossOutput
+from edgeae.train.models.base import AEOutput, LossOutput, full_precision
 from edgeae.train.models.codec import LIKELIHOOD_BOUND, Codec, CodecConfig, FactorizedPrior
 from edgeae.train.models.registry import register
 
@@ -234,20 +234,21 @@ class Hyperprior(Codec):
 
     def forward(self, x: torch.Tensor) -> AEOutput:
         self._check_size(*x.shape[-2:])
-        y = self.encoder(x)
-        z = self.hyper_encoder(y)
-        if self.training:
-            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-            z_lik = self.prior.likelihood(z_noisy)
-            z_hat = z_noisy if self.config.z_noise else _ste_round(z)
-            y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-            y_hat = _ste_round(y)
-        else:
-            z_hat = torch.round(z)
-            z_lik = self.prior.likelihood(z_hat)
-            y_hat = y_rate = torch.round(y)
-        index, mean = self.scale_index_and_mean(z_hat, integer_like=self.config.qat)
-        y_lik = gaussian_likelihood(y_rate if mean is None else y_rate - mean, self.scales_from_index(index))
+        y = self.encoder(x).float()
+        with full_precision(y):  # h_a, h_s and the rates in float32 also when g_a/g_s train in bfloat16
+            z = self.hyper_encoder(y)
+            if self.training:
+                z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+                z_lik = self.prior.likelihood(z_noisy)
+                z_hat = z_noisy if self.config.z_noise else _ste_round(z)
+                y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+                y_hat = _ste_round(y)
+            else:
+                z_hat = torch.round(z)
+                z_lik = self.prior.likelihood(z_hat)
+                y_hat = y_rate = torch.round(y)
+            index, mean = self.scale_index_and_mean(z_hat, integer_like=self.config.qat)
+            y_lik = gaussian_likelihood(y_rate if mean is None else y_rate - mean, self.scales_from_index(index))
         return AEOutput(x_hat=self.decoder(y_hat), latent=y,
                         extras={"likelihoods": y_lik, "z_likelihoods": z_lik, "z": z})
 
