@@ -40,7 +40,7 @@ for lmbda in $LAMBDAS; do
   for family in codec hyperprior; do
     run=$OUT/${family:0:1}_$lmbda
     if [[ -f $run/config.json ]]; then
-      cmd=(train --resume "$run" "${where[@]}")
+      cmd=(train --resume "$run" "${where[@]}" --max-steps "$STEPS")  # STEPS may lengthen or shorten it
     else
       extra=(); [[ $family == hyperprior ]] && read -ra extra <<< "$HYPER_SET"
       cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
