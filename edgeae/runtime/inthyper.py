@@ -218,7 +218,7 @@ def depth_to_space(x: np.ndarray, r: int) -> np.ndarray:
 
 # --- a minimal protobuf reader: ModelProto.graph.initializer (raw_data tensors) and metadata_props ---
 
-_ONNX_DTYPES = {2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64}  # TensorProto.DataType values
+_ONNX_DTYPES = {2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 13: np.uint64}  # TensorProto.DataType values
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
