@@ -63,7 +63,8 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
     lines += [f"**Architecture.** {arch}", "", note, ""]
     segs = t.get("devices", [])
     where = "; ".join(f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
-                      f"{s.get('threads')} thread(s), {s.get('seconds', 0) / 60:.1f} min)" for s in segs
+                      f"{s.get('threads')} thread(s), {s.get('precision', 'fp32')}, {s.get('seconds', 0) / 60:.1f} min)"
+                      for s in segs
                       if s.get("last_step", 0) >= s.get("first_step", 1))
     steps = f"**Training.** {own} steps of batch {train_cfg.get('batch_size')} x "
     steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
