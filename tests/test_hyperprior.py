@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -265,6 +267,60 @@ def test_entropy_tables_are_integer_with_escape():
     t0 = section["y"]["tables"][0]
     assert t0["frequencies"][-t0["offset"]] > 0.9 * (1 << 16)
     assert t0["frequencies"][-1] < 16
+
+
+def test_refit_rows_follow_the_counts_and_keep_unseen_rows():
+    from edgeae.bundling.calibrate import REFIT_PSEUDO_COUNTS, refit_rows, table_counts
+
+    rows = [[16384] * 4, [30000, 30000, 5536]]
+    counts = table_counts(np.array([0, 0, 0, 0, 0, 0]), np.array([1, 1, 1, 1, -5, 9]), np.array([4, 3]))
+    assert [c.tolist() for c in counts] == [[0, 4, 0, 2], [0, 0, 0]]  # -5 and 9 are escapes: the last entry
+    many = table_counts(np.zeros(10_000, np.int64), np.ones(10_000, np.int64), np.array([4, 3]))
+    new = refit_rows(rows, many)
+    assert new[1] == rows[1]  # unseen: the model's row exactly
+    assert sum(new[0]) == 1 << 16 and min(new[0]) >= 1
+    want = (10_000 + REFIT_PSEUDO_COUNTS / 4) / (10_000 + REFIT_PSEUDO_COUNTS)
+    assert abs(new[0][1] / (1 << 16) - want) < 1e-3
+    with pytest.raises(ValueError, match="refit counts"):
+        refit_rows(rows, [np.zeros(3), np.zeros(3)])
+
+
+@pytest.mark.parametrize(("means", "phases"), [(False, 1), (True, 8)])
+def test_exported_y_tables_are_refit_to_the_calibration_symbols(means, phases):
+    """entropy_for refits the y tables to the calibration latents: on those latents, coded with the runtime's
+    table choice (graph index, tables_and_base), the refit tables cost fewer bits than the model's Gaussians."""
+    from edgeae.runtime.entropy_models.hyperprior import tables_and_base
+    from edgeae.runtime.session import make_session
+
+    model = _tiny_model(means=means, **({"mean_range": 30, "mean_phases": phases} if means else {}))
+    model.train()
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # the activation-range observers learn their ranges
+        model.h_s(torch.from_numpy(rng.integers(-6, 7, size=(4, 4, 4, 4)).astype(np.float32)))
+    model.eval()
+    with torch.no_grad():
+        latents = (model.encoder(torch.rand(12, 3, 64, 64)) * 3).numpy()
+    section = hyper.entropy_for(model, latents, 16)
+    refit, gauss = section.entropy["y"]["tables"], hyper.entropy_section(model, 16)["y"]["tables"]
+    assert len(refit) == len(gauss) and refit != gauss
+    assert all(r["offset"] == g["offset"] and len(r["frequencies"]) == len(g["frequencies"])
+               for r, g in zip(refit, gauss, strict=True))
+    graph = next(g for g in section.graphs if g.role == "hyper_decoder").onnx_model
+    with torch.no_grad():
+        z = torch.round(model.hyper_encoder(torch.from_numpy(latents))).numpy().astype(np.int32)
+    out = make_session(graph.SerializeToString(), threads=1).run(None, {"z": z})
+    table, base = tables_and_base(out[0], out[1] if means else None, phases)
+    sym = np.clip(np.round(latents), -128, 127).astype(np.int64) - (0 if base is None else base)
+
+    def bits(tables):
+        total = 0.0
+        for t, v in zip(table.ravel(), sym.ravel(), strict=True):
+            f, off = tables[t]["frequencies"], tables[t]["offset"]
+            k = v - off if 0 <= v - off < len(f) - 1 else len(f) - 1
+            total -= math.log2(f[k] / (1 << 16))
+        return total
+
+    assert bits(refit) < bits(gauss)
 
 
 def test_mean_phase_tables_centre_each_gaussian_on_its_phase():

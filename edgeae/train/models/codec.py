@@ -270,14 +270,21 @@ class Codec(AutoEncoder):
 
     def edgeae_entropy(self, latents: np.ndarray, precision: int = 16) -> Any:
         """The export protocol (docs/EXPORT.md): integer rounding and the learned prior's tables, not a
-        calibrated quantiser. `latents` are not needed: the prior alone decides the support."""
+        calibrated quantiser: the prior decides the support; its rows are then refit to the rounded
+        calibration latents (bundling.calibrate.refit_rows)."""
+        from edgeae.bundling.calibrate import refit_rows, table_counts
         from edgeae.bundling.protocol import EntropySection
 
         t = self.entropy_tables(precision)
         quant = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
                  "offset": [float(v) for v in t["offset"]], "step": [float(v) for v in t["step"]]}
+        levels, c = int(t["levels"]), len(t["offset"])
+        sym = np.clip(np.round(latents) - np.asarray(t["offset"]).reshape(1, c, *[1] * (latents.ndim - 2)), 0,
+                      levels - 1)  # what the runtime's quantiser gives
+        counts = table_counts(np.broadcast_to(np.arange(c).reshape(1, c, *[1] * (latents.ndim - 2)), sym.shape), sym,
+                              np.full(c, levels))
         return EntropySection(quantization=quant, entropy={"coder": "range", "precision": precision,
-                                                           "frequencies": np.asarray(t["frequencies"], np.int64).tolist()})
+                                                           "frequencies": refit_rows(t["frequencies"], counts, precision)})
 
 
 def _integer_rows(probs: np.ndarray, precision: int) -> np.ndarray:
