@@ -39,6 +39,11 @@ class ConditionalTables:
     @staticmethod
     def order(index: np.ndarray) -> np.ndarray:
         """The coding order of a flat index array: grouped by table, otherwise in array order."""
+        index = np.asarray(index)
+        if index.size and index.min() >= 0 and index.max() < 1 << 16:
+            # The same stable order; numpy sorts 16-bit keys by radix: 1.4 ms vs 9.4 ms for 196,608 int64
+            # indices (a 768x512 photo's y), which was most of the hyperprior's entropy-coding time.
+            index = index.astype(np.uint16)
         return np.argsort(index, kind="stable")
 
     def encode(self, streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[list[bytes], list[np.ndarray]]:
