@@ -1,6 +1,14 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce (each family trained the same way for the same 7,000 steps, one thread each, on photos/train only):
+Reproduce the latest figures (session 5, docs/HYPERPRIOR.md: the six runs of benchmarks/gpu_pairs.sh, 11,500 bf16
+steps each, all at once on 2 cores; slim checkpoints in checkpoints/pairs-s6):
+
+    STEPS=11500 OUT=runs/pairs bash benchmarks/gpu_pairs.sh
+    for r in runs/pairs/*_0.0*; do edgeae export $r --int8 --out bundles/$(basename $r) --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_0.0035,bundles/h_0.007,bundles/h_0.013 \
+        --codec bundles/c_0.0035,bundles/c_0.007,bundles/c_0.013
+
+Session 3's recipe (each family trained the same way for the same 7,000 fp32 steps, one thread each):
 
     T="--dataset images --data ../shared/data/photos/train --val-data ../shared/data/photos/val --color rgb \
        --crop 320 --crops-per-image 1 --val-crop 256 --channels 64 --latent 128 --set downsamplings=4 \
