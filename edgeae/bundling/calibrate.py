@@ -47,10 +47,14 @@ def frequencies_from_probabilities(probs: np.ndarray, precision: int = PRECISION
     return freq
 
 
+def channel_counts(symbols: np.ndarray, levels: int, axis: int = 1) -> np.ndarray:
+    """(C, levels) histograms of integer symbols in 0..levels-1, one row per latent channel."""
+    return np.stack([np.bincount(r.astype(np.int64), minlength=levels)[:levels] for r in channel_view(symbols, axis)])
+
+
 def histogram_tables(symbols: np.ndarray, levels: int, axis: int = 1, precision: int = PRECISION) -> dict[str, Any]:
     """Per-channel histograms of integer symbols, mixed with a little uniform mass, as integer tables."""
-    rows = channel_view(symbols, axis)
-    counts = np.stack([np.bincount(r.astype(np.int64), minlength=levels)[:levels] for r in rows]).astype(np.float64)
+    counts = channel_counts(symbols, levels, axis).astype(np.float64)
     probs = (1 - UNIFORM_MIX) * counts / counts.sum(axis=1, keepdims=True) + UNIFORM_MIX / levels
     return {"coder": "range", "precision": precision, "frequencies": frequencies_from_probabilities(probs, precision).tolist()}
 

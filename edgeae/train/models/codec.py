@@ -272,17 +272,15 @@ class Codec(AutoEncoder):
         """The export protocol (docs/EXPORT.md): integer rounding and the learned prior's tables, not a
         calibrated quantiser: the prior decides the support; its rows are then refit to the rounded
         calibration latents (bundling.calibrate.refit_rows)."""
-        from edgeae.bundling.calibrate import refit_rows, table_counts
+        from edgeae.bundling.calibrate import channel_counts, refit_rows
         from edgeae.bundling.protocol import EntropySection
 
         t = self.entropy_tables(precision)
         quant = {"bits": int(np.ceil(np.log2(t["levels"]))), "levels": int(t["levels"]),
                  "offset": [float(v) for v in t["offset"]], "step": [float(v) for v in t["step"]]}
-        levels, c = int(t["levels"]), len(t["offset"])
-        sym = np.clip(np.round(latents) - np.asarray(t["offset"]).reshape(1, c, *[1] * (latents.ndim - 2)), 0,
-                      levels - 1)  # what the runtime's quantiser gives
-        counts = table_counts(np.broadcast_to(np.arange(c).reshape(1, c, *[1] * (latents.ndim - 2)), sym.shape), sym,
-                              np.full(c, levels))
+        offset = np.asarray(t["offset"]).reshape(1, -1, *[1] * (latents.ndim - 2))
+        sym = np.clip(np.round(latents) - offset, 0, t["levels"] - 1)  # what the runtime's quantiser gives
+        counts = channel_counts(sym, int(t["levels"]))
         return EntropySection(quantization=quant, entropy={"coder": "range", "precision": precision,
                                                            "frequencies": refit_rows(t["frequencies"], counts, precision)})
 
