@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/zoo_photo.sh train     # background-safe: resumes RUN if it exists (1 thread by default)
 #   bash benchmarks/zoo_photo.sh build     # bake the current weights (checkpoint if unfinished) into the zoo
+#   FAMILY=hyperprior RUNS="runs/pairs/h_0.0035 runs/pairs/h_0.007 ..." bash benchmarks/zoo_photo.sh build
+#                                          # or ship finished plain runs, one per quality
 #   bash benchmarks/zoo_photo.sh bench     # 768x512 speed vs WebP/JPEG, 1920x1080 peak RSS, then the card
 #
 #   bash benchmarks/zoo_photo.sh pack      # photos/train + val as q95 JPEG in gpu-data/ (git-ignored, ~20 MB):
@@ -27,6 +29,7 @@ PY=${PY:-.venv/bin/python}
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"
 FAMILY=${FAMILY:-hyperprior-vr}
 RUN=${RUN:-runs/zoo-photo-${FAMILY%-vr}}
+RUNS=${RUNS:-}
 INIT=${INIT:-}
 STEPS=${STEPS:-900}
 LAMBDAS=${LAMBDAS:-"[0.003,0.007,0.016,0.036]"}
@@ -70,6 +73,12 @@ print(sum(f.stat().st_size for f in dst.rglob("*.jpg")) // 2**20, "MiB in", dst)
 PYEOF
     ;;
   build)
+    if [[ -n $RUNS ]]; then  # one finished plain run per quality (e.g. benchmarks/gpu_pairs.sh's hyperprior runs)
+      read -ra runs <<< "$RUNS"
+      "$PY" -m edgeae.zoo.build "${runs[@]}" --name photo --val "$SHARED/photos/val" --clean \
+        --description "photo codec, ${#runs[@]} qualities ($FAMILY)" --plot docs/zoo-photo-rd.png
+      exit
+    fi
     ckpt=(); [[ -f $RUN/weights.safetensors ]] || ckpt=(--checkpoint)
     "$PY" -m edgeae.zoo.build "$RUN" --name photo --val "$SHARED/photos/val" --clean "${ckpt[@]}" \
       --description "photo codec, 4 qualities (${FAMILY%-vr})" --plot docs/zoo-photo-rd.png

@@ -156,3 +156,49 @@ def test_model_cards_render_from_the_index(tiny_zoo, tmp_path):
     text = md.read_text()
     assert "old" not in text and text.endswith("tail\n") and "`tiny:1`" in body and "BD-rate vs WEBP" in body
     assert "Training data" in body and "steps" in body
+
+
+@pytest.mark.slow
+def test_build_from_one_plain_run_per_quality(tmp_path):
+    """Separately trained runs (one lambda each) ship as one model, ordered by lambda, each quality with
+    its own training record; the card says so."""
+    from PIL import Image
+
+    from edgeae.train.data import load_dataset
+    from edgeae.train.trainer import TrainConfig, train
+    from edgeae.zoo.build import build
+    from edgeae.zoo.card import BEGIN, END, update
+
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, progress=False, threads=1)
+    runs = {lmbda: train("codec", "digits", tmp_path / f"run{lmbda}",
+                         {"channels": 8, "latent_channels": 4, "lmbda": lmbda}, cfg).path for lmbda in (0.05, 0.005)}
+    val = tmp_path / "val"
+    val.mkdir()
+    for i, img in enumerate(load_dataset("digits").val[:4]):
+        Image.fromarray(np.round(img[0] * 255).astype(np.uint8)).save(val / f"{i}.png")
+    entry = build([runs[0.05], runs[0.005]], "sep", val, zoo_dir=tmp_path / "zoo", max_int8_drop_db=5.0)
+    q = entry["qualities"]
+    assert [q["1"]["lmbda"], q["2"]["lmbda"]] == [0.005, 0.05] and q["1"]["vr_index"] is None
+    assert q["1"]["training"]["run"] == "run0.005" and q["2"]["training"]["steps"] > 0
+    assert entry["family"] == entry["trained_as"] == "codec" and entry["training"]["runs"] == 2
+    md = tmp_path / "MODELS.md"
+    md.write_text(f"{BEGIN}\n{END}\n")
+    body = update(md, zoo_dir=tmp_path / "zoo")
+    assert "one model per operating point" in body and "`sep:2` (`run0.05`)" in body
+    with pytest.raises(SystemExit, match="plain runs of one family"):
+        build([runs[0.05], _vr_copy(runs[0.005], tmp_path)], "x", val, zoo_dir=tmp_path / "z2")
+    (runs[0.05] / "weights.safetensors").unlink()
+    with pytest.raises(SystemExit, match="has not finished training"):
+        build([runs[0.05], runs[0.005]], "x", val, zoo_dir=tmp_path / "z3")
+
+
+def _vr_copy(run, tmp_path):
+    """A copy of `run` whose config says it is a variable-rate run (a mix build must refuse)."""
+    import shutil
+
+    out = tmp_path / "vr-copy"
+    shutil.copytree(run, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["model"]["family"] = "codec-vr"
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out

@@ -1,7 +1,9 @@
-"""Making the zoo (needs the train extra): bake a variable-rate run into one plain run per quality, export each
-(fp32 + int8), measure it on whole images through real payloads, and write edgeae/zoo/index.json.
+"""Making the zoo (needs the train extra): one plain run per quality (several runs, one per lambda, or a
+variable-rate run baked per quality), export each (fp32 + int8 encoder), measure it on whole images through
+real payloads, and write edgeae/zoo/index.json.
 
-    python -m edgeae.zoo.build RUN --name photo --val ../shared/data/photos/val [--qualities 0,1,2,3,4]
+    python -m edgeae.zoo.build VR_RUN --name photo --val ../shared/data/photos/val [--qualities 0,1,2,3,4]
+    python -m edgeae.zoo.build RUN_A RUN_B RUN_C RUN_D --name photo --val ../shared/data/photos/val
 
 The measured figures are what `edgeae models --pretrained` prints and docs/MODELS.md quotes.
 """
@@ -135,28 +137,66 @@ def bd_rates(points: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]
     return out
 
 
-def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None, zoo_dir: Path = ZOO_DIR,
-          work: Path | None = None, checkpoint: bool = False, int8: bool = True, description: str = "",
-          card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5,
+def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint: bool) -> list[dict[str, Any]]:
+    """The plain run of every quality, lowest lambda first: one variable-rate run baked per quality, or
+    finished plain runs of one family taken as they are (ordered by lambda)."""
+    from edgeae.train.models import build_model, make_config
+    from edgeae.train.rundir import CONFIG, METRICS, WEIGHTS, read_json
+
+    configs = [read_json(r / CONFIG) for r in runs]
+    families = {c["model"]["family"] for c in configs}
+    if len(runs) == 1 and configs[0]["model"]["family"].endswith("-vr"):
+        family, values = configs[0]["model"]["family"], configs[0]["model"]["config"]
+        vr: Any = build_model(family, make_config(family, **values))
+        picked = list(range(len(vr.lmbdas))) if qualities is None else qualities
+        return [{"run": bake_run(runs[0], q, work / f"q{k}", checkpoint=checkpoint), "lmbda": vr.lmbdas[q],
+                 "vr_index": q, "source": runs[0]} for k, q in enumerate(picked, start=1)]
+    if len(families) != 1 or any(f.endswith("-vr") for f in families):
+        raise SystemExit("give one variable-rate run, or plain runs of one family (one per quality)")
+    if qualities is not None or checkpoint:
+        raise SystemExit("--qualities and --checkpoint are for a variable-rate run; list the plain runs to ship")
+    for r in runs:
+        if not (r / WEIGHTS).is_file() or not (r / METRICS).is_file():
+            raise SystemExit(f"{r} has not finished training (no {WEIGHTS}); finish it with `edgeae train --resume`")
+    rows = [{"run": r, "lmbda": float(c["model"]["config"]["lmbda"]), "vr_index": None, "source": r}
+            for r, c in zip(runs, configs, strict=True)]
+    return sorted(rows, key=lambda row: row["lmbda"])
+
+
+def _training(run: Path) -> dict[str, Any]:
+    """What a run's records say about how it trained: steps, where, how long, and its warm start."""
+    from edgeae.train.rundir import CONFIG, METRICS, read_json
+
+    states = [read_json(f) for f in (run / METRICS, run / "checkpoint" / "state.json") if f.is_file()]
+    state = max(states, key=lambda st: st.get("steps") or 0, default={})  # a run in progress: its checkpoint
+    config = read_json(run / CONFIG)
+    return {"run": run.name, "steps": state.get("steps"), "devices": state.get("devices", []),
+            "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
+            "init": config.get("init")}
+
+
+def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] | None = None,
+          zoo_dir: Path = ZOO_DIR, work: Path | None = None, checkpoint: bool = False, int8: bool = True,
+          description: str = "", card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5,
           int8_decoder: bool = False) -> dict[str, Any]:
-    """Bake, export (fp32 graphs + the int8 encoder; the int8 decoder too with `int8_decoder`), measure on
-    every image of `val` at its own size, and record the model in zoo_dir/index.json (others are kept)."""
+    """Bake (a variable-rate run) or take (plain runs, one per quality), export (fp32 graphs + the int8
+    encoder; the int8 decoder too with `int8_decoder`), measure on every image of `val` at its own size, and
+    record the model in zoo_dir/index.json (others are kept)."""
     from edgeae.bundling.build import ExportOptions, export_run
     from edgeae.runtime.bundle import Bundle
     from edgeae.train.data import read_image_folder
-    from edgeae.train.models import build_model, make_config
     from edgeae.train.rundir import CONFIG, read_json, write_json
 
-    config = read_json(vr_run / CONFIG)
-    family, values = config["model"]["family"], config["model"]["config"]
-    vr: Any = build_model(family, make_config(family, **values))
-    qualities = list(range(len(vr.lmbdas))) if qualities is None else qualities
-    work = work or vr_run.parent / f"{vr_run.name}-baked"
+    runs = [source] if isinstance(source, Path) else list(source)
+    config = read_json(runs[0] / CONFIG)
+    family = config["model"]["family"]
+    work = work or runs[0].parent / f"{name}-zoo-staging"
+    stages = _stage(runs, qualities, work, checkpoint)
     gray = config["data"].get("channel_order") == "L"
     images = [a[..., 0] if gray else a for a in read_image_folder(val, "L" if gray else "RGB")]
     entries: dict[str, Any] = {}
-    for k, q in enumerate(qualities, start=1):
-        plain_run = bake_run(vr_run, q, work / f"q{k}", checkpoint=checkpoint)
+    for k, stage in enumerate(stages, start=1):
+        plain_run = stage["run"]
         folder = f"{name}-q{k}"
         t0 = time.perf_counter()
         staged = work / f"bundle-{folder}"
@@ -170,10 +210,13 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
         os.replace(staged, zoo_dir / folder)
         export_s = time.perf_counter() - t0
         fp32 = measure(zoo_dir / folder, images, "fp32")
-        row: dict[str, Any] = {"bundle": folder, "lmbda": vr.lmbdas[q], "vr_index": q, "bpp": fp32["bpp"],
-                               "psnr": fp32["psnr"], "ms_ssim": fp32["ms_ssim"], "bytes": fp32["bytes"],
-                               "encode_s_fp32": fp32["encode_s"], "decode_s_fp32": fp32["decode_s"],
-                               "export_s": export_s, "measured_on": f"{val.name}: {len(images)} whole images"}
+        row: dict[str, Any] = {"bundle": folder, "lmbda": stage["lmbda"], "vr_index": stage["vr_index"],
+                               "bpp": fp32["bpp"], "psnr": fp32["psnr"], "ms_ssim": fp32["ms_ssim"],
+                               "bytes": fp32["bytes"], "encode_s_fp32": fp32["encode_s"],
+                               "decode_s_fp32": fp32["decode_s"], "export_s": export_s,
+                               "measured_on": f"{val.name}: {len(images)} whole images"}
+        if len(runs) > 1:
+            row["training"] = _training(stage["source"])
         if int8:
             q8 = measure(zoo_dir / folder, images, "int8")
             row |= {"bpp_int8": q8["bpp"], "psnr_int8": q8["psnr"], "ms_ssim_int8": q8["ms_ssim"],
@@ -187,14 +230,13 @@ def build(vr_run: Path, name: str, val: Path, qualities: list[int] | None = None
     points = [entries[k] for k in sorted(entries, key=int)]
     bd = bd_rates(points, curves)
     base = read_index(zoo_dir)
-    state = read_json(vr_run / "checkpoint" / "state.json") if (vr_run / "checkpoint" / "state.json").is_file() else {}
+    trained = _training(runs[0])
     base["models"][name] = {
-        "family": config["model"]["family"].removesuffix("-vr"), "trained_as": family,
+        "family": family.removesuffix("-vr"), "trained_as": family,
         "description": description, "card": card, "qualities": entries,
-        "training": {"steps": state.get("steps"), "devices": state.get("devices", []),
-                     "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
+        "training": {"steps": trained["steps"], "devices": trained["devices"], "seconds": trained["seconds"],
                      "data": config["data"], "train": config["train"], "model": config["model"],
-                     "init": config.get("init"), "history": _history(vr_run)},
+                     "init": trained["init"], "history": _history(runs[0]), "runs": len(runs)},
         "baselines": curves, "bd_rate": bd,
     }
     base["schema"], base["version"] = INDEX_SCHEMA, 1
@@ -251,7 +293,8 @@ def plot_rd(entry: dict[str, Any], out: Path, title: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a variable-rate run directory (codec-vr / hyperprior-vr)")
+    ap.add_argument("runs", type=Path, nargs="+",
+                    help="a variable-rate run directory (codec-vr / hyperprior-vr), or one plain run per quality")
     ap.add_argument("--name", required=True, help="zoo model name (bundles MODEL-q1..)")
     ap.add_argument("--val", type=Path, required=True, help="folder of whole images to measure on")
     ap.add_argument("--qualities", help="comma-separated operating points of the run to ship (default: all)")
@@ -265,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for old in a.zoo.glob(f"{a.name}-q*"):
             shutil.rmtree(old)
     qs = [int(v) for v in a.qualities.split(",")] if a.qualities else None
-    entry = build(a.run, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
+    entry = build(a.runs, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
     if a.plot:
         plot_rd(entry, a.plot, f"{a.name}: whole {a.val.name} images")
     print(json.dumps({k: v for k, v in entry.items() if k in ("bd_rate",)}, indent=1))

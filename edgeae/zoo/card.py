@@ -41,43 +41,59 @@ def _mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6 if folder.is_dir() else 0.0
 
 
+def _where(t: dict[str, Any]) -> str:
+    """Which steps ran where, from a run's device segments."""
+    return "; ".join(f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
+                     f"{s.get('threads')} thread(s), {s.get('precision', 'fp32')}, {s.get('seconds', 0) / 60:.1f} min)"
+                     for s in t.get("devices", []) if s.get("last_step", 0) >= s.get("first_step", 1)) or "n/a"
+
+
+def _init(t: dict[str, Any]) -> str:
+    init, own = t.get("init") or {}, int(t.get("steps") or 0)
+    if not init:
+        return ""
+    return (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, {init.get('steps')} "
+            f"steps at lambda {init.get('lmbda', '?')}, same transforms), so the transforms have seen "
+            f"{own + int(init.get('steps') or 0)} steps.")
+
+
 def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dict[str, Any] | None = None) -> str:
     t = entry.get("training", {})
     model = t.get("model", {})
     cfg = model.get("config", {})
     train_cfg, data = t.get("train", {}), t.get("data", {})
-    init = t.get("init") or {}
     own = t.get("steps") or 0
     lines = [f"### `{name}`: {entry.get('description') or entry.get('family')}", ""]
-    arch = (f"`{entry.get('family')}` family (trained as `{entry.get('trained_as')}`, one model for "
-            f"{len(entry.get('qualities', {}))} operating points, baked per quality): N={cfg.get('channels')}, "
+    separate = int(t.get("runs") or 1) > 1  # one plain run per quality rather than one variable-rate run
+    qualities = sorted(entry.get("qualities", {}).items(), key=lambda kv: int(kv[0]))
+    how = ("one model per operating point, each trained on its own" if separate else
+           f"one model for {len(qualities)} operating points, baked per quality")
+    arch = (f"`{entry.get('family')}` family (trained as `{entry.get('trained_as')}`, {how}): N={cfg.get('channels')}, "
             f"M={cfg.get('latent_channels')} latent channels, total stride {2 ** int(cfg.get('downsamplings', 0))}"
             f" for y")
     if "hyper_channels" in cfg:
         arch += (f", hyper-latent z: {cfg.get('hyper_latent_channels')} channels at stride "
                  f"{2 ** (int(cfg.get('downsamplings', 0)) + 2)}, h_a/h_s width {cfg.get('hyper_channels')}, "
                  f"{cfg.get('scale_levels')}-entry scale table, integer hyper-decoder")
-    arch += f"; lambdas {cfg.get('lmbdas')}."
+    arch += f"; lambdas {cfg.get('lmbdas') or [r.get('lmbda') for _, r in qualities]}."
     photos = str(data.get("data", "")).rstrip("/").endswith("photos/train")
     note = DATA_NOTE if photos else f"**Training data.** `{data.get('data') or data.get('name')}`."
     lines += [f"**Architecture.** {arch}", "", note, ""]
-    segs = t.get("devices", [])
-    where = "; ".join(f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
-                      f"{s.get('threads')} thread(s), {s.get('precision', 'fp32')}, {s.get('seconds', 0) / 60:.1f} min)"
-                      for s in segs
-                      if s.get("last_step", 0) >= s.get("first_step", 1))
-    steps = f"**Training.** {own} steps of batch {train_cfg.get('batch_size')} x "
+    steps = ("**Training** (each quality the same way, lambda apart). " if separate else "**Training.** ")
+    steps += (f"{own} steps of batch {train_cfg.get('batch_size')} x " if not separate else
+              f"Batches of {train_cfg.get('batch_size')} x ")
     steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
               f"epoch, flipped at random)" if data.get("crop") else f"{data.get('name')} images")
     steps += (f", Adam lr "
               f"{train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay over "
               + (f"{train_cfg['max_steps']} steps" if train_cfg.get("max_steps") else f"{train_cfg.get('epochs')} epochs")
-              + f", {t.get('seconds', 0) / 60:.0f} min in all: {where or 'n/a'}.")
-    if init:
-        steps += (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, "
-                  f"{init.get('steps')} steps at lambda {init.get('lmbda', '?')}, same transforms), so the "
-                  f"transforms have seen {own + int(init.get('steps') or 0)} steps.")
+              + ("." if separate else f", {t.get('seconds', 0) / 60:.0f} min in all: {_where(t)}." + _init(t)))
     lines += [steps, ""]
+    if separate:
+        lines += [f"- `{name}:{q}` (`{r['training'].get('run')}`): {r['training'].get('steps')} steps, "
+                  f"{r['training'].get('seconds', 0) / 60:.0f} min: {_where(r['training'])}.{_init(r['training'])}"
+                  for q, r in qualities if r.get("training")]
+        lines.append("")
     first: dict[str, Any] = next(iter(entry.get("qualities", {}).values()), {})
     curve = [h for h in t.get("history", []) if h.get("val_qualities")]
     if curve:
@@ -94,7 +110,7 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
               "size in its own payload, header included; mean over images of bpp, PSNR on RGB, MS-SSIM):", "",
               "| quality | lambda | bpp | PSNR dB | MS-SSIM | int8 encoder PSNR dB (delta) | bundle MB |",
               "|---|---|---|---|---|---|---|"]
-    for q, r in sorted(entry.get("qualities", {}).items(), key=lambda kv: int(kv[0])):
+    for q, r in qualities:
         delta = (r["psnr_int8"] - r["psnr"]) if isinstance(r.get("psnr_int8"), float) else None
         lines.append(f"| `{name}:{q}` | {r.get('lmbda')} | {_f(r.get('bpp'), '.3f')} | {_f(r.get('psnr'), '.2f')} | "
                      f"{_f(r.get('ms_ssim'), '.4f')} | {_f(r.get('psnr_int8'), '.2f')} ({_f(delta, '+.2f')}) | "
