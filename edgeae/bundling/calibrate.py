@@ -30,19 +30,23 @@ def calibrate_quantization(latents: np.ndarray, bits: int) -> dict[str, Any]:
 
 
 def frequencies_from_probabilities(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
-    """Rows of probabilities -> integer rows, every entry >= 1, each row summing exactly to 2**precision."""
+    """Rows of probabilities (zeros allowed) -> integer rows, every entry >= 1, each row summing exactly to
+    2**precision. Each entry gets 1 + floor(p * (2**precision - levels)); the rounding remainder goes to the
+    entries with the largest fractional parts (largest-remainder rounding, ties to the lower symbol), so every
+    row is as close to its probabilities as integers allow. The one rounding rule of every table edgeae makes
+    (calibrated histograms, refit rows, the codec's prior, the hyperprior's Gaussians)."""
     probs = np.asarray(probs, np.float64)
     total = 1 << precision
     c, levels = probs.shape
     if levels > total // 2:
         raise ValueError(f"{levels} levels do not fit a {precision}-bit table")
-    probs = probs / probs.sum(axis=1, keepdims=True)
-    freq = 1 + np.floor(probs * (total - levels)).astype(np.int64)
-    # Hand the rounding remainder to the most probable symbols, deterministically.
-    for row, p in zip(freq, probs, strict=True):
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-300)
+    scaled = probs * (total - levels)
+    freq = 1 + np.floor(scaled).astype(np.int64)
+    frac = scaled - np.floor(scaled)
+    for row, f in zip(freq, frac, strict=True):
         short = total - int(row.sum())
-        order = np.argsort(-p, kind="stable")
-        row[order[:short]] += 1
+        row[np.argsort(-f, kind="stable")[:short]] += 1
     assert (freq.sum(axis=1) == total).all() and (freq >= 1).all()
     return freq
 

@@ -211,9 +211,9 @@ def assert_integer_only(model: onnx.ModelProto) -> None:
 
 
 def _integer_row(probs: np.ndarray, precision: int) -> list[int]:
-    from edgeae.train.models.codec import _integer_rows
+    from edgeae.bundling.calibrate import frequencies_from_probabilities
 
-    return [int(v) for v in _integer_rows(probs[None, :], precision)[0]]
+    return [int(v) for v in frequencies_from_probabilities(probs[None, :], precision)[0]]
 
 
 def y_tables(scales: np.ndarray, precision: int = 16, tail_mass: float = TAIL_MASS,

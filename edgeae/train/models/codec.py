@@ -263,7 +263,9 @@ class Codec(AutoEncoder):
             upper = cdf[ch, i0 + 1 : i0 + width]  # P(y_hat <= lo + s) for s = 0 .. width-2
             edges = np.concatenate([[0.0], upper, [1.0]])
             probs[ch, :width] = np.maximum(np.diff(edges), 0.0)
-        freq = _integer_rows(probs, precision)
+        from edgeae.bundling.calibrate import frequencies_from_probabilities
+
+        freq = frequencies_from_probabilities(probs, precision)
         return {"offset": [int(v) for v in lo], "step": [1] * c, "levels": levels, "precision": precision,
                 "frequencies": freq.tolist()}
 
@@ -283,18 +285,3 @@ class Codec(AutoEncoder):
         counts = channel_counts(sym, int(t["levels"]))
         return EntropySection(quantization=quant, entropy={"coder": "range", "precision": precision,
                                                            "frequencies": refit_rows(t["frequencies"], counts, precision)})
-
-
-def _integer_rows(probs: np.ndarray, precision: int) -> np.ndarray:
-    """Rows of probabilities (zeros allowed) -> ints >= 1 summing exactly to 2**precision per row."""
-    total = 1 << precision
-    c, levels = probs.shape
-    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-300)
-    scaled = probs * (total - levels)
-    freq = 1 + np.floor(scaled).astype(np.int64)
-    frac = scaled - np.floor(scaled)
-    for row, f in zip(freq, frac, strict=True):
-        short = total - int(row.sum())
-        order = np.argsort(-f, kind="stable")
-        row[order[:short]] += 1
-    return freq
