@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeae.errors import DataError
+from edgeae.errors import DataError, RunDirError
 from edgeae.train.data import DataSpec, load_dataset, read_idx
 from edgeae.train.models import build_model, families
 from edgeae.train.models.registry import register
@@ -407,6 +407,8 @@ def test_a_slim_checkpoint_resumes_elsewhere_without_adam_moments(tmp_path, fold
     full_size = sum(p.stat().st_size for p in (tmp_path / "run" / "checkpoint").iterdir())
     slim_size = sum(p.stat().st_size for p in (slim / "checkpoint").iterdir())
     assert slim_size < full_size * 0.6
+    with pytest.raises(RunDirError, match=r"has a checkpoint \(step 4\) but no final weights.*--max-steps 4"):
+        load_run(slim)  # what `edgeae export` says of an unfinished run
     # "Another machine": the data moved; --data/--val-data say where it is now.
     moved = tmp_path / "moved"
     shutil.copytree(folders[0], moved / "train")
