@@ -1,7 +1,13 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce the latest figures (session 5, docs/HYPERPRIOR.md: the six runs of benchmarks/gpu_pairs.sh, 11,500 bf16
-steps each, all at once on 2 cores; slim checkpoints in checkpoints/pairs-s6):
+Reproduce the latest figures (session 6, docs/HYPERPRIOR.md: the six runs of benchmarks/gpu_pairs.sh, 19,500 bf16
+steps each; slim checkpoints in checkpoints/pairs-s7, whose README says how to finish and export them):
+
+    for r in runs/pairs/*_0.0*; do edgeae export $r --int8 --out bundles/$(basename $r) --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_0.0035,bundles/h_0.007,bundles/h_0.013 \
+        --codec bundles/c_0.0035,bundles/c_0.007,bundles/c_0.013
+
+Session 5's (11,500 steps, all six at once on 2 cores; checkpoints/pairs-s6 in git history at 07598a6):
 
     STEPS=11500 OUT=runs/pairs bash benchmarks/gpu_pairs.sh
     for r in runs/pairs/*_0.0*; do edgeae export $r --int8 --out bundles/$(basename $r) --force; done
