@@ -130,6 +130,9 @@ def test_incomplete_run_dir_and_mismatched_weights_are_one_line_errors(make_run,
     with pytest.raises(RunDirError, match="do not match config.json"):
         export_run(run, ExportOptions(out=tmp_path / "b"))
     (run / "weights.safetensors").unlink()
+    with pytest.raises(RunDirError, match=r"has a checkpoint \(step \d+\) but no final weights.safetensors: finish"):
+        export_run(run, ExportOptions(out=tmp_path / "b"))
+    shutil.rmtree(run / "checkpoint")
     with pytest.raises(RunDirError, match="missing weights.safetensors"):
         export_run(run, ExportOptions(out=tmp_path / "b"))
 
