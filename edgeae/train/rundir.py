@@ -50,9 +50,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     if not path.is_dir():
         raise RunDirError(f"run directory {str(path)!r} does not exist; train one with `edgeae train --out DIR`")
     missing = [f for f in (CONFIG, WEIGHTS) if not (path / f).is_file()]
-    state = path / "checkpoint" / "state.json"  # trainer.CHECKPOINT / CKPT_STATE
-    if missing == [WEIGHTS] and state.is_file():
-        steps = read_json(state).get("steps")
+    checkpoint_state = path / "checkpoint" / "state.json"  # trainer.CHECKPOINT / CKPT_STATE
+    if missing == [WEIGHTS] and checkpoint_state.is_file():
+        steps = read_json(checkpoint_state).get("steps")
         raise RunDirError(f"run {path} has a checkpoint (step {steps}) but no final {WEIGHTS}: finish it with "
                           f"`edgeae train --resume {path}` (add `--max-steps {steps}` to end it where it is)")
     if missing:
