@@ -84,10 +84,10 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
               f"Batches of {train_cfg.get('batch_size')} x ")
     steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
               f"epoch, flipped at random)" if data.get("crop") else f"{data.get('name')} images")
-    steps += (f", Adam lr "
-              f"{train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay over "
-              + (f"{train_cfg['max_steps']} steps" if train_cfg.get("max_steps") else f"{train_cfg.get('epochs')} epochs")
-              + ("." if separate else f", {t.get('seconds', 0) / 60:.0f} min in all: {_where(t)}." + _init(t)))
+    steps += (f", Adam lr {train_cfg.get('lr')} with {train_cfg.get('lr_decay')} decay"
+              + (" over each run's steps." if separate else " over "
+                 + (f"{train_cfg['max_steps']} steps" if train_cfg.get("max_steps") else f"{train_cfg.get('epochs')} epochs")
+                 + f", {t.get('seconds', 0) / 60:.0f} min in all: {_where(t)}." + _init(t)))
     lines += [steps, ""]
     if separate:
         lines += [f"- `{name}:{q}` (`{r['training'].get('run')}`): {r['training'].get('steps')} steps, "
