@@ -12,7 +12,7 @@
 #   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=2 BATCH=8 CROP=256 STEPS=20000 MINUTES=8 \
 #     OUT=$OUT/pairs bash benchmarks/gpu_pairs.sh
 #
-# Variables: LAMBDAS, STEPS, CROP, BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
+# Variables: LAMBDAS, STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
 # hyper_signed=true", which measured worse at 7,000 CPU steps: docs/HYPERPRIOR.md).
@@ -22,6 +22,8 @@ read -ra EA <<< "${EA:-.venv/bin/edgeae}"
 LAMBDAS=${LAMBDAS:-"0.0035 0.007 0.013"}
 STEPS=${STEPS:-7000}
 CROP=${CROP:-320}
+CHANNELS=${CHANNELS:-64}  # N; Balle et al.'s sizes: CHANNELS=128 LATENT=192 HYPER_SET="--set qat=false --set hyper_latent_channels=128" (a GPU's job)
+LATENT=${LATENT:-128}     # M, the latent channels
 BATCH=${BATCH:-2}
 LR=${LR:-4e-4}
 DEVICE=${DEVICE:-cpu}
@@ -44,7 +46,7 @@ for lmbda in $LAMBDAS; do
     else
       extra=(); [[ $family == hyperprior ]] && read -ra extra <<< "$HYPER_SET"
       cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
-           --val-crop 256 --channels 64 --latent 128 --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"
+           --val-crop 256 --channels "$CHANNELS" --latent "$LATENT" --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"
            --batch-size "$BATCH" --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS"
            --precision "$PRECISION"
            --checkpoint-minutes 2 --out "$run")
