@@ -7,12 +7,8 @@ steps each; slim checkpoints in checkpoints/pairs-s7, whose README says how to f
     OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_0.0035,bundles/h_0.007,bundles/h_0.013 \
         --codec bundles/c_0.0035,bundles/c_0.007,bundles/c_0.013
 
-Session 5's (11,500 steps, all six at once on 2 cores; checkpoints/pairs-s6 in git history at 07598a6):
-
-    STEPS=11500 OUT=runs/pairs bash benchmarks/gpu_pairs.sh
-    for r in runs/pairs/*_0.0*; do edgeae export $r --int8 --out bundles/$(basename $r) --force; done
-    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_0.0035,bundles/h_0.007,bundles/h_0.013 \
-        --codec bundles/c_0.0035,bundles/c_0.007,bundles/c_0.013
+Session 5's figures: the same after `STEPS=11500 OUT=runs/pairs bash benchmarks/gpu_pairs.sh` (all six at once on
+2 cores; its checkpoints, checkpoints/pairs-s6, are in git history at 07598a6).
 
 Session 3's recipe (each family trained the same way for the same 7,000 fp32 steps, one thread each):
 

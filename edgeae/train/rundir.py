@@ -16,6 +16,9 @@ from edgeae.errors import RunDirError
 from edgeae.fsutil import read_json_bounded, write_atomic
 
 CONFIG, WEIGHTS, METRICS, GRID = "config.json", "weights.safetensors", "metrics.json", "reconstructions.png"
+# checkpoint/: the resumable state (edgeae.train.trainer writes and reads it)
+CHECKPOINT = "checkpoint"
+CKPT_MODEL, CKPT_TENSORS, CKPT_STATE = "model.safetensors", "state.safetensors", "state.json"
 MAX_JSON_BYTES = 16 << 20
 
 
@@ -50,7 +53,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     if not path.is_dir():
         raise RunDirError(f"run directory {str(path)!r} does not exist; train one with `edgeae train --out DIR`")
     missing = [f for f in (CONFIG, WEIGHTS) if not (path / f).is_file()]
-    checkpoint_state = path / "checkpoint" / "state.json"  # trainer.CHECKPOINT / CKPT_STATE
+    checkpoint_state = path / CHECKPOINT / CKPT_STATE
     if missing == [WEIGHTS] and checkpoint_state.is_file():
         steps = read_json(checkpoint_state).get("steps")
         raise RunDirError(f"run {path} has a checkpoint (step {steps}) but no final {WEIGHTS}: finish it with "

@@ -38,10 +38,21 @@ from edgeae import __version__
 from edgeae.errors import EdgeaeError, RunDirError
 from edgeae.train.data import Dataset, DataSpec, load_dataset
 from edgeae.train.models import AEOutput, AutoEncoder, build_model, make_config
-from edgeae.train.rundir import CONFIG, GRID, METRICS, WEIGHTS, AtomicDir, read_json, save_grid, write_json
+from edgeae.train.rundir import (
+    CHECKPOINT,
+    CKPT_MODEL,
+    CKPT_STATE,
+    CKPT_TENSORS,
+    CONFIG,
+    GRID,
+    METRICS,
+    WEIGHTS,
+    AtomicDir,
+    read_json,
+    save_grid,
+    write_json,
+)
 
-CHECKPOINT = "checkpoint"
-CKPT_MODEL, CKPT_TENSORS, CKPT_STATE = "model.safetensors", "state.safetensors", "state.json"
 CHECKPOINT_FORMAT = 1
 MAX_THREADS_DEFAULT = 4
 DEVICES = ("cpu", "cuda", "auto")

@@ -36,16 +36,26 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
 
     from edgeae.train.models import build_model, make_config
     from edgeae.train.models.variable_rate import bake
-    from edgeae.train.rundir import CONFIG, METRICS, WEIGHTS, AtomicDir, read_json, write_json
+    from edgeae.train.rundir import (
+        CHECKPOINT,
+        CKPT_MODEL,
+        CKPT_STATE,
+        CONFIG,
+        METRICS,
+        WEIGHTS,
+        AtomicDir,
+        read_json,
+        write_json,
+    )
 
     config = read_json(vr_run / CONFIG)
     family, values = config["model"]["family"], config["model"]["config"]
     model: Any = build_model(family, make_config(family, **values))
-    weights = vr_run / ("checkpoint/model.safetensors" if checkpoint else WEIGHTS)
+    weights = vr_run / CHECKPOINT / CKPT_MODEL if checkpoint else vr_run / WEIGHTS
     model.load_state_dict(load_file(str(weights)), strict=True)
     model.eval()
     plain = bake(model, q)
-    state_file = vr_run / ("checkpoint/state.json" if checkpoint else METRICS)
+    state_file = vr_run / CHECKPOINT / CKPT_STATE if checkpoint else vr_run / METRICS
     state = read_json(state_file) if state_file.is_file() else {}
     history = state.get("history", [])
     last = history[-1] if history else {}
@@ -165,9 +175,9 @@ def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint
 
 def _training(run: Path) -> dict[str, Any]:
     """What a run's records say about how it trained: steps, where, how long, and its warm start."""
-    from edgeae.train.rundir import CONFIG, METRICS, read_json
+    from edgeae.train.rundir import CHECKPOINT, CKPT_STATE, CONFIG, METRICS, read_json
 
-    states = [read_json(f) for f in (run / METRICS, run / "checkpoint" / "state.json") if f.is_file()]
+    states = [read_json(f) for f in (run / METRICS, run / CHECKPOINT / CKPT_STATE) if f.is_file()]
     state = max(states, key=lambda st: st.get("steps") or 0, default={})  # a run in progress: its checkpoint
     config = read_json(run / CONFIG)
     return {"run": run.name, "steps": state.get("steps"), "devices": state.get("devices", []),
@@ -249,9 +259,9 @@ def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] 
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
-    from edgeae.train.rundir import read_json
+    from edgeae.train.rundir import CHECKPOINT, CKPT_STATE, METRICS, read_json
 
-    for f in (run / "metrics.json", run / "checkpoint" / "state.json"):
+    for f in (run / METRICS, run / CHECKPOINT / CKPT_STATE):
         if f.is_file():
             return [{k: h.get(k) for k in ("epoch", "steps", "val_psnr", "val_bpp", "val_qualities")}
                     for h in read_json(f).get("history", [])]

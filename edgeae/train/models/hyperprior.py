@@ -9,8 +9,8 @@
   factorized prior models z here, so `entropy_tables` / `support` give z's integer tables unchanged.
 * h_a: Conv3x3 + ReLU, then two stride-2 Conv5x5 (float, part of the encoder graph, int8-quantisable).
 * h_s is built for integer inference (edgeae/bundling/hyper.py turns it into an ONNX graph of integer
-  convolutions (im2col + MatMulInteger), int64 fixed-point requantisation, integer Clip and DepthToSpace on uint8; edgeae/runtime/inthyper.py is its
-  numpy reference): per stage Conv3x3 to 4x channels + ReLU + PixelShuffle(2), then a Conv3x3 whose output t
+  convolutions (im2col + MatMulInteger), int64 fixed-point requantisation, integer Clip and DepthToSpace on
+  uint8; edgeae/runtime/inthyper.py is its numpy reference): per stage Conv3x3 to 4x channels + ReLU + PixelShuffle(2), then a Conv3x3 whose output t
   is the **scale-table index** in table steps: k = clip(round(t), 0, K-1), scale = scale_min * exp(k * delta)
   (K log-spaced scales from scale_min to scale_max). Its input z_hat is clipped to [-128, 127] (uint8 with
   zero point 128 in the integer graph).
