@@ -12,6 +12,10 @@
 #   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=2 BATCH=8 CROP=256 STEPS=20000 MINUTES=8 \
 #     OUT=$OUT/pairs bash benchmarks/gpu_pairs.sh
 #
+# INIT=DIR (new runs only): start each run from DIR's run of the same name (`edgeae train --init`: its weights,
+# a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
+# checkpoints/pairs-s7 with SEED=1 (crops it has not seen in that order) and HYPER_SET mean-scale.
+#
 # Variables: LAMBDAS, STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
@@ -33,6 +37,8 @@ SHARED=${SHARED:-../shared/data}
 OUT=${OUT:-runs/pairs}
 MINUTES=${MINUTES:-0}
 HYPER_SET=${HYPER_SET:-"--set qat=false"}
+INIT=${INIT:-}
+SEED=${SEED:-0}
 STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
@@ -45,10 +51,11 @@ for lmbda in $LAMBDAS; do
       cmd=(train --resume "$run" "${where[@]}" --max-steps "$STEPS")  # STEPS may lengthen or shorten it
     else
       extra=(); [[ $family == hyperprior ]] && read -ra extra <<< "$HYPER_SET"
+      [[ -n $INIT ]] && extra+=(--init "$INIT/${family:0:1}_$lmbda")
       cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
            --val-crop 256 --channels "$CHANNELS" --latent "$LATENT" --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"
            --batch-size "$BATCH" --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS"
-           --precision "$PRECISION"
+           --seed "$SEED" --precision "$PRECISION"
            --checkpoint-minutes 2 --out "$run")
     fi
     "${STOP[@]}" "${EA[@]}" "${cmd[@]}" > "$run.log" 2>&1 &
