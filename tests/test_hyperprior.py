@@ -286,9 +286,10 @@ def test_refit_rows_follow_the_counts_and_keep_unseen_rows():
 
 
 @pytest.mark.parametrize(("means", "phases"), [(False, 1), (True, 8)])
-def test_exported_y_tables_are_refit_to_the_calibration_symbols(means, phases):
+def test_exported_tables_are_refit_to_the_calibration_symbols(means, phases):
     """entropy_for refits the y tables to the calibration latents: on those latents, coded with the runtime's
-    table choice (graph index, tables_and_base), the refit tables cost fewer bits than the model's Gaussians."""
+    table choice (graph index, tables_and_base), the refit tables cost fewer bits than the model's Gaussians;
+    and z's tables (z channel c in z table c) cost fewer bits than the factorized prior's."""
     from edgeae.runtime.entropy_models.hyperprior import tables_and_base
     from edgeae.runtime.session import make_session
 
@@ -312,7 +313,7 @@ def test_exported_y_tables_are_refit_to_the_calibration_symbols(means, phases):
     table, base = tables_and_base(out[0], out[1] if means else None, phases)
     sym = np.clip(np.round(latents), -128, 127).astype(np.int64) - (0 if base is None else base)
 
-    def bits(tables):
+    def bits(tables, table, sym):
         total = 0.0
         for t, v in zip(table.ravel(), sym.ravel(), strict=True):
             f, off = tables[t]["frequencies"], tables[t]["offset"]
@@ -320,7 +321,11 @@ def test_exported_y_tables_are_refit_to_the_calibration_symbols(means, phases):
             total -= math.log2(f[k] / (1 << 16))
         return total
 
-    assert bits(refit) < bits(gauss)
+    assert bits(refit, table, sym) < bits(gauss, table, sym)
+    z_refit, z_prior = section.entropy["z"]["tables"], hyper.entropy_section(model, 16)["z"]["tables"]
+    assert z_refit != z_prior and [t["offset"] for t in z_refit] == [t["offset"] for t in z_prior]
+    channel = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z.shape)
+    assert bits(z_refit, channel, z.astype(np.int64)) < bits(z_prior, channel, z.astype(np.int64))
 
 
 def test_mean_phase_tables_centre_each_gaussian_on_its_phase():

@@ -321,36 +321,52 @@ def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
              "hyper_latent_channels": int(model.config.hyper_latent_channels),
              "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)}}
     entropy = entropy_section(model, precision)
-    entropy["y"]["tables"] = refit_y_tables(model, graph, entropy["y"]["tables"], latents, phases=params.mean_phases,
-                                            precision=precision)
-    facts["y_tables"] = f"refit to {len(latents)} calibration latents (bundling.calibrate.refit_rows)"
+    entropy["y"]["tables"], entropy["z"]["tables"] = refit_tables(
+        model, graph, entropy["y"]["tables"], entropy["z"]["tables"], latents, phases=params.mean_phases,
+        precision=precision)
+    facts["y_tables"] = facts["z_tables"] = f"refit to {len(latents)} calibration latents (bundling.calibrate.refit_rows)"
     return EntropySection(quantization=y_quantization(int(model.config.latent_channels)),
                           entropy=entropy, graphs=graphs, model=facts)
 
 
-def refit_y_tables(model: Any, graph: onnx.ModelProto, tables: list[dict[str, Any]], latents: np.ndarray,
-                   phases: int, precision: int, batch: int = 32) -> list[dict[str, Any]]:
-    """The y tables refit (calibrate.refit_rows) to the symbols of the calibration latents, each counted in
-    the table the runtime codes it with: the integer hyper-decoder graph's index (and mean) of z = round(h_a(y)),
-    then `tables_and_base` as in entropy_models/hyperprior.py; escapes count in the escape entry."""
+def refit_tables(model: Any, graph: onnx.ModelProto, y_tables: list[dict[str, Any]], z_tables: list[dict[str, Any]],
+                 latents: np.ndarray, phases: int, precision: int, batch: int = 32
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The y and z tables refit (calibrate.refit_rows) to the symbols of the calibration latents, each counted
+    in the table the runtime codes it with: z channel c's values in z table c (z = round(h_a(y))), y's in the
+    table of the integer hyper-decoder graph's index (and mean) of that z, then `tables_and_base` as in
+    entropy_models/hyperprior.py; escapes count in the escape entry. The factorized codec's tables are refit
+    the same way (codec.py), so neither family is compared with tables the other does not get."""
     import torch
 
     from edgeae.bundling.calibrate import refit_rows, table_counts
     from edgeae.runtime.entropy_models.hyperprior import tables_and_base
     from edgeae.runtime.session import make_session
 
+    def layout(tables: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        lengths = np.array([len(t["frequencies"]) for t in tables], np.int64)
+        return np.array([t["offset"] for t in tables], np.int64), lengths, [np.zeros(n, np.int64) for n in lengths]
+
+    def count(counts: list[np.ndarray], table: np.ndarray, value: np.ndarray, lengths: np.ndarray) -> None:
+        for k, c in enumerate(table_counts(table, value, lengths)):
+            counts[k] += c
+
     sess = make_session(graph.SerializeToString(), threads=1)
-    offsets = np.array([t["offset"] for t in tables], np.int64)
-    lengths = np.array([len(t["frequencies"]) for t in tables], np.int64)
-    counts = [np.zeros(n, np.int64) for n in lengths]
+    y_off, y_len, y_counts = layout(y_tables)
+    z_off, z_len, z_counts = layout(z_tables)
     for i in range(0, len(latents), batch):
         y = np.ascontiguousarray(latents[i:i + batch], np.float32)
         with torch.no_grad():
             z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
+        channel = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z.shape)
+        count(z_counts, channel, z.astype(np.int64) - z_off[channel], z_len)
         out = sess.run(None, {INPUT: z})
         table, base = tables_and_base(out[0], out[1] if len(out) > 1 else None, phases)
         sym = np.clip(np.round(y), Z_MIN, Z_MAX).astype(np.int64) - (0 if base is None else base)
-        for k, c in enumerate(table_counts(table, sym - offsets[table], lengths)):
-            counts[k] += c
-    rows = refit_rows([t["frequencies"] for t in tables], counts, precision)
-    return [{"offset": t["offset"], "frequencies": r} for t, r in zip(tables, rows, strict=True)]
+        count(y_counts, table, sym - y_off[table], y_len)
+
+    def refit(tables: list[dict[str, Any]], counts: list[np.ndarray]) -> list[dict[str, Any]]:
+        rows = refit_rows([t["frequencies"] for t in tables], counts, precision)
+        return [{"offset": t["offset"], "frequencies": r} for t, r in zip(tables, rows, strict=True)]
+
+    return refit(y_tables, y_counts), refit(z_tables, z_counts)
