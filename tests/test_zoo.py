@@ -202,3 +202,16 @@ def _vr_copy(run, tmp_path):
     cfg["model"]["family"] = "codec-vr"
     (out / "config.json").write_text(json.dumps(cfg))
     return out
+
+
+def test_card_names_a_mean_scale_hyperprior():
+    from edgeae.zoo.card import render
+
+    cfg = {"channels": 64, "latent_channels": 128, "downsamplings": 4, "hyper_channels": 64,
+           "hyper_latent_channels": 32, "scale_levels": 64, "means": True, "mean_phases": 8, "mean_range": 127,
+           "hyper_signed": True}
+    entry = {"family": "hyperprior", "trained_as": "hyperprior", "qualities": {"1": {"lmbda": 0.0035}},
+             "training": {"model": {"config": cfg}, "steps": 8000}}
+    arch = next(line for line in render("photo", entry).splitlines() if line.startswith("**Architecture.**"))
+    assert "integer hyper-decoder, mean-scale (means in 1/8 steps within +-127, h_a on y)" in arch
+    assert "mean-scale" not in render("photo", {**entry, "training": {"model": {"config": {**cfg, "means": False}}}})

@@ -75,6 +75,9 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
         arch += (f", hyper-latent z: {cfg.get('hyper_latent_channels')} channels at stride "
                  f"{2 ** (int(cfg.get('downsamplings', 0)) + 2)}, h_a/h_s width {cfg.get('hyper_channels')}, "
                  f"{cfg.get('scale_levels')}-entry scale table, integer hyper-decoder")
+        if cfg.get("means"):
+            arch += (f", mean-scale (means in 1/{cfg.get('mean_phases')} steps within +-{cfg.get('mean_range')}, "
+                     f"h_a on {'y' if cfg.get('hyper_signed') else '|y|'})")
     arch += f"; lambdas {cfg.get('lmbdas') or [r.get('lmbda') for _, r in qualities]}."
     photos = str(data.get("data", "")).rstrip("/").endswith("photos/train")
     note = DATA_NOTE if photos else f"**Training data.** `{data.get('data') or data.get('name')}`."
