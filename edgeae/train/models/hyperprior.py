@@ -266,8 +266,11 @@ class Hyperprior(Codec):
         """`edgeae train --init RUN`: a hyperprior run's weights; a mean-scale model also takes a scale-only
         run's, whose h_s gets a mean head of zeros (mean 0 everywhere: at first, exactly the scale-only model).
         A `codec` (factorized) run gives g_a and g_s only: h_a, h_s and z's prior start fresh, so with
-        `freeze_transforms` the two families code the very same y_hat and differ only in their entropy model."""
-        if not any(k.startswith(("h_s.", "hyper_encoder.")) for k in state):  # a codec run: its g_a and g_s
+        `freeze_transforms` the two families code the very same y_hat and differ only in their entropy model.
+        With `freeze_transforms` a hyperprior run gives its g_a and g_s only too: a new entropy model (of any
+        hyper size: `hyper_channels`, `hyper_latent_channels`, means) learns on that run's frozen transforms."""
+        codec_run = not any(k.startswith(("h_s.", "hyper_encoder.")) for k in state)
+        if codec_run or self.config.freeze_transforms:  # g_a and g_s only
             for name, module in (("encoder", self.encoder), ("decoder", self.decoder)):
                 module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items()
                                         if k.startswith(name + ".")}, strict=True)
