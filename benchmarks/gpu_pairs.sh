@@ -16,7 +16,7 @@
 # a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
 # checkpoints/pairs-s7 with SEED=1 (crops it has not seen in that order) and HYPER_SET mean-scale.
 #
-# Variables: LAMBDAS, STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
+# Variables: LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
 # hyper_signed=true", which measured worse at 7,000 CPU steps: docs/HYPERPRIOR.md).
@@ -24,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"
 LAMBDAS=${LAMBDAS:-"0.0035 0.007 0.013"}
+FAMILIES=${FAMILIES:-"codec hyperprior"}
 STEPS=${STEPS:-7000}
 CROP=${CROP:-320}
 CHANNELS=${CHANNELS:-64}  # N; Balle et al.'s sizes: CHANNELS=128 LATENT=192 HYPER_SET="--set qat=false --set hyper_latent_channels=128" (a GPU's job)
@@ -45,7 +46,7 @@ mkdir -p "$OUT"
 where=(--threads "$THREADS" --device "$DEVICE" --data "$SHARED/photos/train" --val-data "$SHARED/photos/val")
 pids=()
 for lmbda in $LAMBDAS; do
-  for family in codec hyperprior; do
+  for family in $FAMILIES; do
     run=$OUT/${family:0:1}_$lmbda
     if [[ -f $run/config.json ]]; then
       cmd=(train --resume "$run" "${where[@]}" --max-steps "$STEPS")  # STEPS may lengthen or shorten it
