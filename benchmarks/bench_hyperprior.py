@@ -1,11 +1,18 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce the latest figures (session 6, docs/HYPERPRIOR.md: the six runs of benchmarks/gpu_pairs.sh, 19,500 bf16
-steps each; slim checkpoints in checkpoints/pairs-s7, whose README says how to finish and export them):
+Reproduce the latest figures (session 7, docs/HYPERPRIOR.md: the factorized codec and the mean-scale hyperprior,
+each 8,000 steps on from the 19,500-step pairs of checkpoints/pairs-s7; slim checkpoints in checkpoints/pairs-s8,
+whose README says how to finish and export them; -10.8% BD-rate):
 
-    for r in runs/pairs/*_0.0*; do edgeae export $r --int8 --out bundles/$(basename $r) --force; done
-    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py --hyper bundles/h_0.0035,bundles/h_0.007,bundles/h_0.013 \
-        --codec bundles/c_0.0035,bundles/c_0.007,bundles/c_0.013
+    LR=1e-4 STEPS=8000 INIT=checkpoints/pairs-s7 SEED=1 \
+      HYPER_SET="--set qat=false --set means=true --set hyper_signed=true" OUT=runs/ms bash benchmarks/gpu_pairs.sh
+    for r in runs/ms/*_0.0*; do edgeae export $r --int8 --out runs/ms-bundles/$(basename $r) --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
+        --hyper runs/ms-bundles/h_0.0035,runs/ms-bundles/h_0.007,runs/ms-bundles/h_0.013 \
+        --codec runs/ms-bundles/c_0.0035,runs/ms-bundles/c_0.007,runs/ms-bundles/c_0.013
+
+Session 6's figures (-9.1%, scale-only hyperprior): the runs of checkpoints/pairs-s7 themselves, each finished
+with `edgeae train --resume RUN --max-steps 19500` and exported and measured the same way.
 
 Session 5's figures: the same after `STEPS=11500 OUT=runs/pairs bash benchmarks/gpu_pairs.sh` (all six at once on
 2 cores; its checkpoints, checkpoints/pairs-s6, are in git history at 07598a6).
