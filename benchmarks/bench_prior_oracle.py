@@ -3,7 +3,8 @@
 For each run (a `codec` run, or any run whose model has `encoder` and a factorized `prior` of y), on whole
 photographs at their own size (cropped down to a multiple of 8 latents), it prints bits per pixel of round(y)
 under:
-  * the run's own factorized prior (what its payloads pay, headers aside);
+  * the run's own factorized prior (what its payloads pay, headers aside); for a hyperprior run, its own y
+    under its h_s's scales (and means), float, plus z under z's prior;
   * the best zero-mean discretised Gaussian per channel (one scale per channel: a hyperprior whose z says nothing);
   * the best Gaussian scale of the hyperprior's 64-entry table chosen freely per channel and per BxB block of
     latents, B = 8, 4, 2, 1: an oracle hyperprior whose side information is free. B = 4 is the resolution of z
@@ -42,7 +43,7 @@ def oracle_rates(run_dir: str, images: list[tuple[str, np.ndarray]], blocks: tup
     model = load_run(run_dir).model.eval()
     scales = torch.from_numpy(scale_table(levels, scale_min, scale_max).astype(np.float32))
     stride = 8 * 2 ** int(model.config.downsamplings)  # whole 8x8 blocks of latents (y's stride, not z's)
-    bits = {"factorized": 0.0, "per_channel": 0.0, **{f"block_{b}": 0.0 for b in blocks}}
+    bits = {"own": 0.0, "per_channel": 0.0, **{f"block_{b}": 0.0 for b in blocks}}
     pixels = 0
     channel_cost = None
     with torch.no_grad():
@@ -55,10 +56,10 @@ def oracle_rates(run_dir: str, images: list[tuple[str, np.ndarray]], blocks: tup
                 z_hat = torch.round(model.hyper_encoder(r[None]))
                 index, mean = model.scale_index_and_mean(z_hat, integer_like=False)
                 y_lik = gaussian_likelihood(r[None] if mean is None else r[None] - mean, model.scales_from_index(index))
-                bits["factorized"] += float(-torch.log2(y_lik).sum())
+                bits["own"] += float(-torch.log2(y_lik).sum())
                 bits["z"] = bits.get("z", 0.0) + float(-torch.log2(model.prior.likelihood(z_hat)).sum())
             else:
-                bits["factorized"] += float(-torch.log2(model.prior.likelihood(r[None])).sum())
+                bits["own"] += float(-torch.log2(model.prior.likelihood(r[None])).sum())
             m, hy, wy = r.shape
             cost = torch.stack([-torch.log2(gaussian_likelihood(r, s.expand_as(r))) for s in scales])  # (K, M, h, w)
             per_channel = cost.sum(dim=(2, 3))
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"{len(images)} photographs from {a.data}; bpp of round(y), no headers, no side information")
     for run in a.runs:
         r = oracle_rates(run, images)
-        f = r["factorized"]
+        f = r["own"]
         if "z" in r:  # the oracle rows are then relative to the hyperprior's own y (z apart)
             print(f"{Path(run).name}: the hyperprior's own y {f:.4f} + z {r['z']:.4f}")
         else:

@@ -19,7 +19,8 @@
 # Variables: LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
-# hyper_signed=true", which measured worse at 7,000 CPU steps: docs/HYPERPRIOR.md).
+# hyper_signed=true": worse from scratch at 7,000 CPU steps, better as 8,000 steps on from the 19,500-step
+# scale-only runs, -10.8% vs -9.1% BD-rate: docs/HYPERPRIOR.md "Session 7").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"

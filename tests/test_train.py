@@ -464,6 +464,8 @@ def test_frozen_transforms_from_a_codec_run_give_both_families_the_same_reconstr
 def test_frozen_transforms_from_a_hyperprior_run_take_a_new_entropy_model_of_any_size(tmp_path):
     """freeze_transforms on a hyperprior run's --init: its g_a and g_s, frozen; h_a, h_s and z's prior of
     another size start fresh (a bigger entropy model on transforms already trained)."""
+    from edgeae.errors import RunDirError
+
     tiny = {**CODEC_TINY, "downsamplings": 1, "hyper_channels": 4, "hyper_latent_channels": 2}
     cfg = TrainConfig(epochs=1, batch_size=64, progress=False, threads=1, max_steps=4, lr=1e-2)
     base = train("hyperprior", "digits", tmp_path / "base", tiny, cfg)
@@ -472,8 +474,6 @@ def test_frozen_transforms_from_a_hyperprior_run_take_a_new_entropy_model_of_any
     b, n = base.model.state_dict(), new.model.state_dict()
     assert all(torch.equal(b[k], n[k]) for k in b if k.startswith(("encoder.", "decoder.")))
     assert n["h_s.last.weight"].shape != b["h_s.last.weight"].shape
-    from edgeae.errors import RunDirError
-
     with pytest.raises(RunDirError, match="do not fit"):  # without freeze_transforms the hyper parts must fit
         train("hyperprior", "digits", tmp_path / "bad", {**bigger, "freeze_transforms": False}, cfg,
               init=tmp_path / "base")
