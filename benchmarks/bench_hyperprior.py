@@ -1,15 +1,18 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce the latest figures (session 7, docs/HYPERPRIOR.md: the factorized codec and the mean-scale hyperprior,
-each 8,000 steps on from the 19,500-step pairs of checkpoints/pairs-s7; slim checkpoints in checkpoints/pairs-s8,
-whose README says how to finish and export them; -10.8% BD-rate):
+Reproduce the latest figures (session 7, docs/HYPERPRIOR.md: the factorized codec and the scale-only hyperprior,
+each 11,000 steps on from the 19,500-step pairs of checkpoints/pairs-s7; slim checkpoints in checkpoints/pairs-s8,
+whose README says how to finish and export them; -13.0% BD-rate):
 
-    LR=1e-4 STEPS=8000 INIT=checkpoints/pairs-s7 SEED=1 \
-      HYPER_SET="--set qat=false --set means=true --set hyper_signed=true" OUT=runs/ms bash benchmarks/gpu_pairs.sh
-    for r in runs/ms/*_0.0*; do edgeae export $r --int8 --out runs/ms-bundles/$(basename $r) --force; done
+    LR=1e-4 STEPS=8000 INIT=checkpoints/pairs-s7 SEED=1 OUT=runs/p3 bash benchmarks/gpu_pairs.sh
+    STEPS=11000 OUT=runs/p3 bash benchmarks/gpu_pairs.sh
+    for r in runs/p3/*_0.0*; do edgeae export $r --int8 --out runs/p3-bundles/$(basename $r) --force; done
     OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
-        --hyper runs/ms-bundles/h_0.0035,runs/ms-bundles/h_0.007,runs/ms-bundles/h_0.013 \
-        --codec runs/ms-bundles/c_0.0035,runs/ms-bundles/c_0.007,runs/ms-bundles/c_0.013
+        --hyper runs/p3-bundles/h_0.0035,runs/p3-bundles/h_0.007,runs/p3-bundles/h_0.013 \
+        --codec runs/p3-bundles/c_0.0035,runs/p3-bundles/c_0.007,runs/p3-bundles/c_0.013
+
+The mean-scale variant of the same session (-10.8% after the first 8,000 steps): add HYPER_SET="--set qat=false
+--set means=true --set hyper_signed=true" to the first command.
 
 Session 6's figures (-9.1%, scale-only hyperprior): the runs of checkpoints/pairs-s7 themselves, each finished
 with `edgeae train --resume RUN --max-steps 19500` and exported and measured the same way.
