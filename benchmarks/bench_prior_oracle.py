@@ -43,7 +43,8 @@ def oracle_rates(run_dir: str, images: list[tuple[str, np.ndarray]], blocks: tup
     model = load_run(run_dir).model.eval()
     scales = torch.from_numpy(scale_table(levels, scale_min, scale_max).astype(np.float32))
     stride = 8 * 2 ** int(model.config.downsamplings)  # whole 8x8 blocks of latents (y's stride, not z's)
-    bits = {"own": 0.0, "per_channel": 0.0, **{f"block_{b}": 0.0 for b in blocks}}
+    hyper = hasattr(model, "hyper_encoder")  # a hyperprior run: its own y (h_s's scales, float) and z
+    bits = {"own": 0.0, **({"z": 0.0} if hyper else {}), "per_channel": 0.0, **{f"block_{b}": 0.0 for b in blocks}}
     pixels = 0
     channel_cost = None
     with torch.no_grad():
@@ -52,12 +53,12 @@ def oracle_rates(run_dir: str, images: list[tuple[str, np.ndarray]], blocks: tup
             x = torch.from_numpy(img[:h, :w].transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
             r = torch.round(model.encoder(x))[0]
             pixels += h * w
-            if hasattr(model, "hyper_encoder"):  # a hyperprior run: what its own y and z cost (float h_s)
+            if hyper:
                 z_hat = torch.round(model.hyper_encoder(r[None]))
                 index, mean = model.scale_index_and_mean(z_hat, integer_like=False)
                 y_lik = gaussian_likelihood(r[None] if mean is None else r[None] - mean, model.scales_from_index(index))
                 bits["own"] += float(-torch.log2(y_lik).sum())
-                bits["z"] = bits.get("z", 0.0) + float(-torch.log2(model.prior.likelihood(z_hat)).sum())
+                bits["z"] += float(-torch.log2(model.prior.likelihood(z_hat)).sum())
             else:
                 bits["own"] += float(-torch.log2(model.prior.likelihood(r[None])).sum())
             m, hy, wy = r.shape
