@@ -129,6 +129,11 @@ def _code_bits(values: np.ndarray, index: np.ndarray, tables: list[dict]) -> flo
     return bits
 
 
+def _cut(arrays: tuple, crop: tuple) -> tuple:
+    """The top-left of y's own size of each index/mean array (None stays None), as the runtime keeps it."""
+    return tuple(None if a is None else a[crop] for a in arrays)
+
+
 def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
     """bpp of y and z: float hyper-decoder (ideal), integer hyper-decoder + integer tables (ideal code length)."""
     import torch
@@ -142,7 +147,7 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
     ent = manifest["entropy"]
     params = IntHyperDecoder.load(Path(bundle) / manifest["graphs"]["hyper_decoder"]["file"])
     gauss = y_tables(np.asarray(ent["y"]["scales"]), ent["precision"], phases=int(ent["y"].get("mean_phases", 1)))
-    stride = model.stride
+    stride, zs = manifest["input"]["size_multiple"], ent["z"]["stride"]  # as the runtime pads: image, then y
     per_image: list[dict[str, float]] = []  # bits per pixel of each image, averaged per image as rd_point does
     tot = {"index_mismatch": 0, "index_total": 0}
     for _, img in images:
@@ -152,18 +157,22 @@ def hyper_rates(bundle: str, images: list[tuple[str, np.ndarray]]) -> dict:
         xt = torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
         with torch.no_grad():
             y = model.encoder(xt)
-            z_hat = torch.round(model.hyper_encoder(y))
+            hy, wy = y.shape[-2:]
+            crop = (..., slice(0, hy), slice(0, wy))
+            y_pad = torch.nn.functional.pad(y, (0, -wy % zs, 0, -hy % zs), mode="replicate")
+            z_hat = torch.round(model.hyper_encoder(y_pad))
             y_hat = torch.round(y)
+
             model.h_s.set_fake_quant(True)  # the integer path's stand-in, whether or not it trained with qat
-            idx_q, mean_q = model.scale_index_and_mean(z_hat, integer_like=True)
+            idx_q, mean_q = _cut(model.scale_index_and_mean(z_hat, integer_like=True), crop)
             model.h_s.set_fake_quant(False)
-            idx_f, mean_f = model.scale_index_and_mean(z_hat, integer_like=False)
+            idx_f, mean_f = _cut(model.scale_index_and_mean(z_hat, integer_like=False), crop)
             model.h_s.set_fake_quant(model.config.qat)
             for key, idx, mean in (("y_float", idx_f, mean_f), ("y_fake_quant", idx_q, mean_q)):
                 lik = gaussian_likelihood(y_hat if mean is None else y_hat - mean, model.scales_from_index(idx))
                 bits[key] = float(-torch.log2(lik).sum())
         zi = z_hat.numpy().astype(np.int32)
-        index, int_mean = params.decode(zi)
+        index, int_mean = _cut(params.decode(zi), crop)
         tot["index_mismatch"] += int((index != idx_q.numpy().astype(np.int32)).sum())
         tot["index_total"] += index.size
         table, base = tables_and_base(index, int_mean, int(ent["y"].get("mean_phases", 1)))

@@ -28,8 +28,9 @@ def _smooth_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(out + 0.02 * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
 
 
-def _train_and_export(out, means: bool):
-    """A tiny hyperprior (stride 16: y at /4, z at /16) trained for a few dozen steps, exported with int8."""
+def _train_and_export(out, means: bool, size_multiple: int | None = None):
+    """A tiny hyperprior (y at /4, z at /16) trained for a few dozen steps, exported with int8; the bundle pads
+    images to `size_multiple` (default: y's stride 4, z then covers y edge-padded by the runtime)."""
     import edgeae
     from edgeae.train.models import build_model
 
@@ -48,7 +49,7 @@ def _train_and_export(out, means: bool):
     model.eval()
     _MODEL[out] = model
     edgeae.export(model=model, out=out, input=edgeae.InputSpec(channels=3, height=32, width=32, dynamic_size=True,
-                                                               size_multiple=16),
+                                                               size_multiple=size_multiple),
                   calibration=_smooth_images(48, 32, 32, seed=1), validation=_smooth_images(8, 32, 32, seed=2),
                   int8=True, max_int8_drop_db=20.0, measure_speed=False, name="tiny-hyperprior")
     return out
@@ -61,8 +62,9 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mean_bundle(tmp_path_factory):
-    """The same with mean-scale: the hyper-decoder also gives a mean per y symbol, in 1/8 steps."""
-    return _train_and_export(tmp_path_factory.mktemp("hyper") / "mean-bundle", means=True)
+    """The same with mean-scale: the hyper-decoder also gives a mean per y symbol, in 1/8 steps; padded to whole
+    z positions (16), as bundles exported before 2026-12-02 were."""
+    return _train_and_export(tmp_path_factory.mktemp("hyper") / "mean-bundle", means=True, size_multiple=16)
 
 
 _MODEL: dict = {}  # bundle -> the fixture's PyTorch model, the reference of the fp32 pipeline
@@ -75,7 +77,7 @@ def _uint8(img: np.ndarray) -> np.ndarray:
 
 def test_manifest_lists_the_integer_hyper_decoder(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
-    assert m["entropy"]["model"] == "hyperprior" and m["input"]["size_multiple"] == 16
+    assert m["entropy"]["model"] == "hyperprior" and m["input"]["size_multiple"] == 4  # y's stride, not z's
     assert set(m["graphs"]) == {"encoder", "decoder", "hyper_encoder", "hyper_decoder"}
     assert m["entropy"]["z"]["stride"] == 4 and len(m["entropy"]["y"]["tables"]) == 64
     params = IntHyperDecoder.load(bundle / m["graphs"]["hyper_decoder"]["file"])
@@ -83,9 +85,10 @@ def test_manifest_lists_the_integer_hyper_decoder(bundle):
 
 
 def _torch_reconstruction(bundle, img: np.ndarray) -> np.ndarray:
-    """What the fp32 pipeline must give: pad (edge) to 16, g_s(round(g_a(x))), crop, to uint8."""
+    """What the fp32 pipeline must give: pad (edge) to the bundle's multiple, g_s(round(g_a(x))), crop, to uint8."""
     h, w = img.shape[:2]
-    x = np.pad(img, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="edge").transpose(2, 0, 1)[None] / 255.0
+    m = json.loads((bundle / "manifest.json").read_text())["input"]["size_multiple"]
+    x = np.pad(img, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge").transpose(2, 0, 1)[None] / 255.0
     with torch.no_grad():
         model = _MODEL[bundle]
         r = model.decoder(torch.round(model.encoder(torch.from_numpy(x.astype(np.float32))))).numpy()
@@ -114,6 +117,18 @@ def test_payloads_of_several_sizes_decode(request, precision, means):
     # Each image alone gives the same reconstruction as in the mixed batch (grouping does not leak).
     for im, rec in zip(images[:2], out[:2], strict=True):
         assert np.array_equal(np.asarray(dec.decode(enc.encode(im)))[0], rec)
+
+
+def test_only_y_own_symbols_are_coded_when_z_needs_more(bundle):
+    """33x47 pads to 36x48 (y's stride 4): y is 9x12, z covers it edge-padded to 12x12 (3x3 z positions);
+    the payload holds 9x12 y symbols and equals the payload of the image edge-padded to 36x48, cropped."""
+    enc, dec = Encoder(bundle, threads=1), Decoder(bundle, threads=1)
+    img = _uint8(_smooth_images(1, 33, 47, seed=4)[0])
+    y = np.asarray(dec.latents(enc.encode(img)))
+    assert y.shape[1:] == (8, 9, 12)
+    padded = np.pad(img, ((0, 3), (0, 1), (0, 0)), mode="edge")
+    assert enc.items(padded)[0].parts == enc.items(img)[0].parts
+    assert np.array_equal(np.asarray(dec.decode(enc.encode(padded)))[0][:33, :47], np.asarray(dec.decode(enc.encode(img)))[0])
 
 
 def _items(bundle):

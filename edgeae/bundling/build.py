@@ -64,7 +64,7 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
     c, h, w = model.config.in_shape
     spec = InputSpec(channels=c, height=h, width=w, channel_order=run.config["data"].get("channel_order"),
                      dynamic_size=_any_size(run.family, model),
-                     size_multiple=getattr(model, "stride", None) if _any_size(run.family, model) else None)
+                     size_multiple=_size_multiple(model) if _any_size(run.family, model) else None)
     return core.export(
         model=model, out=Path(opts.out) if opts.out else Path("export") / run.name, input=spec,
         calibration=train, validation=val, latent_bits=opts.latent_bits, int8=opts.int8_roles or opts.int8,
@@ -74,6 +74,12 @@ def export_run(run_dir: str | os.PathLike[str], options: ExportOptions | None = 
         measure_speed=opts.measure_speed, force=opts.force,
         model_info={"family": run.family, "config": json.loads(json.dumps(model.config.to_dict()))},
         source={"run_dir": str(run.path.resolve())})
+
+
+def _size_multiple(model: AutoEncoder) -> int | None:
+    """What an any-size bundle pads images to: the model's `size_multiple` where it has one (a hyperprior: y's
+    stride, the runtime pads y itself for z), else its total stride."""
+    return getattr(model, "size_multiple", getattr(model, "stride", None))
 
 
 def _any_size(family: str, model: AutoEncoder) -> bool:

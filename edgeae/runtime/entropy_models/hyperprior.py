@@ -12,6 +12,11 @@ at phase / P). Then, per item:
     part 2  escaped values (z's, then y's) as zigzag LEB128 varints (docs/FORMAT.md)
 
 The decoder graph gets y_hat = value + base = round(y), the integer latent itself.
+
+Any latent size: z has ceil(h / s) x ceil(w / s) positions (s = `entropy.z.stride`). When h or w is not a
+multiple of s, the encoder edge-pads y (bottom and right) to s times that before the hyper_encoder, and both
+sides keep the top-left h x w of the hyper_decoder's output: only y's own symbols are coded, so an image pads
+to y's stride (`input.size_multiple`), not to y's stride times s (docs/FORMAT.md, "Any image size").
 """
 
 from __future__ import annotations
@@ -83,11 +88,11 @@ class Hyperprior(EntropyModel):
 
     def z_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         c, h, w = shape
+        if c != self.y_channels or h < 1 or w < 1:
+            raise CorruptStream(f"a latent of shape {shape} does not fit this hyperprior ({self.y_channels} y "
+                                "channels)")
         s = self.z_stride
-        if c != self.y_channels or h % s or w % s:
-            raise CorruptStream(f"a latent of shape {shape} does not fit this hyperprior (y channels "
-                                f"{self.y_channels}, z stride {s})")
-        return self.z_channels, h // s, w // s
+        return self.z_channels, -(-h // s), -(-w // s)
 
     def _zindex(self, zshape: tuple[int, ...]) -> np.ndarray:
         idx = self._z_index.get(zshape)
@@ -107,14 +112,18 @@ class Hyperprior(EntropyModel):
                               f"{f' and {MEAN_OUTPUT!r}' if self.means else ''}; re-export the bundle")
         index = np.asarray(out[INDEX_OUTPUT])
         mean = np.asarray(out[MEAN_OUTPUT]) if self.means else None
-        want = (len(z), *shape)
+        s = self.z_stride
+        want = (len(z), shape[0], z.shape[2] * s, z.shape[3] * s)  # then cut to y's own h x w
         if index.shape != want or (mean is not None and mean.shape != want):
-            raise BundleError(f"the hyper_decoder graph gives shape {index.shape} for a latent of {want}; "
-                              "re-export the bundle")
+            raise BundleError(f"the hyper_decoder graph gives shape {index.shape} for a hyper-latent of "
+                              f"{z.shape}, expected {want}; re-export the bundle")
         if index.dtype.kind not in "iu" or (mean is not None and mean.dtype.kind not in "iu"):
             raise BundleError("the hyper_decoder graph must give integer index and mean; re-export the bundle")
         if self.verify:
             self._check_reference(z, index, mean)
+        index = index[:, :, : shape[1], : shape[2]]
+        if mean is not None:
+            mean = mean[:, :, : shape[1], : shape[2]]
         if index.size and (index.min() < 0 or index.max() >= self.scale_levels):
             raise BundleError(f"the hyper_decoder graph gives table indices outside 0..{self.scale_levels - 1}; "
                               "re-export the bundle")
@@ -138,8 +147,13 @@ class Hyperprior(EntropyModel):
         inthyper.verify(self._reference, z, index, mean=mean)
 
     def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Float latents (n, C, h, w) -> the int z values and int y values the encoder codes (before means)."""
-        z = self._graph("hyper_encoder")(np.ascontiguousarray(y, np.float32))
+        """Float latents (n, C, h, w) -> the int z values (of y edge-padded to whole z positions) and the int y
+        values the encoder codes (before means)."""
+        _, zh, zw = self.z_shape(tuple(y.shape[1:]))
+        s = self.z_stride
+        pad = ((0, 0), (0, 0), (0, zh * s - y.shape[2]), (0, zw * s - y.shape[3]))
+        padded = np.pad(y, pad, mode="edge") if any(p[1] for p in pad) else y
+        z = self._graph("hyper_encoder")(np.ascontiguousarray(padded, np.float32))
         zf = next(iter(z.values())) if len(z) == 1 else z[self.manifest.graphs["hyper_encoder"].output]
         return _integers(zf), _integers(y)
 

@@ -24,7 +24,8 @@
   codes round(y) with the table of (scale index, mean phase), so y_hat stays round(y) (docs/HYPERPRIOR.md).
 * Loss: lmbda * 255^2 * MSE + bpp(y) + bpp(z); terms "bpp", "bpp_y", "bpp_z", "distortion".
 
-The total stride is 2^(d+2): z is y downsampled twice more, so images pad to a multiple of 64 with d=4.
+The total stride is 2^(d+2): z is y downsampled twice more, so training crops are multiples of 64 with d=4;
+bundles pad images to y's stride 2^d only (the runtime edge-pads y to whole z positions, docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -204,7 +205,10 @@ class Hyperprior(Codec):
             raise ValueError("hyperprior needs 1 <= mean_phases <= 64 and 1 <= mean_range * mean_phases <= 32768")
         self.h_s = HyperSynthesis(cz, nh, m, config.act_momentum, init_index, config.means)
         self.h_s.set_fake_quant(config.qat)
-        self.stride = 2 ** (config.downsamplings + 2)
+        self.stride = 2 ** (config.downsamplings + 2)  # what training and PyTorch's forward take
+        # What bundles pad images to: y's stride only (the runtime edge-pads y to whole z positions and codes
+        # only y's own symbols, entropy_models/hyperprior.py); bundles before 2026-12-02 padded to `stride`.
+        self.size_multiple = 2 ** config.downsamplings
         self._check_size(*config.in_shape[1:])
 
     # --- the scale path ---
