@@ -1,18 +1,23 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-Reproduce the latest figures (session 7, docs/HYPERPRIOR.md: the factorized codec and the scale-only hyperprior,
-each 11,000 steps on from the 19,500-step pairs of checkpoints/pairs-s7; slim checkpoints in checkpoints/pairs-s8,
-whose README says how to finish and export them; -13.0% BD-rate):
+Reproduce the latest figures (session 8, docs/HYPERPRIOR.md: the factorized codec and the scale-only hyperprior,
+each 5,000 steps on from the 30,500-step pairs of checkpoints/pairs-s8, images padded to y's stride; slim
+checkpoints in checkpoints/pairs-s9, whose README says how to finish and export them; -14.1% BD-rate):
+
+    LR=1e-4 STEPS=5000 INIT=checkpoints/pairs-s8 SEED=2 OUT=runs/p4 bash benchmarks/gpu_pairs.sh
+    for r in runs/p4/*_0.0*; do edgeae export $r --int8 --out runs/p4-bundles/$(basename $r) --force; done
+    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
+        --hyper runs/p4-bundles/h_0.0035,runs/p4-bundles/h_0.007,runs/p4-bundles/h_0.013 \
+        --codec runs/p4-bundles/c_0.0035,runs/p4-bundles/c_0.007,runs/p4-bundles/c_0.013
+
+Session 7's figures (-13.0%, images padded to z's stride 64 by the bundles of then; -13.8% when the same
+checkpoints are exported now): checkpoints/pairs-s8 itself, made by
 
     LR=1e-4 STEPS=8000 INIT=checkpoints/pairs-s7 SEED=1 OUT=runs/p3 bash benchmarks/gpu_pairs.sh
     STEPS=11000 OUT=runs/p3 bash benchmarks/gpu_pairs.sh
-    for r in runs/p3/*_0.0*; do edgeae export $r --int8 --out runs/p3-bundles/$(basename $r) --force; done
-    OMP_NUM_THREADS=1 python benchmarks/bench_hyperprior.py \
-        --hyper runs/p3-bundles/h_0.0035,runs/p3-bundles/h_0.007,runs/p3-bundles/h_0.013 \
-        --codec runs/p3-bundles/c_0.0035,runs/p3-bundles/c_0.007,runs/p3-bundles/c_0.013
 
-The mean-scale variant of the same session (-10.8% after the first 8,000 steps): add HYPER_SET="--set qat=false
---set means=true --set hyper_signed=true" to the first command.
+The mean-scale variant of session 7 (-10.8% after the first 8,000 steps): add HYPER_SET="--set qat=false
+--set means=true --set hyper_signed=true" to session 7's first command.
 
 Session 6's figures (-9.1%, scale-only hyperprior): the runs of checkpoints/pairs-s7 themselves, each finished
 with `edgeae train --resume RUN --max-steps 19500` and exported and measured the same way.
