@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -434,6 +435,26 @@ def test_a_crop_run_validated_at_another_side_exports_at_the_smaller_side(folder
     assert Decoder(out).decode(enc.encode(img))[0].shape == (20, 28, 3)
 
 
+def test_init_records_every_step_behind_the_weights_through_chained_warm_starts(tmp_path):
+    """A run --init from a run that was itself --init from another: its record counts all three runs'
+    steps (the zoo's model card says so), and keeps counting once the older runs are gone."""
+    import shutil
+
+    from edgeae.train.rundir import lineage_steps
+
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, threads=1, max_steps=3)
+    train("codec", "digits", tmp_path / "a", CODEC_TINY, cfg)
+    train("codec", "digits", tmp_path / "b", CODEC_TINY, replace(cfg, max_steps=5), init=tmp_path / "a")
+    lost = {**load_run(tmp_path / "b").config["init"]}
+    lost.pop("total_steps")  # a record written before total_steps existed: the walk follows the run directories
+    assert lineage_steps(lost) == 3
+    train("codec", "digits", tmp_path / "c", CODEC_TINY, replace(cfg, max_steps=2), init=tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    info = load_run(tmp_path / "c").config["init"]
+    assert (info["steps"], info["total_steps"]) == (5, 8) and lineage_steps(info) == 8
+    assert lineage_steps(None) == 0
+
+
 def test_frozen_transforms_from_a_codec_run_give_both_families_the_same_reconstruction(tmp_path):
     """Issue 14's fair comparison: a hyperprior (and a factorized codec) started from one codec run with
     freeze_transforms train their entropy model only, so both decode the very same y_hat."""
@@ -474,9 +495,33 @@ def test_frozen_transforms_from_a_hyperprior_run_take_a_new_entropy_model_of_any
     b, n = base.model.state_dict(), new.model.state_dict()
     assert all(torch.equal(b[k], n[k]) for k in b if k.startswith(("encoder.", "decoder.")))
     assert n["h_s.last.weight"].shape != b["h_s.last.weight"].shape
-    with pytest.raises(RunDirError, match="do not fit"):  # without freeze_transforms the hyper parts must fit
-        train("hyperprior", "digits", tmp_path / "bad", {**bigger, "freeze_transforms": False}, cfg,
-              init=tmp_path / "base")
+    smaller = {**tiny, "hyper_channels": 2}
+    with pytest.raises(RunDirError, match="do not fit"):  # without freeze_transforms, never a narrower one
+        train("hyperprior", "digits", tmp_path / "bad", smaller, cfg, init=tmp_path / "base")
+
+
+def test_a_wider_entropy_model_starts_from_a_smaller_one_computing_the_same(tmp_path):
+    """--init from a hyperprior run into wider h_a / h_s (and more z channels), transforms trained jointly:
+    the widened model computes what the run's did (the new units start silent), then trains them."""
+    from edgeae.train.trainer import init_weights
+
+    tiny = {**CODEC_TINY, "downsamplings": 1, "hyper_channels": 4, "hyper_latent_channels": 2}
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, threads=1, max_steps=6, lr=1e-2)
+    base = train("hyperprior", "digits", tmp_path / "base", tiny, cfg).model.eval()
+    x = torch.rand(5, 1, 8, 8)
+    for wider in ({"hyper_channels": 8}, {"hyper_channels": 8, "hyper_latent_channels": 5}):
+        model = build_model("hyperprior", in_shape=(1, 8, 8), **{**tiny, **wider})
+        init_weights(model, tmp_path / "base")
+        model.eval()
+        with torch.no_grad():
+            a, b = base(x), model(x)
+        assert torch.equal(a.x_hat, b.x_hat)
+        assert torch.allclose(a.extras["likelihoods"], b.extras["likelihoods"], rtol=0, atol=1e-6)  # y's rate
+        assert torch.allclose(a.extras["z"], b.extras["z"][:, :2], rtol=0, atol=1e-6)  # the old z channels
+        assert torch.allclose(a.extras["z_likelihoods"], b.extras["z_likelihoods"][:, :2], rtol=0, atol=1e-6)
+    new = train("hyperprior", "digits", tmp_path / "new", {**tiny, "hyper_channels": 8}, cfg,
+                init=tmp_path / "base").model.state_dict()
+    assert new["h_s.last.weight"][:, 4:].abs().sum() > 0  # the new hidden units did learn
 
 
 # --- bf16 training (--precision bf16) ---

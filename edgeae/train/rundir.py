@@ -42,6 +42,28 @@ def read_json(path: Path) -> dict[str, Any]:
     return read_json_bounded(path, MAX_JSON_BYTES, RunDirError, hint="re-run `edgeae train`")
 
 
+def own_steps(run: Path) -> int | None:
+    """Steps a run itself trained (its metrics.json, else its checkpoint's; a run in progress: the latter)."""
+    states = [read_json(f) for f in (run / METRICS, run / CHECKPOINT / CKPT_STATE) if f.is_file()]
+    steps = [int(st["steps"]) for st in states if isinstance(st.get("steps"), int)]
+    return max(steps) if steps else None
+
+
+def lineage_steps(init: dict[str, Any] | None, depth: int = 64) -> int:
+    """Steps behind a run's `--init` record (config.json "init"): the source's own steps plus everything
+    behind its own init, followed through the run directories that still exist; a record that carries
+    `total_steps` (written since 2026-12-03) or a source no longer on disk ends the walk with what it says."""
+    if not init:
+        return 0
+    if isinstance(init.get("total_steps"), int):
+        return int(init["total_steps"])
+    own = int(init.get("steps") or 0)
+    source = Path(str(init.get("run", "")))
+    if depth <= 0 or not (source / CONFIG).is_file():
+        return own
+    return own + lineage_steps(read_json(source / CONFIG).get("init"), depth - 1)
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     """Rebuild a trained model from its run directory, with a one-line error for anything missing."""
     from safetensors import SafetensorError

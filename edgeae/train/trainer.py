@@ -48,6 +48,8 @@ from edgeae.train.rundir import (
     METRICS,
     WEIGHTS,
     AtomicDir,
+    lineage_steps,
+    own_steps,
     read_json,
     save_grid,
     write_json,
@@ -663,14 +665,15 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
         raise RunDirError(f"--init {source}: no {WEIGHTS} or {CHECKPOINT}/{CKPT_MODEL} there")
     info: dict[str, Any] = {"run": str(source.resolve()), "weights": weights.name}
     cfg_file = source / CONFIG
-    if cfg_file.is_file():
-        source_model = read_json(cfg_file).get("model", {})
+    source_config = read_json(cfg_file) if cfg_file.is_file() else {}
+    source_model = source_config.get("model", {})
+    if source_model:
         info["family"] = source_model.get("family")
         info["lmbda"] = source_model.get("config", {}).get("lmbda")
-    for state_file in (source / METRICS, source / CHECKPOINT / CKPT_STATE):
-        if state_file.is_file():
-            info["steps"] = read_json(state_file).get("steps")
-            break
+    steps = own_steps(source)
+    if steps is not None:
+        info["steps"] = steps
+    info["total_steps"] = (steps or 0) + lineage_steps(source_config.get("init"))  # every step behind the weights
     try:
         state = load_file(str(weights))
         hook = getattr(model, "load_base_state", None)

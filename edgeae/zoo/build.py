@@ -175,14 +175,14 @@ def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint
 
 def _training(run: Path) -> dict[str, Any]:
     """What a run's records say about how it trained: steps, where, how long, and its warm start."""
-    from edgeae.train.rundir import CHECKPOINT, CKPT_STATE, CONFIG, METRICS, read_json
+    from edgeae.train.rundir import CHECKPOINT, CKPT_STATE, CONFIG, METRICS, lineage_steps, read_json
 
     states = [read_json(f) for f in (run / METRICS, run / CHECKPOINT / CKPT_STATE) if f.is_file()]
     state = max(states, key=lambda st: st.get("steps") or 0, default={})  # a run in progress: its checkpoint
-    config = read_json(run / CONFIG)
+    init = read_json(run / CONFIG).get("init")
     return {"run": run.name, "steps": state.get("steps"), "devices": state.get("devices", []),
             "seconds": float(sum(d.get("seconds", 0.0) for d in state.get("devices", []))),
-            "init": config.get("init")}
+            "init": {**init, "total_steps": lineage_steps(init)} if init else None}
 
 
 def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] | None = None,

@@ -52,9 +52,10 @@ def _init(t: dict[str, Any]) -> str:
     init, own = t.get("init") or {}, int(t.get("steps") or 0)
     if not init:
         return ""
-    return (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, {init.get('steps')} "
-            f"steps at lambda {init.get('lmbda', '?')}, same transforms), so the transforms have seen "
-            f"{own + int(init.get('steps') or 0)} steps.")
+    behind = int(init.get("total_steps") or init.get("steps") or 0)  # the source's steps and its own init's
+    return (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, {behind} "
+            f"steps at lambda {init.get('lmbda', '?')} counting its own warm starts, same transforms), so the "
+            f"transforms have seen {own + behind} steps.")
 
 
 def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dict[str, Any] | None = None) -> str:

@@ -268,7 +268,8 @@ class Hyperprior(Codec):
 
     def load_base_state(self, state: dict[str, torch.Tensor]) -> None:
         """`edgeae train --init RUN`: a hyperprior run's weights; a mean-scale model also takes a scale-only
-        run's, whose h_s gets a mean head of zeros (mean 0 everywhere: at first, exactly the scale-only model).
+        run's, whose h_s gets a mean head of zeros (mean 0 everywhere: at first, exactly the scale-only model),
+        and a model with wider hyper networks or more z channels takes a smaller one's (`_widened`).
         A `codec` (factorized) run gives g_a and g_s only: h_a, h_s and z's prior start fresh, so with
         `freeze_transforms` the two families code the very same y_hat and differ only in their entropy model.
         With `freeze_transforms` a hyperprior run gives its g_a and g_s only too: a new entropy model (of any
@@ -283,7 +284,28 @@ class Hyperprior(Codec):
         if self.config.means and w is not None and b is not None and w.shape[0] == self.config.latent_channels:
             state = {**state, "h_s.last.weight": torch.cat([w, torch.zeros_like(w)]),
                      "h_s.last.bias": torch.cat([b, torch.zeros_like(b)])}
-        self.load_state_dict(state, strict=True)
+        self.load_state_dict(self._widened(state), strict=True)
+
+    def _widened(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A smaller entropy model's weights (`hyper_channels`, `hyper_latent_channels` below this model's)
+        grown into this one without changing what it computes: each old tensor fills the leading block of this
+        model's freshly initialised one, and every conv input that is new (a new hidden unit, a new z channel)
+        gets weight zero, so the new units start silent and learn from there (Net2Net-style widening). The
+        transforms g_a / g_s must match exactly; only new z channels change anything (their rate, at first)."""
+        own = self.state_dict()
+        out = dict(state)
+        for key, old in state.items():
+            new = own.get(key)
+            if new is None or new.shape == old.shape or not key.startswith(("h_s.", "hyper_encoder.", "prior.")):
+                continue  # strict loading reports missing, extra and other mismatched keys
+            if new.dim() != old.dim() or any(o > n for o, n in zip(old.shape, new.shape, strict=True)):
+                continue
+            grown = new.detach().clone()
+            grown[tuple(slice(0, o) for o in old.shape)] = old
+            if grown.dim() == 4 and new.shape[1] > old.shape[1]:  # a conv weight (out, in, kh, kw)
+                grown[:, old.shape[1]:] = 0.0
+            out[key] = grown
+        return out
 
     @property
     def hyper_latent_shape(self) -> tuple[int, ...]:
