@@ -124,6 +124,9 @@ def export(encoder: nn.Module | None = None, decoder: nn.Module | None = None, *
     int8: also write int8 (QDQ) twins, calibrated on the calibration data, each refused if it loses more than
         `max_int8_drop_db` against fp32; True for both graphs, or the roles to quantise ("encoder": an int8
         encoder with an fp32 decoder). atol / rtol: fp32 parity with PyTorch, element-wise.
+    int8_keep_fp32: per role, "first" / "last" compute node left in fp32; a model may bring its own default
+        (an `int8_keep_fp32` attribute: the hyperprior's encoder keeps its last layer), which a role given
+        here replaces (`{"encoder": ()}`: quantise every node).
     """
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
@@ -154,8 +157,8 @@ def export(encoder: nn.Module | None = None, decoder: nn.Module | None = None, *
     job = Job(encoder=enc, decoder=dec, input=manifest_input, train=train, val=val, latent_bits=latent_bits,
               int8_roles=int8_roles(int8), opset=opset, atol=atol, rtol=rtol, entropy=provider, stride=stride,
               device=device, max_int8_drop_db=max_int8_drop_db, calibration_samples=calibration_samples,
-              int8_keep_fp32=int8_keep_fp32, measure_speed=measure_speed, name=name or Path(out).name,
-              model_info=info, source=source or {"exported_by": "edgeae.export"})
+              int8_keep_fp32=_keep_fp32(owner, int8_keep_fp32), measure_speed=measure_speed,
+              name=name or Path(out).name, model_info=info, source=source or {"exported_by": "edgeae.export"})
     return run_job(job, Path(out), force)
 
 
@@ -337,6 +340,12 @@ def _describe(out: Any) -> str:
     if isinstance(out, dict):
         return "a dict with keys " + ", ".join(map(repr, out))
     return type(out).__name__
+
+
+def _keep_fp32(model: Any, given: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]]:
+    """The nodes each int8 role leaves in fp32: the model's own default, each role given replacing it."""
+    default = getattr(model, "int8_keep_fp32", None)
+    return {**(dict(default) if isinstance(default, dict) else {}), **(given or {})}
 
 
 def _member(model: nn.Module, name: str | None, defaults: tuple[str, str], what: str) -> nn.Module:

@@ -27,10 +27,10 @@ def _keep(items: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
     keep: dict[str, tuple[str, ...]] = {}
     for item in items:
         role, _, which = item.partition(":")
-        if role not in ("encoder", "decoder") or which not in ("first", "last"):
-            raise click.BadParameter(f"{item!r}: use encoder:first, encoder:last, decoder:first or decoder:last",
-                                     param_hint="--int8-keep-fp32")
-        keep[role] = (*keep.get(role, ()), which)
+        if role not in ("encoder", "decoder") or which not in ("first", "last", "none"):
+            raise click.BadParameter(f"{item!r}: use encoder:first, encoder:last, decoder:first or decoder:last "
+                                     "(ROLE:none: quantise every node)", param_hint="--int8-keep-fp32")
+        keep[role] = (*keep.get(role, ()), *(() if which == "none" else (which,)))
     return keep
 
 
@@ -82,8 +82,9 @@ FOREIGN_OPTIONS = ("weights", "input_shape", "input_kind", "value_range", "mean"
 @click.option("--rtol", type=float, help="--model: fp32 parity, relative [default: 1e-3].")
 @click.option("--device", help="Device profile (name or TOML path) whose int8 preset to use.")
 @click.option("--max-int8-drop-db", type=float, default=0.5, show_default=True)
-@click.option("--int8-keep-fp32", "keep_fp32", multiple=True, metavar="ROLE:first|last",
-              help="Leave a graph's first or last Conv/Gemm/MatMul in fp32, e.g. encoder:last (repeatable).")
+@click.option("--int8-keep-fp32", "keep_fp32", multiple=True, metavar="ROLE:first|last|none",
+              help="Leave a graph's first or last Conv/Gemm/MatMul in fp32, e.g. encoder:last (repeatable); "
+                   "replaces the model's default for that role (a hyperprior: encoder:last; ROLE:none: none).")
 @click.option("--input-size", help="RUN_DIR of a fully convolutional family: export at H,W (e.g. 512,768).")
 @click.option("--no-speed", is_flag=True, help="Skip the fp32-vs-int8 latency measurement.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
