@@ -188,7 +188,7 @@ class Hyperprior(Codec):
     """Scale-hyperprior codec: codec transforms, hyper-latent with a factorized prior, integer hyper-decoder."""
 
     config: HyperpriorConfig
-    # `export --int8` leaves g_a's last conv in fp32 (a default `--int8-keep-fp32 encoder:none` drops): y goes
+    # `export --int8` leaves g_a's last conv in fp32 (`--int8-keep-fp32 encoder:none` quantises it too): y goes
     # straight to the rounding and its narrow tables, where int8 error costs bits, not dB. Measured on
     # pairs-s9's lambda-0.007 run, 19 photos/val images: +9.2% bytes -> +0.1% vs fp32 (docs/HYPERPRIOR.md).
     int8_keep_fp32: ClassVar[dict[str, tuple[str, ...]]] = {"encoder": ("last",)}
