@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeae.errors import DataError, RunDirError
+from edgeae.errors import DataError, EdgeaeError, RunDirError
 from edgeae.train.data import DataSpec, load_dataset, read_idx
 from edgeae.train.models import build_model, families
 from edgeae.train.models.registry import register
@@ -522,6 +522,31 @@ def test_a_wider_entropy_model_starts_from_a_smaller_one_computing_the_same(tmp_
     new = train("hyperprior", "digits", tmp_path / "new", {**tiny, "hyper_channels": 8}, cfg,
                 init=tmp_path / "base").model.state_dict()
     assert new["h_s.last.weight"][:, 4:].abs().sum() > 0  # the new hidden units did learn
+
+
+def test_hyper_lr_scale_gives_the_hyper_networks_their_own_learning_rate():
+    model = build_model("hyperprior", in_shape=(1, 8, 8), **{**CODEC_TINY, "downsamplings": 1,
+                                                             "hyper_channels": 4, "hyper_latent_channels": 2})
+    assert len(model.configure_optimizer(1e-3).param_groups) == 2  # the default: as runs before it had
+    model.config.hyper_lr_scale = 5.0
+    groups = model.configure_optimizer(1e-3).param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-3 * model.config.prior_lr_scale, 5e-3])
+    hyper = {id(p) for p in (*model.hyper_encoder.parameters(), *model.h_s.parameters())}
+    assert {id(p) for p in groups[2]["params"]} == hyper
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    model.config.hyper_lr_scale = 0.0
+    with pytest.raises(ValueError, match="hyper_lr_scale"):
+        model.configure_optimizer(1e-3)
+
+
+def test_val_every_validates_every_nth_epoch_and_at_the_end(tiny):
+    model = build_model("dense", in_shape=tiny.shape, latent=8)
+    res = fit(model, tiny, TrainConfig(epochs=5, batch_size=64, progress=False, threads=1, val_every=2))
+    assert [("val_loss" in h) for h in res["history"]] == [False, True, False, True, True]  # epoch 5: the last
+    assert res["final"]["loss"] == res["history"][-1]["val_loss"]  # the last epoch's validation, not a second one
+    assert all(h["train_loss"] > 0 for h in res["history"])
+    with pytest.raises(EdgeaeError, match="--val-every"):
+        fit(model, tiny, TrainConfig(epochs=1, batch_size=64, progress=False, threads=1, val_every=0))
 
 
 # --- bf16 training (--precision bf16) ---

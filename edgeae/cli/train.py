@@ -39,7 +39,8 @@ def _ints(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
 
-RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "precision", "no_progress", "data", "val_data"}
+RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "precision", "no_progress", "data", "val_data",
+             "val_every"}
 
 
 @main.command()
@@ -78,7 +79,7 @@ RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "precision", 
               help="Start from the weights of another run (same family, or a variable-rate family from its base "
               "family's run) instead of a random initialisation; a fresh optimiser and schedule.")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
-              help="Continue RUN from its checkpoint (only --epochs, --max-steps, --device, --threads, --precision, and --data / "
+              help="Continue RUN from its checkpoint (only --epochs, --max-steps, --device, --threads, --precision, --val-every, and --data / "
               "--val-data for the same data in another place, may change).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where to train (auto: cuda when available).")
@@ -91,6 +92,8 @@ RESUMABLE = {"resume", "epochs", "max_steps", "device", "threads", "precision", 
               help="Also checkpoint every N steps (0: only by time and at every epoch end).")
 @click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True,
               help="Checkpoint at least this often (0: off).")
+@click.option("--val-every", type=int, default=1, show_default=True,
+              help="Validate every N epochs (and when training ends); the others log the training loss only.")
 @click.option("--no-progress", is_flag=True, help="No progress bar / progress lines.")
 @click.pass_context
 def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_data: str | None, crop: int | None,
@@ -99,7 +102,7 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
           max_steps: int | None, batch_size: int, lr: float, lr_decay: str, seed: int, denoise: float,
           patience: int | None, patch: int, color: str, limit: int | None, out: str | None, force: bool,
           init: str | None, resume: str | None, device: str, threads: int | None, precision: str, checkpoint_every: int,
-          checkpoint_minutes: float, no_progress: bool) -> None:
+          checkpoint_minutes: float, val_every: int, no_progress: bool) -> None:
     """Train a model on a dataset and write a run directory (config, checkpoint, safetensors weights, metrics,
     grid). Interrupt it (Ctrl-C, SIGTERM) and continue later with --resume RUN."""
     from edgeae.train.data import DataSpec
@@ -119,7 +122,8 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
             result = resume_training(resume, epochs=epochs if given("epochs") else None, max_steps=max_steps,
                                      device=device if given("device") else None, threads=threads,
                                      precision=precision if given("precision") else None,
-                                     progress=False if no_progress else None, data=data, val_data=val_data)
+                                     progress=False if no_progress else None, data=data, val_data=val_data,
+                                     val_every=val_every if given("val_every") else None)
         else:
             if out is None:
                 raise click.UsageError("give --out RUN (a new run directory) or --resume RUN")
@@ -130,7 +134,8 @@ def train(ctx: click.Context, family: str, dataset: str, data: str | None, val_d
             cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
                               denoise_std=denoise, patience=patience, max_steps=max_steps, device=device,
                               threads=threads, precision=precision, checkpoint_every=checkpoint_every,
-                              checkpoint_minutes=checkpoint_minutes, progress=not no_progress)
+                              checkpoint_minutes=checkpoint_minutes, val_every=val_every,
+                              progress=not no_progress)
             result = run_training(family, spec, out, options, cfg, overwrite=force, init=init)
     except (KeyError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None

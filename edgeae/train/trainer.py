@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: only by time and at epoch ends)
     checkpoint_minutes: float = 10.0  # checkpoint at least this often (wall clock; 0: off)
     precision: str = "fp32"  # "bf16": the forward pass under bfloat16 autocast (see `_autocast`)
+    val_every: int = 1  # validate at the end of every this many epochs (and always when training ends)
 
 
 @dataclass
@@ -495,6 +496,8 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights; moments follow
     opt = _optimizer(model, cfg.lr)
     n_train = len(data.crops) if data.crops is not None else len(data.train)
+    if cfg.val_every < 1:
+        raise EdgeaeError(f"--val-every must be >= 1 (epochs between validations), got {cfg.val_every}")
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     planned = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
@@ -530,6 +533,18 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
 
     def finished() -> bool:
         return state.done or state.epoch > cfg.epochs or bool(cfg.max_steps and state.steps >= cfg.max_steps)
+
+    last_val: tuple[int, dict[str, Any]] | None = None  # (step, metrics) of the latest validation
+
+    def finished_after(epoch: int) -> bool:
+        """Whether training ends with `epoch` (the last epoch or the step cap reached)."""
+        return epoch >= cfg.epochs or bool(cfg.max_steps and state.steps >= cfg.max_steps)
+
+    def next_epoch(epoch: int) -> None:
+        state.epoch, state.batch, state.running, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
+        state.epoch_crop_state = dict(crop_rng.bit_generator.state)  # where the next epoch's draw starts
+        if run is not None:
+            checkpoint()
 
     with _StopSignal() as stop, _Progress(cfg.progress, planned, state.steps) as progress:
         while not finished():
@@ -584,7 +599,14 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                         f"`edgeae train --resume {run}`")
                 if due and run is not None:
                     checkpoint()
+            if epoch % cfg.val_every and not finished_after(epoch):  # train loss only, no validation
+                state.history.append({"epoch": epoch, "steps": state.steps, "seconds": time.perf_counter() - t0,
+                                      "train_loss": state.running / max(state.seen, 1)})
+                progress.print(f"epoch {epoch:3d}  step {state.steps}  train {state.history[-1]['train_loss']:.4f}")
+                next_epoch(epoch)
+                continue
             val = _validate(model, data.val, device, val_batch)
+            last_val = (state.steps, val)
             state.history.append({"epoch": epoch, "steps": state.steps,
                                   "train_loss": state.running / max(state.seen, 1), "val_loss": val["loss"],
                                   "val_psnr": val["psnr"], "seconds": time.perf_counter() - t0,
@@ -599,14 +621,12 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 state.best, state.bad_epochs = val["loss"], 0
             else:
                 state.bad_epochs += 1
-            state.epoch, state.batch, state.running, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
-            state.epoch_crop_state = dict(crop_rng.bit_generator.state)  # where the next epoch's draw starts
             if cfg.patience and state.bad_epochs >= cfg.patience:
                 state.done = True
-            if run is not None:
-                checkpoint()
+            next_epoch(epoch)
     checkpoint()
-    final = _validate(model, data.val, device, val_batch)
+    # the last epoch's validation when it saw these weights (the run ended there), else a fresh one
+    final = last_val[1] if last_val and last_val[0] == state.steps else _validate(model, data.val, device, val_batch)
     return {"history": state.history, "final": final, "steps": state.steps, "devices": state.devices,
             "seconds": state.seconds}
 
@@ -689,10 +709,11 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
 
 def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None = None, device: str | None = None,
            threads: int | None = None, progress: bool | None = None, stop_at_step: int | None = None,
-           data: str | None = None, val_data: str | None = None, precision: str | None = None) -> RunResult:
+           data: str | None = None, val_data: str | None = None, precision: str | None = None,
+           val_every: int | None = None) -> RunResult:
     """Continue a run from its checkpoint. The model, data and optimiser options come from its config.json;
     only the length (epochs, max_steps), the device, the threads, the precision (a GPU or CPU without bf16
-    may continue in fp32), progress output and where the same data now lives (`data`, `val_data`: another
+    may continue in fp32), how often it validates, progress output and where the same data now lives (`data`, `val_data`: another
     machine) may change."""
     run = Path(run_dir)
     if not (run / CONFIG).is_file():
@@ -710,7 +731,7 @@ def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None
         config = {**config, "data": {**config["data"], **moved}}
         write_json(run / CONFIG, config)
     changes = {"epochs": epochs, "max_steps": max_steps, "device": device, "threads": threads, "progress": progress,
-               "precision": precision}
+               "precision": precision, "val_every": val_every}
     cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in changes.items() if v is not None}})
     resolve_device(cfg.device)
     _checkpoint_dir(run)

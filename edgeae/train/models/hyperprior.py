@@ -66,6 +66,9 @@ class HyperpriorConfig(CodecConfig):
     mean_phases: int = 8
     hyper_signed: bool = False  # h_a sees y rather than |y| (Minnen's mean-scale: the means need the signs)
     z_noise: bool = False  # training: h_s sees z + U(-1/2, 1/2) (CompressAI's entropy bottleneck), not round(z)
+    # h_a and h_s learn this many times the trainer's lr (1: one group with g_a / g_s, as runs before it had),
+    # e.g. to train new units grown by `--init` into wider hyper networks faster than the converged transforms
+    hyper_lr_scale: float = 1.0
 
 
 def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
@@ -310,6 +313,20 @@ class Hyperprior(Codec):
                 grown[:, old.shape[1]:] = 0.0
             out[key] = grown
         return out
+
+    def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The codec's groups (transforms at lr, z's prior at prior_lr_scale x lr), and with hyper_lr_scale != 1
+        a third for h_a and h_s at that multiple (a run's group layout is fixed: resuming keeps its config)."""
+        if self.config.hyper_lr_scale == 1.0:
+            return super().configure_optimizer(lr)
+        if self.config.hyper_lr_scale <= 0:
+            raise ValueError("hyperprior hyper_lr_scale must be > 0")
+        hyper = [p for p in (*self.hyper_encoder.parameters(), *self.h_s.parameters()) if p.requires_grad]
+        taken = {id(p) for p in (*hyper, *self.prior.parameters())}
+        rest = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
+        return torch.optim.Adam([{"params": rest, "lr": lr},
+                                 {"params": list(self.prior.parameters()), "lr": lr * self.config.prior_lr_scale},
+                                 {"params": hyper, "lr": lr * self.config.hyper_lr_scale}])
 
     @property
     def hyper_latent_shape(self) -> tuple[int, ...]:
