@@ -16,7 +16,7 @@
 # a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
 # checkpoints/pairs-s7 with SEED=1 (crops it has not seen in that order) and HYPER_SET mean-scale.
 #
-# Variables: LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
+# Variables: VAL_EVERY, LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
 # hyper_signed=true": worse from scratch at 7,000 CPU steps, better as 8,000 steps on from the 19,500-step
@@ -41,10 +41,12 @@ MINUTES=${MINUTES:-0}
 HYPER_SET=${HYPER_SET:-"--set qat=false"}
 INIT=${INIT:-}
 SEED=${SEED:-0}
+VAL_EVERY=${VAL_EVERY:-1}  # epochs between validations (19 whole photos, ~50 s with 6 runs on 2 cores)
 STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
-where=(--threads "$THREADS" --device "$DEVICE" --data "$SHARED/photos/train" --val-data "$SHARED/photos/val")
+where=(--threads "$THREADS" --device "$DEVICE" --data "$SHARED/photos/train" --val-data "$SHARED/photos/val"
+       --val-every "$VAL_EVERY")
 pids=()
 for lmbda in $LAMBDAS; do
   for family in $FAMILIES; do
