@@ -531,14 +531,13 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
             _save_checkpoint(run, model, opt, schedule, gen, epoch_gen_state, state)
         last_ckpt_time, last_ckpt_step = time.perf_counter(), state.steps
 
+    def capped() -> bool:
+        return bool(cfg.max_steps and state.steps >= cfg.max_steps)
+
     def finished() -> bool:
-        return state.done or state.epoch > cfg.epochs or bool(cfg.max_steps and state.steps >= cfg.max_steps)
+        return state.done or state.epoch > cfg.epochs or capped()
 
-    last_val: tuple[int, dict[str, Any]] | None = None  # (step, metrics) of the latest validation
-
-    def finished_after(epoch: int) -> bool:
-        """Whether training ends with `epoch` (the last epoch or the step cap reached)."""
-        return epoch >= cfg.epochs or bool(cfg.max_steps and state.steps >= cfg.max_steps)
+    last_val: dict[str, Any] | None = None  # the latest validation (training always ends on a validated epoch)
 
     def next_epoch(epoch: int) -> None:
         state.epoch, state.batch, state.running, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
@@ -587,7 +586,7 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 state.batch += 1
                 state.epoch_seconds = time.perf_counter() - t0
                 progress.update(state.steps, state.running / state.seen, epoch, cfg.epochs)
-                if cfg.max_steps and state.steps >= cfg.max_steps:
+                if capped():
                     break
                 due = (cfg.checkpoint_every and state.steps - last_ckpt_step >= cfg.checkpoint_every) or (
                     cfg.checkpoint_minutes and time.perf_counter() - last_ckpt_time >= 60 * cfg.checkpoint_minutes)
@@ -599,14 +598,14 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                         f"`edgeae train --resume {run}`")
                 if due and run is not None:
                     checkpoint()
-            if epoch % cfg.val_every and not finished_after(epoch):  # train loss only, no validation
+            if epoch % cfg.val_every and epoch < cfg.epochs and not capped():  # train loss only
                 state.history.append({"epoch": epoch, "steps": state.steps, "seconds": time.perf_counter() - t0,
                                       "train_loss": state.running / max(state.seen, 1)})
                 progress.print(f"epoch {epoch:3d}  step {state.steps}  train {state.history[-1]['train_loss']:.4f}")
                 next_epoch(epoch)
                 continue
             val = _validate(model, data.val, device, val_batch)
-            last_val = (state.steps, val)
+            last_val = val
             state.history.append({"epoch": epoch, "steps": state.steps,
                                   "train_loss": state.running / max(state.seen, 1), "val_loss": val["loss"],
                                   "val_psnr": val["psnr"], "seconds": time.perf_counter() - t0,
@@ -625,8 +624,7 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 state.done = True
             next_epoch(epoch)
     checkpoint()
-    # the last epoch's validation when it saw these weights (the run ended there), else a fresh one
-    final = last_val[1] if last_val and last_val[0] == state.steps else _validate(model, data.val, device, val_batch)
+    final = last_val or _validate(model, data.val, device, val_batch)  # fresh only if no epoch ran here
     return {"history": state.history, "final": final, "steps": state.steps, "devices": state.devices,
             "seconds": state.seconds}
 
@@ -713,8 +711,8 @@ def resume(run_dir: str | Path, epochs: int | None = None, max_steps: int | None
            val_every: int | None = None) -> RunResult:
     """Continue a run from its checkpoint. The model, data and optimiser options come from its config.json;
     only the length (epochs, max_steps), the device, the threads, the precision (a GPU or CPU without bf16
-    may continue in fp32), how often it validates, progress output and where the same data now lives (`data`, `val_data`: another
-    machine) may change."""
+    may continue in fp32), how often it validates, progress output and where the same data now lives (`data`,
+    `val_data`: another machine) may change."""
     run = Path(run_dir)
     if not (run / CONFIG).is_file():
         raise RunDirError(f"{run} is not a run directory (no {CONFIG}); start one with `edgeae train --out`")

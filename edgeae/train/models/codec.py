@@ -202,14 +202,18 @@ class Codec(AutoEncoder):
         total = self.config.lmbda * 255.0**2 * mse + bpp
         return LossOutput(total=total, terms={"bpp": float(bpp.detach()), "distortion": float(mse.detach())})
 
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The parts that learn at their own rate, as (parameters, multiple of the trainer's lr), in group order:
+        the small CDF MLP learns faster so short CPU runs reach a tight prior."""
+        return [(list(self.prior.parameters()), self.config.prior_lr_scale)]
+
     def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """One Adam, two groups: the small CDF MLP learns faster so short CPU runs reach a tight prior. Frozen
-        parameters (freeze_transforms) are left out."""
-        prior = list(self.prior.parameters())
-        ids = {id(p) for p in prior}
-        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
+        """One Adam: everything else at lr (frozen parameters, freeze_transforms, left out), then `lr_groups`."""
+        own = self.lr_groups()
+        taken = {id(p) for params, _ in own for p in params}
+        rest = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
         return torch.optim.Adam([{"params": rest, "lr": lr},
-                                 {"params": prior, "lr": lr * self.config.prior_lr_scale}])
+                                 *({"params": params, "lr": lr * scale} for params, scale in own)])
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "lmbda": self.config.lmbda, "total_stride": self.stride}

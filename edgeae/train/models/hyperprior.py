@@ -314,19 +314,15 @@ class Hyperprior(Codec):
             out[key] = grown
         return out
 
-    def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """The codec's groups (transforms at lr, z's prior at prior_lr_scale x lr), and with hyper_lr_scale != 1
-        a third for h_a and h_s at that multiple (a run's group layout is fixed: resuming keeps its config)."""
-        if self.config.hyper_lr_scale == 1.0:
-            return super().configure_optimizer(lr)
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The codec's, and with hyper_lr_scale != 1 a third group for h_a and h_s at that multiple (a run's group
+        layout is fixed: resuming keeps its config)."""
         if self.config.hyper_lr_scale <= 0:
             raise ValueError("hyperprior hyper_lr_scale must be > 0")
+        if self.config.hyper_lr_scale == 1.0:
+            return super().lr_groups()
         hyper = [p for p in (*self.hyper_encoder.parameters(), *self.h_s.parameters()) if p.requires_grad]
-        taken = {id(p) for p in (*hyper, *self.prior.parameters())}
-        rest = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
-        return torch.optim.Adam([{"params": rest, "lr": lr},
-                                 {"params": list(self.prior.parameters()), "lr": lr * self.config.prior_lr_scale},
-                                 {"params": hyper, "lr": lr * self.config.hyper_lr_scale}])
+        return [*super().lr_groups(), (hyper, self.config.hyper_lr_scale)]
 
     @property
     def hyper_latent_shape(self) -> tuple[int, ...]:
