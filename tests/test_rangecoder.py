@@ -359,7 +359,7 @@ def test_arbitrary_bodies_decode_alike_or_are_corrupt_stream_in_both(body, index
     got = _outcome(npy, body, index)
     if got != "corrupt":
         assert len(got) == len(index) and all(0 <= s < rt.sizes[t] for s, t in zip(got, index, strict=True))
-        assert len(body) % 4 == 0
+        assert npy.encode([(np.array(got, np.int64), index)])[0] == body  # canonical: one body per symbols
     if HAVE_CONSTRICTION:
         assert _outcome(RangeCoder(rt, "constriction"), body, index) == got
 
@@ -378,6 +378,29 @@ def test_structured_damage_is_refused_alike():
             assert len(results) == 1, (body.hex(), bad.hex())
             seen["corrupt" if results == {"corrupt"} else "other"] += 1
     assert seen["corrupt"] > 100  # most damage is caught by the coder itself (the payload CRC catches the rest)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("constriction", marks=needs_constriction)])
+@pytest.mark.parametrize("lanes", [False, True])
+def test_appended_or_altered_words_are_corrupt_stream_so_payloads_are_canonical(backend, lanes):
+    # the decoder never reads a stream's last word past what its symbols need: these decoded as if absent
+    coder = RangeCoder(LANE_TABLES, backend)
+    enc, dec = (coder.encode_lanes, coder.decode_lanes) if lanes else (coder.encode, coder.decode)
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 5, 300, LANE_N):
+        index = np.zeros(n, np.int64) if n != LANE_N else LANE_INDEX
+        symbols = rng.integers(0, 3, n)
+        body = enc([(symbols, index)])[0]
+        np.testing.assert_array_equal(dec([body], [index])[0], symbols)
+        for extra in (b"\0\0\0\0", b"\x01\0\0\0", b"\0" * 8):
+            with pytest.raises(CorruptStream):
+                dec([body + extra], [index])
+        if n:  # another last word: refused, or the one body of other symbols, never a second body of these
+            for word in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
+                bad = body[:-4] + word
+                got = _outcome(coder, bad, index, lanes)
+                if bad != body and got != "corrupt":
+                    assert got != symbols.tolist() and enc([(np.array(got), index)])[0] == bad
 
 
 def test_oversized_and_misaligned_bodies_fail_before_decoding():
