@@ -353,6 +353,11 @@ def test_variable_rate_bakes_into_plain_models_with_the_same_outputs():
     torch.manual_seed(0)
     m = build_model("codec-vr", in_shape=(3, 16, 16), channels=8, latent_channels=4, lmbdas=[0.005, 0.02, 0.08])
     opt = m.configure_optimizer(3e-3)
+    # two groups, as variable-rate runs always had: everything else at lr, every quality's prior faster
+    rest, priors = opt.param_groups
+    assert [id(p) for p in priors["params"]] == [id(p) for p in m.priors.parameters()]
+    assert priors["lr"] == pytest.approx(3e-3 * m.config.prior_lr_scale) and rest["lr"] == 3e-3
+    assert len(rest["params"]) + len(priors["params"]) == len(list(m.parameters()))
     x = torch.rand(6, 3, 16, 16)
     for _ in range(30):
         loss = m.loss(m(x), x).total

@@ -153,13 +153,11 @@ def _variable_rate(base_name: str, base_cls: type[Codec], base_cfg: type[CodecCo
             total = base.total + (self.lmbdas[q] - self.config.lmbda) * 255.0**2 * mse
             return LossOutput(total=total, terms=base.terms)
 
-        def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-            """As the base family's: the per-quality priors learn `prior_lr_scale` times faster."""
-            ids = {id(p) for p in self.priors.parameters()}
-            rest = [p for p in self.parameters() if id(p) not in ids]
-            return torch.optim.Adam([{"params": rest, "lr": lr},
-                                     {"params": list(self.priors.parameters()),
-                                      "lr": lr * self.config.prior_lr_scale}])
+        def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+            """The base family's groups, its prior's (empty here: `prior` is the switch) given to the per-quality
+            priors, which so learn `prior_lr_scale` times faster (the group layout of runs made before)."""
+            base = super().lr_groups()
+            return [(list(self.priors.parameters()), self.config.prior_lr_scale), *base[1:]]
 
         def summary(self) -> dict[str, Any]:
             s = super().summary()
