@@ -158,18 +158,22 @@ class Hyperprior(EntropyModel):
         return _integers(zf), _integers(y)
 
     def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
-        shape = tuple(y.shape[1:])
+        return self.encode_values(*self.integers(y))
+
+    def encode_values(self, zi: np.ndarray, yi: np.ndarray) -> list[tuple[bytes, ...]]:
+        """int z values (n, *z_shape) and int y values (n, *shape) -> each item's parts. `encode` gives it
+        `integers(y)`; an encoder that chooses other values (benchmarks/bench_encoder_search.py) calls it direct."""
+        shape = tuple(yi.shape[1:])
         zshape = self.z_shape(shape)
-        zi, yi = self.integers(y)
         if zi.shape[1:] != zshape:
             raise BundleError(f"the hyper_encoder graph gives shape {zi.shape[1:]} for a latent of {shape}; "
                               f"expected {zshape}; re-export the bundle")
         table, base = self.hyper_decode(zi, shape)
         values = yi if base is None else np.clip(yi - base, -MAX_VALUE, MAX_VALUE)
         zidx = self._zindex(zshape)
-        z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(y))])
+        z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(yi))])
         ys = []
-        for i in range(len(y)):
+        for i in range(len(yi)):
             idx = table[i].reshape(-1)
             order = self.y.order(idx)
             ys.append((values[i].reshape(-1)[order], idx[order]))
