@@ -16,7 +16,7 @@
 # a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
 # checkpoints/pairs-s7 with SEED=1 (crops it has not seen in that order) and HYPER_SET mean-scale.
 #
-# Variables: VAL_EVERY, LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
+# Variables: SET, CODEC_SET, VAL_EVERY, LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
 # hyperprior's --set options; default scale-only, float h_s; mean-scale: add "--set means=true --set
 # hyper_signed=true": worse from scratch at 7,000 CPU steps, better as 8,000 steps on from the 19,500-step
@@ -39,6 +39,8 @@ SHARED=${SHARED:-../shared/data}
 OUT=${OUT:-runs/pairs}
 MINUTES=${MINUTES:-0}
 HYPER_SET=${HYPER_SET:-"--set qat=false"}
+CODEC_SET=${CODEC_SET:-}  # the codec's --set options (and SET: both families', e.g. SET="--set rate_ste=true")
+SET=${SET:-}
 INIT=${INIT:-}
 SEED=${SEED:-0}
 VAL_EVERY=${VAL_EVERY:-1}  # epochs between validations (19 whole photos, ~50 s with 6 runs on 2 cores)
@@ -54,7 +56,7 @@ for lmbda in $LAMBDAS; do
     if [[ -f $run/config.json ]]; then
       cmd=(train --resume "$run" "${where[@]}" --max-steps "$STEPS")  # STEPS may lengthen or shorten it
     else
-      extra=(); [[ $family == hyperprior ]] && read -ra extra <<< "$HYPER_SET"
+      extra=(); read -ra extra <<< "$SET $([[ $family == hyperprior ]] && echo "$HYPER_SET" || echo "$CODEC_SET")"
       [[ -n $INIT ]] && extra+=(--init "$INIT/${family:0:1}_$lmbda")
       cmd=(train --model "$family" --dataset images "${where[@]}" --color rgb --crop "$CROP" --crops-per-image 1
            --val-crop 256 --channels "$CHANNELS" --latent "$LATENT" --set downsamplings=4 "${extra[@]}" --lmbda "$lmbda"

@@ -84,6 +84,33 @@ def test_training_decreases_the_rate_distortion_loss():
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
 
+@pytest.mark.parametrize("family", ["codec", "hyperprior"])
+def test_rate_ste_trains_the_rate_of_the_rounded_symbols(family):
+    # rate_ste: the training rate is the rate of round(y), the symbols the coder codes: eval's y rate, no
+    # noise, with gradients to the encoder through the straight-through rounding
+    opts = {"channels": 16, "latent_channels": 8, "downsamplings": 2}
+    if family == "hyperprior":
+        opts = {**opts, "hyper_channels": 8, "hyper_latent_channels": 4}
+    torch.manual_seed(0)
+    m = build_model(family, make_config(family, in_shape=(3, 64, 64), rate_ste=True, **opts))
+    x = _images(2, 3, 64, 64)
+    m.train()
+    a, b = m(x), m(x)
+    assert torch.equal(a.extras["likelihoods"], b.extras["likelihoods"])
+    m.eval()
+    with torch.no_grad():
+        ref = m(x).extras["likelihoods"]
+    torch.testing.assert_close(a.extras["likelihoods"], ref)
+    m.train()
+    m.zero_grad()
+    (-torch.log2(m(x).extras["likelihoods"]).sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    _train(m, x, 3)  # and it trains
+    off = build_model(family, make_config(family, in_shape=(3, 64, 64), **opts))
+    off.train()
+    assert not torch.equal(off(x).extras["likelihoods"], off(x).extras["likelihoods"])  # the default: noise
+
+
 def test_lmbda_trades_rate_for_distortion():
     x = _images(16, 1, 16, 16)
     res = {}

@@ -57,6 +57,19 @@ class CodecConfig(ModelConfig):
     prior_lr_scale: float = 10.0  # the entropy model's learning rate = this x the trainer's lr
     extra_layers: int = 0  # stride-1 Conv3x3+ReLU layers after each inner stage, in g_a and mirrored in g_s
     freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
+    # training: the rate term sees round(y) straight through (the symbols the coder will code) instead of
+    # y + U(-1/2, 1/2), so the entropy model fits the discrete distribution (docs/HYPERPRIOR.md, session 11)
+    rate_ste: bool = False
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def uniform_noise(x: torch.Tensor) -> torch.Tensor:
+    """x + U(-1/2, 1/2): the training proxy of rounding for the rate (Balle et al.)."""
+    return x + torch.empty_like(x).uniform_(-0.5, 0.5)
 
 
 class _Analysis(nn.Sequential):
@@ -187,9 +200,8 @@ class Codec(AutoEncoder):
         y = self.encoder(x).float()
         with full_precision(y):  # the rate in float32 also when the transforms train in bfloat16
             if self.training:
-                noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-                likelihoods = self.prior.likelihood(noisy)
-                y_hat = y + (torch.round(y) - y).detach()  # straight-through rounding for the decoder
+                y_hat = ste_round(y)  # straight-through rounding for the decoder
+                likelihoods = self.prior.likelihood(y_hat if self.config.rate_ste else uniform_noise(y))
             else:
                 y_hat = torch.round(y)
                 likelihoods = self.prior.likelihood(y_hat)

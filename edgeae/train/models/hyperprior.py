@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeae.train.models.base import AEOutput, LossOutput, full_precision
-from edgeae.train.models.codec import LIKELIHOOD_BOUND, Codec, CodecConfig, FactorizedPrior
+from edgeae.train.models.codec import (
+    LIKELIHOOD_BOUND,
+    Codec,
+    CodecConfig,
+    FactorizedPrior,
+    ste_round,
+    uniform_noise,
+)
 from edgeae.train.models.registry import register
 
 Z_MIN, Z_MAX = -128, 127  # h_s input range (uint8 with zero point 128 in the integer graph)
@@ -74,10 +81,6 @@ class HyperpriorConfig(CodecConfig):
 def scale_table(levels: int, lo: float, hi: float) -> np.ndarray:
     """K log-spaced scales, float64: scale[k] = lo * exp(k * log(hi / lo) / (K - 1))."""
     return np.exp(np.linspace(math.log(lo), math.log(hi), levels))
-
-
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 def _lower_bound(lik: torch.Tensor) -> torch.Tensor:
@@ -235,9 +238,9 @@ class Hyperprior(Codec):
         if self.config.means:
             r = self.config.mean_range
             t, mean = t[:, :m], t[:, m:]
-            mean = (mean if self.config.mean_phases > 1 else _ste_round(mean)).clamp(-r, r)
+            mean = (mean if self.config.mean_phases > 1 else ste_round(mean)).clamp(-r, r)
         if integer_like:
-            t = _ste_round(t)
+            t = ste_round(t)
         return t.clamp(0, self.config.scale_levels - 1), mean
 
     def scales_from_index(self, index: torch.Tensor) -> torch.Tensor:
@@ -249,11 +252,11 @@ class Hyperprior(Codec):
         with full_precision(y):  # h_a, h_s and the rates in float32 also when g_a/g_s train in bfloat16
             z = self.hyper_encoder(y)
             if self.training:
-                z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+                z_noisy = uniform_noise(z)
                 z_lik = self.prior.likelihood(z_noisy)
-                z_hat = z_noisy if self.config.z_noise else _ste_round(z)
-                y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-                y_hat = _ste_round(y)
+                z_hat = z_noisy if self.config.z_noise else ste_round(z)
+                y_hat = ste_round(y)
+                y_rate = y_hat if self.config.rate_ste else uniform_noise(y)
             else:
                 z_hat = torch.round(z)
                 z_lik = self.prior.likelihood(z_hat)
