@@ -116,12 +116,14 @@ def main() -> None:
 
     # 768x512 photo latent
     if args.bundle:
+        from edgeae.runtime import Encoder  # noqa: PLC0415
         from edgeae.runtime.manifest import load_manifest  # noqa: PLC0415
 
         m = load_manifest(args.bundle)
         freqs = np.array(m.entropy.frequencies, np.int64)
         tables = RangeTables(freqs, m.entropy.precision)
-        shape = m.latent.shape
+        enc = Encoder(args.bundle)  # an any-size bundle's latent of a 768x512 photo, else its one size
+        shape = enc.latent_shape_for(512, 768) if enc.any_size else m.latent.shape
         source = f"{args.bundle}'s tables"
     else:
         shape = (192, 32, 48)
