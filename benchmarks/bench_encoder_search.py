@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hyperprior import load_images, psnr  # noqa: E402
+from bench_hyperprior import bd_spread, load_images, psnr  # noqa: E402
 
-from edgeae.evaluate.bdrate import bd_rate  # noqa: E402
 from edgeae.runtime import Decoder, Encoder  # noqa: E402
 
 ESCAPE_BITS = 16.0  # an escaped value's varint, roughly (the escape entry's own bits come from its table)
@@ -206,11 +205,6 @@ def rd_point(bundle: str, images: list[tuple[str, np.ndarray]], wrap: Callable[[
             "search_s": float(np.mean(secs)) if secs else 0.0}
 
 
-def bd(ref: list[dict], test: list[dict]) -> str:
-    return str(bd_rate([p["bpp"] for p in ref], [p["psnr"] for p in ref], [p["bpp"] for p in test],
-                       [p["psnr"] for p in test]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hyper", required=True, help="hyperprior bundles, comma-separated")
@@ -239,9 +233,9 @@ def main() -> None:
             curves.setdefault(fam, {})[name] = pts
             line = ", ".join(f"{p['bpp']:.4f} bpp {p['psnr']:.3f} dB" for p in pts)
             print(f"  {fam:10s} {name:14s} {line}  (search {np.mean([p['search_s'] for p in pts]):.2f} s/photo)")
-            print(f"  {'':10s} {'':14s} BD-rate vs plain {fam}: {bd(curves[fam]['plain'], pts)}", flush=True)
+            print(f"  {'':10s} {'':14s} BD-rate vs plain {fam}: {bd_spread(curves[fam]['plain'], pts)}", flush=True)
     base = curves["codec"]["plain"]
-    results = {f"{fam} {name}": bd(base, pts) for fam in curves for name, pts in curves[fam].items()}
+    results = {f"{fam} {name}": bd_spread(base, pts) for fam in curves for name, pts in curves[fam].items()}
     for k, v in results.items():
         print(f"BD-rate {k} vs plain factorized: {v}")
     if a.json:

@@ -245,7 +245,7 @@ def main() -> None:
             print(f"  {fam:10s} {Path(p['bundle']).name:22s} bpp {p['bpp']:.4f}  PSNR {p['psnr']:.2f} dB")
     r = bd_rate([p["bpp"] for p in curves["codec"]], [p["psnr"] for p in curves["codec"]],
                 [p["bpp"] for p in curves["hyperprior"]], [p["psnr"] for p in curves["hyperprior"]])
-    print(f"BD-rate hyperprior vs factorized (PSNR, pchip): {r}")
+    print(f"BD-rate hyperprior vs factorized (PSNR, pchip): {bd_spread(curves['codec'], curves['hyperprior'])}")
     rates = [hyper_rates(b, images) for b in a.hyper.split(",")]
     for rr, p in zip(rates, curves_by_bundle(curves["hyperprior"], a.hyper.split(",")), strict=True):
         gi, ri = rr["bpp_total_integer_gaussian"], rr["bpp_total_integer"]
@@ -269,6 +269,21 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(json.dumps({"curves": curves, "bd_rate": r.to_dict(), "hyper_rates": rates,
                                             "speed": speeds}, indent=2))
+
+
+def bd_spread(ref: list[dict], test: list[dict]) -> str:
+    """BD-rate (PSNR, pchip) of test vs ref, and the same with each pair of points left out in turn (curves of
+    equal length, sorted by bpp): how much one run decides it (docs/HYPERPRIOR.md, "Session 11")."""
+    def bd(r: list[dict], t: list[dict]) -> str:
+        return str(bd_rate([p["bpp"] for p in r], [p["psnr"] for p in r], [p["bpp"] for p in t],
+                           [p["psnr"] for p in t]))
+
+    out = bd(ref, test)
+    if len(ref) == len(test) >= 3:
+        r, t = sorted(ref, key=lambda p: p["bpp"]), sorted(test, key=lambda p: p["bpp"])
+        out += " (leaving out pair 1.." + str(len(r)) + ": " + ", ".join(
+            bd(r[:i] + r[i + 1:], t[:i] + t[i + 1:]) for i in range(len(r))) + ")"
+    return out
 
 
 def curves_by_bundle(points: list[dict], order: list[str]) -> list[dict]:
