@@ -24,9 +24,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"
-# five points a curve: with three, one run 0.1 dB off its partner moved the BD-rate from -9% to -14%
-# (docs/HYPERPRIOR.md, "Session 11")
-LAMBDAS=${LAMBDAS:-"0.0018 0.0035 0.007 0.013 0.026"}
 FAMILIES=${FAMILIES:-"codec hyperprior"}
 STEPS=${STEPS:-7000}
 CROP=${CROP:-320}
@@ -45,6 +42,12 @@ CODEC_SET=${CODEC_SET:-}  # the codec's --set options (and SET: both families', 
 SET=${SET:-}
 INIT=${INIT:-}
 SEED=${SEED:-0}
+# LAMBDAS: those of the runs OUT already holds (resuming), else those INIT has, else five points a curve: with
+# three, one run 0.1 dB off its partner moved the BD-rate from -9% to -14% (docs/HYPERPRIOR.md, "Session 11")
+lambdas_in() { find "$1" -maxdepth 1 -name '[ch]_0*' \( -type d -o -type l \) 2>/dev/null | sed 's#.*/[ch]_##' | sort -gu | xargs || true; }
+[[ -z ${LAMBDAS:-} ]] && LAMBDAS=$(lambdas_in "${OUT:-runs/pairs}")
+[[ -z $LAMBDAS && -n $INIT ]] && LAMBDAS=$(lambdas_in "$INIT")
+LAMBDAS=${LAMBDAS:-"0.0018 0.0035 0.007 0.013 0.026"}
 VAL_EVERY=${VAL_EVERY:-1}  # epochs between validations (19 whole photos, ~50 s with 6 runs on 2 cores)
 STOP=(); [[ $MINUTES != 0 ]] && STOP=(timeout -s TERM "${MINUTES}m")  # SIGTERM: the trainer checkpoints
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
