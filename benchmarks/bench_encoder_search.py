@@ -18,7 +18,7 @@ session-11 figures in docs/HYPERPRIOR.md):
 
     OMP_NUM_THREADS=1 python benchmarks/bench_encoder_search.py \
         --hyper B/h_0.0035,B/h_0.007,B/h_0.013 --codec B/c_0.0035,B/c_0.007,B/c_0.013 \
-        --mu 0.005,0.02 --z-passes 1 [--images N] [--json out.json]
+        --mu 0.005,0.02 --z-passes 2 [--images N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,36 +27,18 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hyperprior import bd_spread, load_images, psnr  # noqa: E402
+from bench_hyperprior import bd_spread, code_lengths, conditional_bits, load_images, psnr  # noqa: E402
 
 from edgeae.runtime import Decoder, Encoder  # noqa: E402
 
-ESCAPE_BITS = 16.0  # an escaped value's varint, roughly (the escape entry's own bits come from its table)
 Z_SPACING = 5  # z positions this far apart change disjoint parts of the hyper-decoder's output
-
-
-def code_lengths(rows: Sequence[Sequence[int]], precision: int) -> np.ndarray:
-    """Bits of every symbol of every integer table (rows padded with +inf to the longest)."""
-    out = np.full((len(rows), max(map(len, rows))), np.inf)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = precision - np.log2(np.asarray(r, np.float64))
-    return out
-
-
-def conditional_bits(values: np.ndarray, table: np.ndarray, lengths: np.ndarray, offsets: np.ndarray,
-                     escape: np.ndarray) -> np.ndarray:
-    """Bits of int `values` each coded with its conditional table (conditional.ConditionalTables' layout)."""
-    s = values - offsets[table]
-    esc = escape[table]
-    out = (s < 0) | (s >= esc)
-    return lengths[table, np.where(out, esc, s)] + np.where(out, ESCAPE_BITS, 0.0)
 
 
 def rate_aware(x: np.ndarray, q0: np.ndarray, bits: Callable[[np.ndarray], np.ndarray], mu: float) -> np.ndarray:

@@ -75,6 +75,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,21 +123,34 @@ def rd_point(bundle: str, images: list[tuple[str, np.ndarray]], precision: str =
 # --- float vs integer hyper-decoder (PyTorch side; the integer side is the runtime's numpy reference) ---
 
 
+def code_lengths(rows: Sequence[Sequence[int]], precision: int) -> np.ndarray:
+    """Bits of every symbol of every integer table (rows padded with +inf to the longest)."""
+    out = np.full((len(rows), max(map(len, rows))), np.inf)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = precision - np.log2(np.asarray(r, np.float64))
+    return out
+
+
+def conditional_bits(values: np.ndarray, table: np.ndarray, lengths: np.ndarray, offsets: np.ndarray,
+                     escape: np.ndarray) -> np.ndarray:
+    """Ideal code length of each int value coded with its conditional table (conditional.ConditionalTables'
+    layout): its symbol's bits, or the escape symbol's plus the zigzag varint the escape part carries."""
+    v = np.asarray(values, np.int64)
+    s = v - offsets[table]
+    esc = escape[table]
+    out = (s < 0) | (s >= esc)
+    u = ((v << 1) ^ (v >> 63)).astype(np.uint64)
+    varint = 1 + sum((u >= np.uint64(1 << (7 * k))).astype(np.int64) for k in range(1, 5))
+    return lengths[table, np.where(out, esc, s)] + np.where(out, 8.0 * varint, 0.0)
+
+
 def _code_bits(values: np.ndarray, index: np.ndarray, tables: list[dict]) -> float:
-    """Ideal code length (bits) of int values under integer tables with an escape (+ zigzag varint bytes)."""
-    bits = 0.0
-    for t in np.unique(index):
-        sel = values[index == t]
-        row = np.asarray(tables[int(t)]["frequencies"], np.float64)
-        total = row.sum()
-        s = sel - int(tables[int(t)]["offset"])
-        esc = (s < 0) | (s >= len(row) - 1)
-        s = np.where(esc, len(row) - 1, s)
-        bits += float(-np.log2(row[s] / total).sum())
-        for v in sel[esc]:
-            u = (int(v) << 1) ^ (int(v) >> 63)
-            bits += 8 * max(1, math.ceil(u.bit_length() / 7))
-    return bits
+    """Ideal code length (bits) of int values under manifest tables ({"offset", "frequencies"}) with an escape."""
+    rows = [t["frequencies"] for t in tables]
+    lengths = code_lengths(rows, 0) + np.log2([sum(r) for r in rows])[:, None]  # -log2(f / total)
+    offsets = np.array([int(t["offset"]) for t in tables], np.int64)
+    escape = np.array([len(r) - 1 for r in rows], np.int64)
+    return float(conditional_bits(values, np.asarray(index, np.int64), lengths, offsets, escape).sum())
 
 
 def _cut(arrays: tuple, crop: tuple) -> tuple:
