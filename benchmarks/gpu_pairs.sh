@@ -7,14 +7,20 @@
 #
 #   bash benchmarks/gpu_pairs.sh           # on this machine (CPU, 1 thread a run, 6 runs on 2 cores)
 #
-# On a lent GPU (the device tool, 10 min a call), after `bash benchmarks/zoo_photo.sh pack` here, one call with
-# carry ["gpu-data"] (the runs come back under $OUT; MINUTES stops every run with a checkpoint in time):
-#   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=2 BATCH=8 CROP=256 STEPS=20000 MINUTES=8 \
-#     OUT=$OUT/pairs bash benchmarks/gpu_pairs.sh
+# On a lent GPU (the device tool: 10 min a call, 15 min a session in all; it returns at most 8 files of 16 MiB,
+# 64 MiB, two folders deep, so the runs travel back through benchmarks/runpack.py), after `bash
+# benchmarks/zoo_photo.sh pack` here, one call with carry ["gpu-data"] and timeout_s 600 (MINUTES stops every
+# run with a checkpoint in time for the pack; the tracked tree must stay small, tests/test_repo_size.py):
+#   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=1 BATCH=8 CROP=256 STEPS=20000 MINUTES=7 VAL_EVERY=1000 \
+#     OUT=/tmp/pairs bash benchmarks/gpu_pairs.sh && python3 benchmarks/runpack.py pack $OUT/pack /tmp/pairs/[ch]_0*/
+# then here: python benchmarks/runpack.py unpack FILES_AT/pack runs/gpu (slim checkpoints: `edgeae train
+# --resume RUN --max-steps STEP` finishes one where it stopped; OUT=runs/gpu continues them all). Ten runs at
+# 64/128 channels pack to ~49 MiB; at Balle et al.'s sizes one pair is ~38 MiB, three with `--half`.
+# (Checked end to end on CPU with EA=.venv/bin/edgeae DEVICE=cpu STEPS=30 MINUTES=1; never on a GPU yet.)
 #
 # INIT=DIR (new runs only): start each run from DIR's run of the same name (`edgeae train --init`: its weights,
 # a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
-# checkpoints/pairs-s7 with SEED=1 (crops it has not seen in that order) and HYPER_SET mean-scale.
+# checkpoints/pairs-s9 with SEED=5 (crops it has not seen in that order) and HYPER_SET mean-scale.
 #
 # Variables: SET, CODEC_SET, VAL_EVERY, LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
