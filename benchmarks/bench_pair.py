@@ -15,7 +15,8 @@ Session 12's question (docs/HYPERPRIOR.md, "Session 12"), both families at Balle
       bash benchmarks/gpu_pairs.sh
     for r in c_0.013 h_0.013; do edgeae export runs/balle/$r --int8 --no-speed --out runs/balle-bundles/$r; done
     OMP_NUM_THREADS=1 python benchmarks/bench_pair.py --hyper runs/balle-bundles/h_0.013 \
-        --codec runs/balle-bundles/c_0.013 --slope runs/five-search.json
+        --codec runs/balle-bundles/c_0.013 --slope \
+        0.2276:25.262,0.2891:25.628,0.4296:26.261,0.6170:26.530,0.7374:26.894
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@
 #     OUT=/tmp/pairs bash benchmarks/gpu_pairs.sh && python3 benchmarks/runpack.py pack $OUT/pack /tmp/pairs/[ch]_0*/
 # then here: python benchmarks/runpack.py unpack FILES_AT/pack runs/gpu (slim checkpoints: `edgeae train
 # --resume RUN --max-steps STEP` finishes one where it stopped; OUT=runs/gpu continues them all). Ten runs at
-# 64/128 channels pack to ~49 MiB; at Balle et al.'s sizes one pair is ~38 MiB, three with `--half`.
+# 64/128 channels pack to ~49 MiB; at Balle et al.'s sizes one pair is 36 MiB, 18 MiB with `--half` (three pairs).
 # (Checked end to end on CPU with EA=.venv/bin/edgeae DEVICE=cpu STEPS=30 MINUTES=1; never on a GPU yet.)
 #
 # INIT=DIR (new runs only): start each run from DIR's run of the same name (`edgeae train --init`: its weights,
