@@ -3,7 +3,8 @@
 The latest figure is session 11's five-point comparison (-8.7% over 25.27-26.89 dB; three points of it alone
 give -14.1%, which one run 0.1 dB above its partner decides): its commands are in docs/HYPERPRIOR.md,
 "Session 11" (this script or benchmarks/bench_encoder_search.py --mu "" --z-passes 0 measure it the same way).
-A fresh gpu_pairs.sh comparison now trains those five lambdas.
+A fresh gpu_pairs.sh comparison now trains those five lambdas. Session 12 asked one pair at Balle et al.'s
+sizes first (benchmarks/bench_pair.py: -19.9% at lambda 0.013 against -5.9% at 64/128).
 
 Session 8's three-point figures (docs/HYPERPRIOR.md: the factorized codec and the scale-only hyperprior,
 each 5,000 steps on from the 30,500-step pairs of checkpoints/pairs-s8, images padded to y's stride; slim

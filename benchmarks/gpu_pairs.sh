@@ -19,8 +19,8 @@
 # (Checked end to end on CPU with EA=.venv/bin/edgeae DEVICE=cpu STEPS=30 MINUTES=1; never on a GPU yet.)
 #
 # INIT=DIR (new runs only): start each run from DIR's run of the same name (`edgeae train --init`: its weights,
-# a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. the committed
-# checkpoints/pairs-s9 with SEED=5 (crops it has not seen in that order) and HYPER_SET mean-scale.
+# a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. checkpoints/balle-s12
+# unpacked (its README: other lambdas from its pair) or pairs-s9 from git history (checkpoints/README.md).
 #
 # Variables: SET, CODEC_SET, VAL_EVERY, LAMBDAS, FAMILIES (default "codec hyperprior"), STEPS, CROP, CHANNELS, LATENT (new runs only), BATCH, LR, DEVICE, THREADS, PRECISION (bf16: ~2.8x faster steps on an AMX
 # CPU at equal quality per step, benchmarks/bench_train_precision.py), SHARED, OUT, MINUTES, EA, HYPER_SET (the
