@@ -99,11 +99,12 @@ def unpack(src: Path, dest: Path) -> list[Path]:
         raise PackError(f"runpack: {src} holds no {INDEX}: not a pack, or an unfinished one")
     index = json.loads((src / INDEX).read_text())
     shards = {int(p.stem.split("-")[1]): load_file(str(p)) for p in src.glob("runs-*.safetensors")}
+    clash = [str(dest / name) for name in index["runs"] if (dest / name).exists()]
+    if clash:  # checked before anything is written
+        raise PackError(f"runpack: {', '.join(clash)} exists; unpack somewhere else or remove it")
     made = []
     for name, entry in index["runs"].items():
         run = dest / name
-        if run.exists():
-            raise PackError(f"runpack: {run} exists; unpack somewhere else or remove it")
         for rel, blob in entry["tensors"].items():
             tensors = {t: shards[i][f"{blob}/{t}"].astype(dtype) for t, (i, dtype) in index["blobs"][blob].items()}
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
