@@ -12,11 +12,11 @@
 # benchmarks/zoo_photo.sh pack` here, one call with carry ["gpu-data"] and timeout_s 600 (MINUTES stops every
 # run with a checkpoint in time for the pack; the tracked tree must stay small, tests/test_repo_size.py):
 #   EA="python3 -m edgeae" SHARED=gpu-data DEVICE=cuda THREADS=1 BATCH=8 CROP=256 STEPS=20000 MINUTES=7 VAL_EVERY=1000 \
-#     OUT=/tmp/pairs bash benchmarks/gpu_pairs.sh && python3 benchmarks/runpack.py pack $OUT/pack /tmp/pairs/[ch]_0*/
+#     OUT=/tmp/pairs bash benchmarks/gpu_pairs.sh; python3 benchmarks/runpack.py pack $OUT/pack /tmp/pairs/[ch]_0*/
 # then here: python benchmarks/runpack.py unpack FILES_AT/pack runs/gpu (slim checkpoints: `edgeae train
 # --resume RUN --max-steps STEP` finishes one where it stopped; OUT=runs/gpu continues them all). Ten runs at
 # 64/128 channels pack to ~49 MiB; at Balle et al.'s sizes one pair is 36 MiB, 18 MiB with `--half` (three pairs).
-# (Checked end to end on CPU with EA=.venv/bin/edgeae DEVICE=cpu STEPS=30 MINUTES=1; never on a GPU yet.)
+# (Checked end to end on CPU with EA=.venv/bin/edgeae DEVICE=cpu STEPS=5000 MINUTES=1; never on a GPU yet.)
 #
 # INIT=DIR (new runs only): start each run from DIR's run of the same name (`edgeae train --init`: its weights,
 # a fresh optimiser and schedule; a scale-only h_* also starts a mean-scale one), e.g. checkpoints/balle-s12
