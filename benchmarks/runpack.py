@@ -5,7 +5,7 @@ and a run directory is deeper than that (RUN/checkpoint/model.safetensors) and i
 file may be (a Balle-sized hyperprior: 24 MB). `pack` writes `runs.json` (every JSON file of every run, and
 where each tensor went) and up to 7 shards `runs-N.safetensors`; `unpack` rebuilds the run directories exactly
 (config, metrics, checkpoint: resumable, exportable). Adam's moments are left out (as
-`trainer.slim_checkpoint` does: a resume re-estimates them); identical weight files (a finished run's
+`trainer.slim_checkpoint` does, through the same `slim_tensors` / `slim_meta`: a resume re-estimates them); identical weight files (a finished run's
 weights.safetensors and its last checkpoint's model) are stored once; `--half` stores float32 tensors as
 float16 (restored to float32; refused for a tensor float16 cannot hold). What does not fit is refused before
 anything is written, with the sizes.
@@ -28,16 +28,11 @@ from pathlib import Path
 import numpy as np
 
 MAX_FILES, MAX_FILE, MAX_TOTAL = 8, 16 * 2**20 - 2**16, 64 * 2**20 - 2**17  # the device tool's, less a margin
-SKIP_PREFIX = "optim."  # Adam's moments in checkpoint/state.safetensors
 INDEX = "runs.json"
 
 
 class PackError(SystemExit):
     pass
-
-
-def _tensor_files(run: Path) -> list[Path]:
-    return _files(run, "*.safetensors")
 
 
 def _files(run: Path, pattern: str) -> list[Path]:
@@ -48,6 +43,9 @@ def _files(run: Path, pattern: str) -> list[Path]:
 def pack(out: Path, runs: list[Path], half: bool = False) -> dict:
     from safetensors.numpy import load_file, save_file
 
+    from edgeae.train.rundir import CKPT_STATE, CKPT_TENSORS, read_json
+    from edgeae.train.trainer import slim_meta, slim_tensors
+
     index: dict = {"version": 1, "runs": {}, "blobs": {}, "half": half}
     blobs: dict[str, dict[str, np.ndarray]] = {}
     for run in runs:
@@ -55,9 +53,11 @@ def pack(out: Path, runs: list[Path], half: bool = False) -> dict:
             raise PackError(f"runpack: {run} is not a run directory (no config.json)")
         entry: dict = {"json": {}, "tensors": {}}
         for p in _files(run, "*.json"):
-            entry["json"][str(p.relative_to(run))] = json.loads(p.read_text())
-        for p in _tensor_files(run):
-            tensors = {k: v for k, v in load_file(str(p)).items() if not k.startswith(SKIP_PREFIX)}
+            data = read_json(p)
+            entry["json"][str(p.relative_to(run))] = slim_meta(data) if p.name == CKPT_STATE else data
+        for p in _files(run, "*.safetensors"):
+            tensors = load_file(str(p))
+            tensors = slim_tensors(tensors) if p.name == CKPT_TENSORS else tensors
             digest = hashlib.sha256()
             for k in sorted(tensors):
                 digest.update(k.encode() + b"\0" + str(tensors[k].dtype).encode() + tensors[k].tobytes())
@@ -97,7 +97,9 @@ def unpack(src: Path, dest: Path) -> list[Path]:
 
     if not (src / INDEX).is_file():
         raise PackError(f"runpack: {src} holds no {INDEX}: not a pack, or an unfinished one")
-    index = json.loads((src / INDEX).read_text())
+    from edgeae.train.rundir import read_json
+
+    index = read_json(src / INDEX)
     shards = {int(p.stem.split("-")[1]): load_file(str(p)) for p in src.glob("runs-*.safetensors")}
     clash = [str(dest / name) for name in index["runs"] if (dest / name).exists()]
     if clash:  # checked before anything is written
@@ -110,8 +112,6 @@ def unpack(src: Path, dest: Path) -> list[Path]:
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(run / rel))
         for rel, data in entry["json"].items():
-            if rel.endswith("state.json") and data.get("optimizer"):  # the moments stayed behind: a slim resume
-                data["optimizer"] = {**data["optimizer"], "slim": True, "scalars": {}}
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
             (run / rel).write_text(json.dumps(data, indent=2))
         made.append(run)

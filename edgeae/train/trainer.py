@@ -330,13 +330,26 @@ class _State:
         return float(sum(d["seconds"] for d in self.devices))
 
 
+OPTIM_PREFIX = "optim."  # Adam's moments among checkpoint/state.safetensors' tensors
+
+
+def slim_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's state tensors (torch or numpy) without Adam's moments."""
+    return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+
+
+def slim_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's state.json for slim_tensors' tensors: a resume re-estimates the moments from zero."""
+    return {**meta, "optimizer": {**meta["optimizer"], "slim": True, "scalars": {}}}
+
+
 def _opt_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{OPTIM_PREFIX}{pid}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
@@ -352,8 +365,8 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
         return
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
+        if key.startswith(OPTIM_PREFIX):
+            pid, name = key[len(OPTIM_PREFIX):].split(".", 1)
             state.setdefault(int(pid), {})[name] = v
     for key, v in meta["scalars"].items():
         pid, name = key.split(".", 1)
@@ -400,8 +413,7 @@ def slim_checkpoint(run: str | Path, out: str | Path) -> Path:
     src, dst = Path(run), Path(out)
     ckpt = _checkpoint_dir(src)
     meta = read_json(ckpt / CKPT_STATE)
-    tensors = {k: v for k, v in load_file(str(ckpt / CKPT_TENSORS)).items() if not k.startswith("optim.")}
-    meta["optimizer"] = {**meta["optimizer"], "slim": True, "scalars": {}}
+    tensors, meta = slim_tensors(load_file(str(ckpt / CKPT_TENSORS))), slim_meta(meta)
     with AtomicDir(dst, overwrite=True) as tmp:
         shutil.copy2(src / CONFIG, tmp / CONFIG)
         (tmp / CHECKPOINT).mkdir()
