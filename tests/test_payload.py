@@ -169,7 +169,7 @@ def test_bad_magic_and_unknown_version():
         wire.parse(b"x")
     with pytest.raises(Truncated):
         wire.parse(wire.MAGIC[:1])
-    for version in (0, 3, 255):
+    for version in (0, 4, 255):
         with pytest.raises(UnsupportedVersion, match=f"version {version}"):
             wire.parse(good[:2] + bytes([version]) + good[3:])
 

@@ -26,7 +26,7 @@ from edgeae.train.rundir import LoadedRun, load_run
 
 MAX_LATENT_CALIBRATION = core.MAX_CALIBRATION
 MAX_VALIDATION = core.MAX_VALIDATION
-ANY_SIZE_FAMILIES = ("conv", "codec", "hyperprior")  # fully convolutional: bundles take any H, W (docs/MANIFEST.md)
+ANY_SIZE_FAMILIES = ("conv", "codec", "hyperprior", "hyperprior-vr")  # fully convolutional: bundles take any H, W (docs/MANIFEST.md)
 
 
 @dataclass

@@ -368,8 +368,9 @@ def _resolve(encoder: Any, decoder: Any, model: Any, encode: str | None, decode:
         if not isinstance(model, nn.Module):
             raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model.eval()
-        encoder = _member(model, encode, ("encoder", "encode"), "encode")
-        decoder = _member(model, decode, ("decoder", "decode"), "decode")
+        # a model may name what exports itself (`edgeae_encoder`: a variable-rate model's unscaled transform)
+        encoder = _member(model, encode, ("edgeae_encoder", "encoder", "encode"), "encode")
+        decoder = _member(model, decode, ("edgeae_decoder", "decoder", "decode"), "decode")
     for what, m in (("encoder", encoder), ("decoder", decoder)):
         if not isinstance(m, nn.Module):
             raise ExportError(f"{what} must be a torch.nn.Module, got {type(m).__name__}; pass encoder= and "

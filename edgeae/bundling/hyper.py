@@ -255,10 +255,12 @@ def z_tables(model: Any, precision: int = 16, tail_mass: float = TAIL_MASS) -> l
     return out
 
 
-def entropy_section(model: Any, precision: int = 16) -> dict[str, Any]:
-    """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14)."""
-    scales = model.scales_np
-    mean_range, phases = mean_layout(model)
+def entropy_section(model: Any, precision: int = 16, owner: Any = None) -> dict[str, Any]:
+    """The manifest `entropy` section of a hyperprior bundle (layout agreed with anysize, NOTES.md 13:14).
+    `model` gives the z tables, `owner` (default: the model) the scale table and means."""
+    owner = owner or model
+    scales = owner.scales_np
+    mean_range, phases = mean_layout(owner)
     return {"model": "hyperprior", "coder": "range", "precision": precision,
             "z": {"stride": 4, "tables": z_tables(model, precision)},
             "y": {"scales": [float(s) for s in scales], "means": mean_range > 0,
@@ -321,22 +323,88 @@ def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
              "hyper_latent_channels": int(model.config.hyper_latent_channels),
              "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)}}
     entropy = entropy_section(model, precision)
-    entropy["y"]["tables"], entropy["z"]["tables"] = refit_tables(
-        model, graph, entropy["y"]["tables"], entropy["z"]["tables"], latents, phases=params.mean_phases,
+    entropy["y"]["tables"], (entropy["z"]["tables"],) = refit_tables(
+        model, graph, entropy["y"]["tables"], [entropy["z"]["tables"]], [latents], phases=params.mean_phases,
         precision=precision)
     facts["y_tables"] = facts["z_tables"] = f"refit to {len(latents)} calibration latents (bundling.calibrate.refit_rows)"
     return EntropySection(quantization=y_quantization(int(model.config.latent_channels)),
                           entropy=entropy, graphs=graphs, model=facts)
 
 
-def refit_tables(model: Any, graph: onnx.ModelProto, y_tables: list[dict[str, Any]], z_tables: list[dict[str, Any]],
-                 latents: np.ndarray, phases: int, precision: int, batch: int = 32
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+class _Point:
+    """One operating point of a variable-rate hyperprior, as `z_tables` reads a model: that quality's z prior."""
+
+    def __init__(self, model: Any, q: int) -> None:
+        self.model, self.q, self.prior = model, q, model.priors[q]
+
+    def support(self, tail_mass: float) -> tuple[np.ndarray, np.ndarray]:
+        from edgeae.train.models.codec import Codec
+
+        with self.model.at_quality(self.q):
+            return Codec.support(self.model, tail_mass)  # the variable-rate class refuses a single support
+
+
+def entropy_for_qualities(model: Any, latents: np.ndarray, precision: int) -> Any:
+    """`edgeae_entropy` of a variable-rate hyperprior (`hyperprior-vr`): ONE bundle for every operating point.
+
+    The encoder graph gives the unscaled latent y; quality q codes round(y * gain_q) with its own z tables, the
+    hyper_encoder (h_a) and the integer hyper_decoder (h_s) are shared, and so are y's scale tables (refit to
+    the symbols of every quality together); the decoder graph gets the decoded values / gain_q. The manifest's
+    latent quantisation is the default quality's grid (step 1 / gain), which the exporter's quality check uses."""
+    import torch
+
+    from edgeae.bundling.protocol import EntropySection, ExtraGraph
+
+    model.eval()
+    params = integerize(model)
+    graph = build_graph(params)
+    gains = [torch.exp(g).detach().numpy().astype(np.float32) for g in model.log_gains]
+    default = int(model.quality)
+    scaled = [np.ascontiguousarray(latents * g.reshape(1, -1, 1, 1), np.float32) for g in gains]
+    y = scaled[default][:16]
+    with torch.no_grad():
+        z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
+    if params.mean_range:
+        check_means(graph, params, z)
+    hyper_axes = {"y": {0: "batch", 2: "latent_height", 3: "latent_width"},
+                  "z": {0: "batch", 2: "hyper_height", 3: "hyper_width"}}
+    graphs = [
+        ExtraGraph("hyper_encoder", "y", "z", example=y, module=model.hyper_encoder, atol=1e-4, rtol=1e-4,
+                   dynamic_axes=hyper_axes),
+        ExtraGraph("hyper_decoder", INPUT, OUTPUT, example=z, onnx_model=graph, reference=params,
+                   extra_outputs=(MEAN,) if params.mean_range else ()),
+    ]
+    entropy = entropy_section(_Point(model, default), precision, model)
+    z_rows = [z_tables(_Point(model, q), precision) for q in range(len(gains))]
+    entropy["y"]["tables"], z_rows = refit_tables(model, graph, entropy["y"]["tables"], z_rows, scaled,
+                                                   phases=params.mean_phases, precision=precision)
+    entropy["z"] = {"stride": entropy["z"]["stride"]}
+    entropy["qualities"] = [{"lmbda": float(lm), "gain": [float(v) for v in g], "z": {"tables": rows}}
+                            for lm, g, rows in zip(model.lmbdas, gains, z_rows, strict=True)]
+    entropy["default_quality"] = default + 1
+    facts = {"name": "hyperprior", "qualities": len(gains), "lmbdas": [float(v) for v in model.lmbdas],
+             "default_quality": default + 1, "scale_levels": int(model.config.scale_levels),
+             "scale_min": float(model.config.scale_min), "scale_max": float(model.config.scale_max),
+             "hyper_latent_channels": int(model.config.hyper_latent_channels),
+             "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)},
+             "y_tables": f"refit to {len(latents)} calibration latents at every quality",
+             "z_tables": f"per quality, refit to {len(latents)} calibration latents"}
+    g = gains[default].astype(np.float64)
+    quant = {"bits": 8, "levels": 256, "offset": [float(Z_MIN / v) for v in g], "step": [float(1.0 / v) for v in g]}
+    return EntropySection(quantization=quant, entropy=entropy, graphs=graphs, model=facts)
+
+
+def refit_tables(model: Any, graph: onnx.ModelProto, y_tables: list[dict[str, Any]],
+                 z_tables: list[list[dict[str, Any]]], latents: list[np.ndarray], phases: int, precision: int,
+                 batch: int = 32) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """The y and z tables refit (calibrate.refit_rows) to the symbols of the calibration latents, each counted
     in the table the runtime codes it with: z channel c's values in z table c (z = round(h_a(y))), y's in the
     table of the integer hyper-decoder graph's index (and mean) of that z, then `tables_and_base` as in
     entropy_models/hyperprior.py; escapes count in the escape entry. The factorized codec's tables are refit
-    the same way (codec.py), so neither family is compared with tables the other does not get."""
+    the same way (codec.py), so neither family is compared with tables the other does not get.
+
+    One z table set and one latent array per operating point (a multi-quality bundle: the latents scaled by
+    each quality's gain); y's tables are shared, counted over all of them."""
     import torch
 
     from edgeae.bundling.calibrate import refit_rows, table_counts
@@ -353,20 +421,23 @@ def refit_tables(model: Any, graph: onnx.ModelProto, y_tables: list[dict[str, An
 
     sess = make_session(graph.SerializeToString(), threads=1)
     y_off, y_len, y_counts = layout(y_tables)
-    z_off, z_len, z_counts = layout(z_tables)
-    for i in range(0, len(latents), batch):
-        y = np.ascontiguousarray(latents[i:i + batch], np.float32)
-        with torch.no_grad():
-            z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
-        channel = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z.shape)
-        count(z_counts, channel, z.astype(np.int64) - z_off[channel], z_len)
-        out = sess.run(None, {INPUT: z})
-        table, base = tables_and_base(out[0], out[1] if len(out) > 1 else None, phases)
-        sym = np.clip(np.round(y), Z_MIN, Z_MAX).astype(np.int64) - (0 if base is None else base)
-        count(y_counts, table, sym - y_off[table], y_len)
+    z_counts = []
+    for tables, lat in zip(z_tables, latents, strict=True):
+        z_off, z_len, counts = layout(tables)
+        z_counts.append(counts)
+        for i in range(0, len(lat), batch):
+            y = np.ascontiguousarray(lat[i:i + batch], np.float32)
+            with torch.no_grad():
+                z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
+            channel = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z.shape)
+            count(counts, channel, z.astype(np.int64) - z_off[channel], z_len)
+            out = sess.run(None, {INPUT: z})
+            table, base = tables_and_base(out[0], out[1] if len(out) > 1 else None, phases)
+            sym = np.clip(np.round(y), Z_MIN, Z_MAX).astype(np.int64) - (0 if base is None else base)
+            count(y_counts, table, sym - y_off[table], y_len)
 
     def refit(tables: list[dict[str, Any]], counts: list[np.ndarray]) -> list[dict[str, Any]]:
         rows = refit_rows([t["frequencies"] for t in tables], counts, precision)
         return [{"offset": t["offset"], "frequencies": r} for t, r in zip(tables, rows, strict=True)]
 
-    return refit(y_tables, y_counts), refit(z_tables, z_counts)
+    return refit(y_tables, y_counts), [refit(t, c) for t, c in zip(z_tables, z_counts, strict=True)]

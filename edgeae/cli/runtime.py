@@ -44,8 +44,10 @@ def _codec_options(f):
               "leave the spool only once acknowledged. Needs --spool.")
 @click.option("--convert", is_flag=True, help="Convert image files of the other kind (RGB <-> gray) instead of "
               "refusing them.")
+@click.option("--quality", type=click.IntRange(1, 255), help="Operating point of a multi-quality bundle [default: "
+              "the zoo name's (photo:3), else the bundle's default]; `edgeae inspect BUNDLE` lists them.")
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
-           batch: bool, spool: str | None, send: str | None, convert: bool) -> None:
+           batch: bool, spool: str | None, send: str | None, convert: bool, quality: int | None) -> None:
     """Encode images (files, or folders of them, walked recursively) into .eae payloads: one per image, or
     one with --batch."""
     from edgeae.runtime.codec import Encoder
@@ -60,7 +62,8 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
         if send:
             ingest_url(send)  # refuse a bad URL before encoding anything
         spooled = Spool(spool)
-    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, convert=convert)
+    enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, convert=convert,
+                  quality=quality)
     failures = Failures()
     sink = spooled.put if spooled is not None else None  # not `if spooled`: an empty Spool is falsy (len 0)
     r = encode_files(enc, inputs, out, batch=batch, sink=sink, skip=failures.report,

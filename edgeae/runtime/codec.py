@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeae import zoo
 from edgeae.errors import BundleError, CorruptStream, FingerprintMismatch, InputError
 from edgeae.runtime import payload as wire
 from edgeae.runtime.bundle import Bundle
@@ -75,6 +76,9 @@ class _Codec:
                  threads: int | None = None) -> None:
         """`bundle`: a Bundle or its folder; `device`: a device profile (name, TOML path or DeviceProfile);
         `threads`: onnxruntime intra-op threads (overrides the profile's)."""
+        self.named_quality = 0  # a zoo name's operating point of a multi-quality bundle ("photo:3")
+        if not isinstance(bundle, Bundle) and zoo.is_name(bundle):
+            bundle, self.named_quality = zoo.locate(str(bundle))
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, partial=True)
         m = self.bundle.manifest
         self.manifest = m
@@ -133,14 +137,29 @@ class Encoder(_Codec):
     arena = False
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32", device: Any = None,
-                 threads: int | None = None, convert: bool = False) -> None:
+                 threads: int | None = None, convert: bool = False, quality: int | None = None) -> None:
         """`convert`: let Pillow convert image files / PIL images of the other channel kind (gray <-> RGB)
-        instead of refusing them."""
+        instead of refusing them. `quality`: the operating point 1..N of a multi-quality bundle (default: the
+        one a zoo name gives, e.g. "photo:3", else the manifest's `entropy.default_quality`); a bundle of one
+        quality takes none."""
         super().__init__(bundle, precision, device, threads)
         self.images = input_adapter(self.manifest.input, convert=convert)
-        self.packer = wire.Packer(self.fingerprint, bits=self.bits, coder=self.coder_id, model=self.model_id)
+        self.quality = self._quality(quality)
+        self.packer = wire.Packer(self.fingerprint, bits=self.bits, coder=self.coder_id, model=self.model_id,
+                                  quality=self.quality)
         for role in self.entropy.graph_roles:  # build the entropy model's sessions now, not on the first image
             self._graph(role)
+
+    def _quality(self, quality: int | None) -> int:
+        n = self.entropy.qualities
+        if quality is None:
+            return self.named_quality or self.manifest.entropy.default_quality
+        if not n:
+            raise InputError(f"bundle {self.bundle.path} has one quality; drop the quality ({quality}) or use a "
+                             "multi-quality bundle")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= n:
+            raise InputError(f"quality {quality!r} is not one of this bundle's operating points 1..{n}")
+        return quality
 
     # The steps, in order; `encode` is exactly their composition.
     def preprocess(self, images: Any) -> np.ndarray:
@@ -175,8 +194,8 @@ class Encoder(_Codec):
         return self._code(self.pad(x), [self._wire_size(x.shape)] * len(x))
 
     def _code(self, x: np.ndarray, sizes: list[tuple[int, int]]) -> list[wire.Item]:
-        return [wire.Item(h, w, parts) for (h, w), parts in zip(sizes, self.entropy.encode(self.latents(x)),
-                                                                 strict=True)]
+        coded = self.entropy.encode(self.latents(x), self.quality)
+        return [wire.Item(h, w, parts) for (h, w), parts in zip(sizes, coded, strict=True)]
 
     def items(self, images: Any) -> list[wire.Item]:
         """User images (one array/batch, or a list of images of any sizes) -> coded items in input order."""
@@ -273,6 +292,10 @@ class Decoder(_Codec):
             raise CorruptStream(f"payload header (coder {h.coder}, {h.bits} bits, entropy model {h.model}) "
                                 f"contradicts its bundle (coder {self.coder_id}, {self.bits} bits, entropy model "
                                 f"{self.model_id})")
+        n = self.entropy.qualities
+        if (n and not 1 <= h.quality <= n) or (not n and h.quality):
+            raise CorruptStream(f"payload quality {h.quality} contradicts its bundle's operating points "
+                                f"({f'1..{n}' if n else 'none: one quality'})")
         if h.version == 1:
             if h.shape != self.latent_shape:
                 raise CorruptStream(f"payload latent shape {h.shape} contradicts its bundle's {self.latent_shape}")
@@ -302,7 +325,7 @@ class Decoder(_Codec):
         items, lanes = p.items, p.header.version >= 2  # version-1 bodies are single streams
         latents: list[np.ndarray] = [np.empty(0)] * len(items)
         for shape, idx in _group([self.latent_shape_for(it.height, it.width) for it in items]).items():
-            y = self.entropy.decode([items[i].parts for i in idx], shape, lanes)
+            y = self.entropy.decode([items[i].parts for i in idx], shape, lanes, p.header.quality)
             for i, yi in zip(idx, y, strict=True):
                 latents[i] = yi
         return latents, [(it.height, it.width) for it in items]

@@ -170,10 +170,28 @@ class TableFamily:
         return d
 
 
+MAX_QUALITIES = 64  # operating points of one multi-quality bundle (the payload's quality byte allows 255)
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """One operating point of a multi-quality hyperprior bundle: the latent is coded as round(y * gain) per
+    channel and decoded as that / gain, with this point's own z tables (`z.stride` is the bundle's)."""
+
+    lmbda: float
+    gain: tuple[float, ...]  # one positive gain per latent channel
+    z: TableFamily
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lmbda": self.lmbda, "gain": list(self.gain), "z": {"tables": self.z.to_dict("z")["tables"]}}
+
+
 @dataclass(frozen=True)
 class EntropySpec:
     """`model` "factorized" (the default): `frequencies` holds one row of `levels` ints >= 1 per latent channel.
-    "hyperprior": `z` and `y` hold conditional tables and `frequencies` is empty (docs/MANIFEST.md)."""
+    "hyperprior": `z` and `y` hold conditional tables and `frequencies` is empty (docs/MANIFEST.md). A
+    multi-quality hyperprior (`qualities`, operating points 1..len) keeps only its stride in `z`: each quality
+    has its own gain vector and z tables; `y`'s tables, the graphs and the hyper-decoder are shared."""
 
     coder: str  # "range"
     precision: int  # every table row sums to 2**precision
@@ -181,14 +199,24 @@ class EntropySpec:
     model: str = "factorized"
     z: TableFamily | None = None
     y: TableFamily | None = None
+    qualities: tuple[QualitySpec, ...] = ()
+    default_quality: int = 0  # 1..len(qualities) when there are qualities
 
     def to_dict(self) -> dict[str, Any]:
         if self.model == "factorized":
             return {"coder": self.coder, "precision": self.precision,
                     "frequencies": [list(r) for r in self.frequencies]}
         assert self.z is not None and self.y is not None
-        return {"model": self.model, "coder": self.coder, "precision": self.precision, "z": self.z.to_dict("z"),
-                "y": self.y.to_dict("y")}
+        z = {"stride": self.z.stride} if self.qualities else self.z.to_dict("z")
+        d = {"model": self.model, "coder": self.coder, "precision": self.precision, "z": z, "y": self.y.to_dict("y")}
+        if self.qualities:
+            d.update(qualities=[q.to_dict() for q in self.qualities], default_quality=self.default_quality)
+        return d
+
+    def z_tables(self, quality: int = 0) -> TableFamily:
+        """The z tables a hyperprior codes with at `quality` (1..len(qualities); 0 for a one-quality bundle)."""
+        assert self.z is not None
+        return self.qualities[quality - 1].z if self.qualities else self.z
 
 
 @dataclass(frozen=True)
@@ -452,13 +480,25 @@ class _Validator:
         coder = self.text(self.need(d, "coder", "entropy"), "entropy.coder", ("range",))
         precision = self.integer(self.need(d, "precision", "entropy"), "entropy.precision", 1, MAX_PRECISION)
         if model == "hyperprior":
-            z = self.tables(self.need(d, "z", "entropy"), "entropy.z", precision)
-            y = self.tables(self.need(d, "y", "entropy"), "entropy.y", precision)
             if latent.channel_axis != 1 or len(latent.shape) != 3:
                 raise self.fail("entropy.model", "hyperprior needs a (C, H, W) latent with channel_axis 1")
-            if sum(map(len, z.frequencies)) + sum(map(len, y.frequencies)) > MAX_TABLE_ENTRIES:
+            zd = self.obj(self.need(d, "z", "entropy"), "entropy.z")
+            y = self.tables(self.need(d, "y", "entropy"), "entropy.y", precision)
+            if "qualities" in d:
+                if "tables" in zd:
+                    raise self.fail("entropy.z.tables", "a multi-quality bundle keeps z's tables in each quality")
+                qualities, default = self.qualities(d, zd, latent.channels, precision)
+                z = TableFamily((), (), stride=qualities[0].z.stride)
+                zs = [q.z for q in qualities]
+            else:
+                z, qualities, default = self.tables(zd, "entropy.z", precision), (), 0
+                zs = [z]
+            if len({len(t.offsets) for t in zs}) != 1:
+                raise self.fail("entropy.qualities", "every quality needs as many z tables (one per z channel)")
+            if sum(sum(map(len, t.frequencies)) for t in [*zs, y]) > MAX_TABLE_ENTRIES:
                 raise self.fail("entropy", f"tables hold more than {MAX_TABLE_ENTRIES} entries")
-            return EntropySpec(coder=coder, precision=precision, frequencies=(), model=model, z=z, y=y)
+            return EntropySpec(coder=coder, precision=precision, frequencies=(), model=model, z=z, y=y,
+                               qualities=qualities, default_quality=default)
         if latent.channels * latent.quantization.levels > MAX_TABLE_ENTRIES:
             raise self.fail("entropy.frequencies", f"hold more than {MAX_TABLE_ENTRIES} entries")
         rows = self.array(self.need(d, "frequencies", "entropy"), "entropy.frequencies", latent.channels)
@@ -468,6 +508,26 @@ class _Validator:
                             f"(2**24 - 2), got {levels}")
         out = [self.row(row, f"entropy.frequencies[{c}]", precision, levels) for c, row in enumerate(rows)]
         return EntropySpec(coder=coder, precision=precision, frequencies=tuple(out))
+
+    def qualities(self, d: dict[str, Any], zd: dict[str, Any], channels: int,
+                  precision: int) -> tuple[tuple[QualitySpec, ...], int]:
+        """entropy.qualities of a multi-quality hyperprior and entropy.default_quality (docs/MANIFEST.md)."""
+        rows = self.array(d["qualities"], "entropy.qualities")
+        if not 2 <= len(rows) <= MAX_QUALITIES:
+            raise self.fail("entropy.qualities", f"must hold 2 to {MAX_QUALITIES} operating points, got {len(rows)}")
+        stride = self.need(zd, "stride", "entropy.z")
+        out = []
+        for i, q in enumerate(rows):
+            p = f"entropy.qualities[{i}]"
+            q = self.obj(q, p)
+            gain = self.array(self.need(q, "gain", p), f"{p}.gain", channels)
+            zq = self.obj(self.need(q, "z", p), f"{p}.z")
+            out.append(QualitySpec(
+                lmbda=self.number(self.need(q, "lmbda", p), f"{p}.lmbda", positive=True),
+                gain=tuple(self.number(v, f"{p}.gain[{c}]", positive=True) for c, v in enumerate(gain)),
+                z=self.tables({"stride": stride, "tables": self.need(zq, "tables", f"{p}.z")}, f"{p}.z", precision)))
+        default = self.integer(self.need(d, "default_quality", "entropy"), "entropy.default_quality", 1, len(out))
+        return tuple(out), default
 
     def row(self, row: Any, path: str, precision: int, length: int | None = None) -> tuple[int, ...]:
         """A frequency row: ints >= 1 summing to 2**precision."""

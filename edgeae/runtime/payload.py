@@ -1,8 +1,9 @@
 """The payload wire format (docs/FORMAT.md): pack coded items into bytes, and a strict, bounded parser.
 
 Version 2 (written): each item carries its original image height and width and the coded parts its entropy
-model defines (factorized: [y]; hyperprior: [z, y, escapes]). Version 1 (read only): one body per item, one
-latent shape for all, the bundle's fixed image size.
+model defines (factorized: [y]; hyperprior: [z, y, escapes]). Version 3 (written for multi-quality bundles):
+version 2 plus a `quality` byte after the model, the operating point of the bundle every item was coded at.
+Version 1 (read only): one body per item, one latent shape for all, the bundle's fixed image size.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 from edgeae.errors import BadMagic, ChecksumMismatch, CorruptStream, Truncated, UnsupportedVersion
 
 MAGIC = b"\xea\xae"
-VERSION = 2  # what `Packer` writes
-VERSIONS = (1, 2)  # what `parse` reads
+VERSION = 2  # what `Packer` writes for a bundle of one quality
+VERSION_QUALITY = 3  # ... and for a multi-quality bundle (the header's `quality` byte)
+VERSIONS = (1, 2, 3)  # what `parse` reads
+MAX_QUALITY = 255
 FINGERPRINT_BYTES = 8
 CRC_BYTES = 4
 
@@ -81,6 +84,7 @@ class Header:
     sizes: tuple[tuple[int, int], ...]  # (height, width) per item; (0, 0) in v1
     parts: tuple[tuple[int, ...], ...]  # byte length of each coded part, per item
     shape: tuple[int, ...] = ()  # v1 only: the latent shape of every item
+    quality: int = 0  # v3: the bundle's operating point 1..255 the items were coded at; 0 in v1 / v2
     version: int = VERSION
     size: int = 0
 
@@ -177,21 +181,26 @@ class _Reader:
         return value
 
 
-# --- pack (version 2) -------------------------------------------------------------------------------------
+# --- pack (versions 2 and 3) ---------------------------------------------------------------------------------
 
 
 class Packer:
     """Frames coded items for one bundle; the fixed part of the header is built once (encode's hot path)."""
 
     def __init__(self, fingerprint: bytes, *, bits: int, coder: int = CODER_RANGE,
-                 model: int = MODEL_FACTORIZED) -> None:
+                 model: int = MODEL_FACTORIZED, quality: int = 0) -> None:
+        """`quality` 1..255: the operating point of a multi-quality bundle (a version-3 payload); 0: none (v2)."""
         if len(fingerprint) < FINGERPRINT_BYTES:
             raise ValueError(f"fingerprint needs at least {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}")
-        if coder not in CODERS or not 0 <= bits <= MAX_BITS or model not in MODELS:
-            raise ValueError(f"coder {coder} / bits {bits} / entropy model {model} cannot be written")
+        if coder not in CODERS or not 0 <= bits <= MAX_BITS or model not in MODELS \
+                or not 0 <= quality <= MAX_QUALITY:
+            raise ValueError(f"coder {coder} / bits {bits} / entropy model {model} / quality {quality} cannot be "
+                             "written")
         self.min_parts = MODELS[model][1]
         self.max_items = MAX_ITEMS
-        self._fixed = fingerprint[:FINGERPRINT_BYTES] + bytes([coder << 5 | bits, model])
+        self.version = VERSION_QUALITY if quality else VERSION
+        self._version_byte = bytes([self.version])
+        self._fixed = fingerprint[:FINGERPRINT_BYTES] + bytes([coder << 5 | bits, model, *([quality] if quality else [])])
 
     def pack(self, items: Sequence[Item]) -> bytes:
         n = len(items)
@@ -217,19 +226,16 @@ class Packer:
         head = b"".join(fields)
         if len(head) > MAX_HEADER_BYTES:
             raise ValueError("payload header exceeds the format's limit; split the batch")
-        out = b"".join([MAGIC, _VERSION_BYTE, _varint(len(head)), head, *(p for it in items for p in it.parts)])
+        out = b"".join([MAGIC, self._version_byte, _varint(len(head)), head, *(p for it in items for p in it.parts)])
         if len(out) + CRC_BYTES > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(out) + CRC_BYTES} bytes exceeds {MAX_PAYLOAD_BYTES}; split the batch")
         return out + zlib.crc32(out).to_bytes(CRC_BYTES, "little")
 
 
-_VERSION_BYTE = bytes([VERSION])
-
-
 def pack(fingerprint: bytes, items: Sequence[Item], *, bits: int, coder: int = CODER_RANGE,
-         model: int = MODEL_FACTORIZED) -> bytes:
+         model: int = MODEL_FACTORIZED, quality: int = 0) -> bytes:
     """Frame coded items as one payload. `fingerprint` is the bundle's (only its first 8 bytes are kept)."""
-    return Packer(fingerprint, bits=bits, coder=coder, model=model).pack(items)
+    return Packer(fingerprint, bits=bits, coder=coder, model=model, quality=quality).pack(items)
 
 
 def pack_v1(fingerprint: bytes, shape: Sequence[int], bodies: Sequence[bytes], *, bits: int,
@@ -273,7 +279,8 @@ def parse_header(data: bytes | bytearray | memoryview) -> Header:
     coder, bits = coder_bits >> 5, coder_bits & 0x1F
     if coder not in CODERS:
         raise CorruptStream(f"payload uses unknown coder id {coder}; the payload is damaged or from a newer edgeae")
-    fields = (_fields_v1 if version == 1 else _fields_v2)(h, fingerprint, coder, bits)
+    fields = _fields_v1(h, fingerprint, coder, bits) if version == 1 else _fields_v2(h, fingerprint, coder, bits,
+                                                                                      quality=version == 3)
     if h.pos != end:
         raise CorruptStream(f"payload header has {end - h.pos} unexplained bytes; the payload is damaged")
     header = Header(**fields, version=version, size=end)
@@ -295,11 +302,15 @@ def _fields_v1(h: _Reader, fingerprint: bytes, coder: int, bits: int) -> dict[st
             "sizes": ((0, 0),) * items, "parts": lengths, "shape": shape}
 
 
-def _fields_v2(h: _Reader, fingerprint: bytes, coder: int, bits: int) -> dict[str, Any]:
+def _fields_v2(h: _Reader, fingerprint: bytes, coder: int, bits: int, quality: bool) -> dict[str, Any]:
+    """Versions 2 and 3 (`quality`: the byte after the model)."""
     model = h.take(1, "model")[0]
     if model not in MODELS:
         raise CorruptStream(f"payload uses unknown entropy model id {model}; the payload is damaged or from a "
                             "newer edgeae")
+    q = h.take(1, "quality")[0] if quality else 0
+    if quality and q == 0:
+        raise CorruptStream("payload quality is 0; a version-3 payload names its operating point 1..255")
     minimum = MODELS[model][1]
     items = h.varint("items", 1, MAX_ITEMS)
     height = h.varint("height", 0, MAX_SIDE)
@@ -319,7 +330,7 @@ def _fields_v2(h: _Reader, fingerprint: bytes, coder: int, bits: int) -> dict[st
         sizes.append((height, width))
         parts.append(tuple(h.varint("part_length", m, MAX_PAYLOAD_BYTES) for m in minimum))
     return {"fingerprint": fingerprint, "coder": coder, "bits": bits, "model": model, "sizes": tuple(sizes),
-            "parts": tuple(parts)}
+            "parts": tuple(parts), "quality": q}
 
 
 def parse(data: bytes | bytearray | memoryview) -> Payload:
@@ -364,6 +375,7 @@ def describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         "fingerprint": h.fingerprint.hex(),
         "coder": CODERS[h.coder],
         "entropy_model": MODELS[h.model][0],
+        **({"quality": h.quality} if h.quality else {}),
         "latent_bits": h.bits,
         "items": h.items,
     }

@@ -61,13 +61,22 @@ def entropy_line(m: dict[str, Any]) -> str:
         rows = e["frequencies"]
         return (f"factorized, {e['coder']} coder: {len(rows)} tables (one per channel) x {len(rows[0])} "
                 f"entries, precision {e['precision']}")
-    z, y = e["z"]["tables"], e["y"]["tables"]
+    qualities = e.get("qualities") or []
+    y = e["y"]["tables"]
+    z = [t for q in qualities for t in q["z"]["tables"]] if qualities else e["z"]["tables"]
     scales = e["y"].get("scales") or []
     span = f", scales {min(scales):.3g}..{max(scales):.3g}" if scales else ""
-    return (f"{model}, {e['coder']} coder, precision {e['precision']}: z {len(z)} tables "
+    per = f" ({len(qualities)} qualities' own)" if qualities else ""
+    line = (f"{model}, {e['coder']} coder, precision {e['precision']}: z {len(z)} tables{per} "
             f"({sum(len(t['frequencies']) for t in z)} entries, stride {e['z']['stride']}), y {len(y)} tables "
             f"indexed by the hyper-decoder ({sum(len(t['frequencies']) for t in y)} entries{span}, means "
             f"{'yes' if e['y'].get('means') else 'no'}), escape = last entry of each table")
+    if qualities:
+        points = ", ".join(f"{k}: lambda {q['lmbda']:g}, gain {sum(q['gain']) / len(q['gain']):.3g}"
+                           for k, q in enumerate(qualities, 1))
+        line += (f"\n            {len(qualities)} qualities sharing every graph (payload v3 carries the quality; "
+                 f"default {e['default_quality']}): {points}")
+    return line
 
 
 def summarize(m: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
     edgeae/zoo/index.json          which models exist, their qualities, measured rate-distortion, model card
     edgeae/zoo/<model>-q<k>/       one ordinary bundle per quality (manifest.json, fp32 + int8 graphs)
+    edgeae/zoo/<model>/            or one multi-quality bundle that every quality shares (index `point`)
 
 A name `MODEL:K` (e.g. "photo:3") stands for quality K of MODEL anywhere a bundle folder is accepted:
 `Encoder("photo:3")`, `Bundle.open("photo:3")`, `edgeae encode img.jpg --bundle photo:3`. A path that exists
@@ -42,6 +43,12 @@ def index(root: Path | None = None) -> dict[str, Any]:
 
 def resolve(name: str, root: Path | None = None) -> Path:
     """`MODEL:K` -> the folder of that pretrained bundle (BundleError, listing what exists, if unknown)."""
+    return locate(name, root)[0]
+
+
+def locate(name: str, root: Path | None = None) -> tuple[Path, int]:
+    """`MODEL:K` -> (the bundle folder, the operating point of a multi-quality bundle, or 0). An index quality
+    entry names its `bundle` folder and, when several qualities share one bundle, its `point` in it."""
     m = _NAME.match(name)
     if not m:
         raise BundleError(f"{name!r} is not a pretrained model name (MODEL:QUALITY, e.g. photo:3)")
@@ -62,7 +69,10 @@ def resolve(name: str, root: Path | None = None) -> Path:
     path = root / folder
     if not path.is_dir():
         raise BundleError(f"pretrained bundle {name} is listed but {path} is missing; reinstall edgeae")
-    return path
+    point = qualities[quality].get("point", 0)
+    if isinstance(point, bool) or not isinstance(point, int) or not 0 <= point <= 255:
+        raise BundleError(f"zoo index entry {name} has point {point!r}, not an operating point 0..255; reinstall edgeae")
+    return path, point
 
 
 def pretrained(root: Path | None = None) -> list[dict[str, Any]]:

@@ -37,11 +37,15 @@ class EntropyModel:
         self.manifest = manifest
         self.graphs = graphs
 
-    def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
-        """Float latents (n, *shape) of n items of one size -> each item's coded parts."""
+    qualities: int = 0  # operating points of a multi-quality bundle (1..qualities); 0: one quality
+
+    def encode(self, y: np.ndarray, quality: int = 0) -> list[tuple[bytes, ...]]:
+        """Float latents (n, *shape) of n items of one size -> each item's coded parts. `quality`: the
+        operating point 1..`qualities` of a multi-quality bundle (0 for a bundle of one quality)."""
         raise NotImplementedError
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True,
+               quality: int = 0) -> np.ndarray:
         """Coded parts of n items with latent `shape` -> float32 latents (n, *shape); CorruptStream if invalid.
         `lanes` False: version-1 bodies (one stream each, no lane framing)."""
         raise NotImplementedError

@@ -76,10 +76,11 @@ class Factorized(EntropyModel):
         q = rows.reshape(len(bodies), *moved)
         return np.moveaxis(q, 1, self.axis) if self.axis != 1 else q
 
-    def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
+    def encode(self, y: np.ndarray, quality: int = 0) -> list[tuple[bytes, ...]]:
         return [(body,) for body in self.encode_symbols(self.quantize(y))]
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True,
+               quality: int = 0) -> np.ndarray:
         if any(len(p) != 1 for p in parts):
             raise CorruptStream("a factorized item has exactly one coded part")
         return self.dequantize(self.decode_symbols([p[0] for p in parts], shape, lanes))

@@ -63,18 +63,36 @@ class Hyperprior(EntropyModel):
         super().__init__(manifest, graphs)
         e = manifest.entropy
         assert e.z is not None and e.y is not None  # the manifest validator guarantees both for a hyperprior
-        self.z = ConditionalTables(e.z.offsets, e.z.frequencies, e.precision)
+        self.qualities = len(e.qualities)
+        points = range(1, self.qualities + 1) if self.qualities else (0,)
+        # per operating point (one for a bundle of one quality): z's tables, and the gain y is scaled by
+        self._z = [ConditionalTables(t.offsets, t.frequencies, e.precision) for t in map(e.z_tables, points)]
+        self._gains = [np.asarray(q.gain, np.float32).reshape(1, -1, 1, 1) for q in e.qualities] or [None]
+        self.z = self._z[0]
         self.y = ConditionalTables(e.y.offsets, e.y.frequencies, e.precision)
         self.z_stride = e.z.stride
         self.means = e.y.means
         self.phases = e.y.mean_phases
-        self.z_channels = len(e.z.offsets)
+        self.z_channels = len(e.z_tables(1 if self.qualities else 0).offsets)
         self.y_channels = manifest.latent.channels
         self._z_index: dict[tuple[int, ...], np.ndarray] = {}
         # verify: check every hyper_decoder run against the numpy int64 reference (edgeae.runtime.inthyper),
         # BundleError on any differing index (`edgeae decode --verify`)
         self.verify = False
         self._reference: Any = None
+
+    def _point(self, quality: int) -> int:
+        """The list position of an operating point (ValueError if the bundle has no such quality)."""
+        if self.qualities and 1 <= quality <= self.qualities:
+            return quality - 1
+        if not self.qualities and quality == 0:
+            return 0
+        have = f"qualities 1..{self.qualities}" if self.qualities else "one quality (0)"
+        raise ValueError(f"quality {quality} is not an operating point of this bundle, which has {have}")
+
+    def gain(self, quality: int = 0) -> np.ndarray | None:
+        """The per-channel gain (1, C, 1, 1) of an operating point (None: a bundle of one quality codes round(y))."""
+        return self._gains[self._point(quality)]
 
     @property
     def scale_levels(self) -> int:
@@ -146,9 +164,13 @@ class Hyperprior(EntropyModel):
             self._reference = ref
         inthyper.verify(self._reference, z, index, mean=mean)
 
-    def integers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def integers(self, y: np.ndarray, quality: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Float latents (n, C, h, w) -> the int z values (of y edge-padded to whole z positions) and the int y
-        values the encoder codes (before means)."""
+        values the encoder codes (before means). At a quality of a multi-quality bundle, y is first scaled by its
+        gain (the hyper_encoder sees the scaled latent)."""
+        g = self.gain(quality)
+        if g is not None:
+            y = y * g
         _, zh, zw = self.z_shape(tuple(y.shape[1:]))
         s = self.z_stride
         pad = ((0, 0), (0, 0), (0, zh * s - y.shape[2]), (0, zw * s - y.shape[3]))
@@ -157,12 +179,13 @@ class Hyperprior(EntropyModel):
         zf = next(iter(z.values())) if len(z) == 1 else z[self.manifest.graphs["hyper_encoder"].output]
         return _integers(zf), _integers(y)
 
-    def encode(self, y: np.ndarray) -> list[tuple[bytes, ...]]:
-        return self.encode_values(*self.integers(y))
+    def encode(self, y: np.ndarray, quality: int = 0) -> list[tuple[bytes, ...]]:
+        return self.encode_values(*self.integers(y, quality), quality=quality)
 
-    def encode_values(self, zi: np.ndarray, yi: np.ndarray) -> list[tuple[bytes, ...]]:
+    def encode_values(self, zi: np.ndarray, yi: np.ndarray, quality: int = 0) -> list[tuple[bytes, ...]]:
         """int z values (n, *z_shape) and int y values (n, *shape) -> each item's parts. `encode` gives it
         `integers(y)`; an encoder that chooses other values (benchmarks/bench_encoder_search.py) calls it direct."""
+        z_tables = self._z[self._point(quality)]
         shape = tuple(yi.shape[1:])
         zshape = self.z_shape(shape)
         if zi.shape[1:] != zshape:
@@ -171,7 +194,7 @@ class Hyperprior(EntropyModel):
         table, base = self.hyper_decode(zi, shape)
         values = yi if base is None else np.clip(yi - base, -MAX_VALUE, MAX_VALUE)
         zidx = self._zindex(zshape)
-        z_bodies, z_esc = self.z.encode([(zi[i].reshape(-1), zidx) for i in range(len(yi))])
+        z_bodies, z_esc = z_tables.encode([(zi[i].reshape(-1), zidx) for i in range(len(yi))])
         ys = []
         for i in range(len(yi)):
             idx = table[i].reshape(-1)
@@ -181,14 +204,19 @@ class Hyperprior(EntropyModel):
         return [(bz, by, write_escapes([ez, ey])) for bz, by, ez, ey in zip(z_bodies, y_bodies, z_esc, y_esc,
                                                                              strict=True)]
 
-    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True) -> np.ndarray:
+    def decode(self, parts: Sequence[tuple[bytes, ...]], shape: tuple[int, ...], lanes: bool = True,
+               quality: int = 0) -> np.ndarray:
         if any(len(p) != 3 for p in parts):
             raise CorruptStream("a hyperprior item has exactly three parts (z, y, escapes)")
+        try:
+            point = self._point(quality)
+        except ValueError as exc:
+            raise CorruptStream(f"payload {exc}") from None
         n = len(parts)
         zshape = self.z_shape(shape)
         zidx = self._zindex(zshape)
         readers = [EscapeReader(p[2]) for p in parts]
-        z = self.z.decode([p[0] for p in parts], [zidx] * n, readers, [f"item {i} z" for i in range(n)])
+        z = self._z[point].decode([p[0] for p in parts], [zidx] * n, readers, [f"item {i} z" for i in range(n)])
         table, base = self.hyper_decode(np.stack(z).reshape(n, *zshape), shape)
         flat = table.reshape(n, -1)
         orders = [self.y.order(idx) for idx in flat]
@@ -201,16 +229,24 @@ class Hyperprior(EntropyModel):
         y_hat = y.reshape(n, *shape)
         if base is not None:
             y_hat += base
-        return y_hat.astype(np.float32)
+        g = self._gains[point]
+        return y_hat.astype(np.float32) if g is None else y_hat.astype(np.float32) / g
 
     def describe(self) -> dict[str, Any]:
         e = self.manifest.entropy
         assert e.z is not None and e.y is not None
-        return {"model": self.name, "precision": e.precision,
-                "z": {"tables": len(self.z), "entries": sum(map(len, e.z.frequencies)), "stride": self.z_stride},
+        zs = [e.z_tables(q) for q in (range(1, self.qualities + 1) if self.qualities else (0,))]
+        out = {"model": self.name, "precision": e.precision,
+                "z": {"tables": len(self.z) * len(zs), "entries": sum(sum(map(len, t.frequencies)) for t in zs),
+                      "stride": self.z_stride},
                 "y": {"tables": len(self.y), "entries": sum(map(len, e.y.frequencies)), "means": self.means,
                       "mean_phases": self.phases,
                       "scales": [min(e.y.scales), max(e.y.scales)] if e.y.scales else None}}
+        if self.qualities:
+            out["qualities"] = [{"quality": k, "lmbda": q.lmbda, "gain_mean": round(float(np.mean(q.gain)), 4)}
+                                for k, q in enumerate(e.qualities, 1)]
+            out["default_quality"] = e.default_quality
+        return out
 
 
 MODEL = Hyperprior

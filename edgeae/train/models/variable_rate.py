@@ -6,7 +6,9 @@ quality has its own factorized prior (the codec's p(y), the hyperprior's p(z); t
 shared: they see the scaled latent). Training draws one quality per batch (torch's global RNG, so resumes are
 exact) and weighs its distortion with that quality's lmbda.
 
-A trained model is deployed one quality at a time: `bake(model, q)` folds gain[q] into the last analysis
+A trained `hyperprior-vr` exports as ONE multi-quality bundle (`edgeae export RUN`): shared unscaled graphs,
+the gains and each quality's z tables in the manifest, the quality in the payload (docs/FORMAT.md, version 3).
+Either family can also be deployed one quality at a time: `bake(model, q)` folds gain[q] into the last analysis
 convolution (weights and bias times gain) and 1/gain[q] into the first synthesis convolution (input channels),
 and keeps prior[q] -- an ordinary `codec` / `hyperprior` model, exported, quantised and run like any other.
 Gains start at sqrt(lmbda_q / lmbda_mid) (quantisation step ~ 1/gain, MSE ~ step^2 ~ 1/lmbda).
@@ -166,9 +168,27 @@ def _variable_rate(base_name: str, base_cls: type[Codec], base_cfg: type[CodecCo
                     "gains_mean": [float(torch.exp(g).mean()) for g in self.log_gains.detach()]}
 
         def support(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-            raise TypeError("a variable-rate model exports one quality at a time: bake(model, q) first")
+            raise TypeError("a variable-rate codec exports one quality at a time: bake(model, q) first (`python "
+                            "-m edgeae.zoo.build`); a hyperprior-vr exports every quality in one bundle")
 
         entropy_tables = support
+
+        # Export (edgeae.export / `edgeae export RUN`): the graphs are the shared, unscaled transforms; the
+        # gains and each quality's z tables go to the manifest (bundling/hyper.py, entropy_for_qualities)
+        @property
+        def edgeae_encoder(self) -> nn.Module:
+            return self.encoder.inner
+
+        @property
+        def edgeae_decoder(self) -> nn.Module:
+            return self.decoder.inner
+
+        def edgeae_entropy(self, latents: Any, precision: int = 16) -> Any:
+            if base_name != "hyperprior":
+                self.support()  # raises: bake per quality
+            from edgeae.bundling.hyper import entropy_for_qualities
+
+            return entropy_for_qualities(self, latents, precision)
 
     VariableRate.__name__ = VariableRate.__qualname__ = f"VariableRate{base_cls.__name__}"
     register(f"{base_name}-vr", VRConfig)(VariableRate)
