@@ -215,3 +215,33 @@ def test_card_names_a_mean_scale_hyperprior():
     arch = next(line for line in render("photo", entry).splitlines() if line.startswith("**Architecture.**"))
     assert "integer hyper-decoder, mean-scale (means in 1/8 steps within +-127, h_a on y)" in arch
     assert "mean-scale" not in render("photo", {**entry, "training": {"model": {"config": {**cfg, "means": False}}}})
+
+
+@pytest.mark.slow
+def test_a_hyperprior_vr_run_ships_as_one_shared_bundle(tmp_path, monkeypatch):
+    """`build` of a hyperprior-vr run: one bundle folder, index qualities naming their point in it, each point
+    measured through its own payloads; names pick the point."""
+    from PIL import Image
+
+    from edgeae.runtime.codec import Encoder
+    from edgeae.runtime.payload import parse_header
+    from edgeae.train.trainer import TrainConfig, train
+    from edgeae.zoo.build import build
+
+    rng = np.random.default_rng(0)
+    run = train("hyperprior-vr", "photos", tmp_path / "run",
+                {"channels": 8, "latent_channels": 4, "downsamplings": 2, "hyper_channels": 4,
+                 "hyper_latent_channels": 2, "lmbdas": [0.005, 0.05]},
+                TrainConfig(epochs=1, batch_size=16, lr=3e-3, progress=False, threads=1)).path
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8)).save(val / f"{i}.png")
+    entry = build(run, "hp", val, zoo_dir=tmp_path / "zoo", description="test", max_int8_drop_db=20.0)
+    assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == ["hp", "index.json"]
+    q1, q2 = entry["qualities"]["1"], entry["qualities"]["2"]
+    assert (q1["bundle"], q1["point"], q2["bundle"], q2["point"]) == ("hp", 1, "hp", 2)
+    assert q1["bpp"] < q2["bpp"] and np.isfinite(q2["psnr_int8"])
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    payload = Encoder("hp:2").encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert parse_header(payload).quality == 2

@@ -1,9 +1,13 @@
-"""Making the zoo (needs the train extra): one plain run per quality (several runs, one per lambda, or a
-variable-rate run baked per quality), export each (fp32 + int8 encoder), measure it on whole images through
-real payloads, and write edgeae/zoo/index.json.
+"""Making the zoo (needs the train extra): export (fp32 + int8 encoder), measure on whole images through real
+payloads, and write edgeae/zoo/index.json. Three sources:
 
-    python -m edgeae.zoo.build VR_RUN --name photo --val ../shared/data/photos/val [--qualities 0,1,2,3,4]
+    python -m edgeae.zoo.build HYPERPRIOR_VR_RUN --name photo --val ../shared/data/photos/val   # ONE bundle
+    python -m edgeae.zoo.build VR_RUN --name photo --val ../shared/data/photos/val --bake [--qualities 0,1,2]
     python -m edgeae.zoo.build RUN_A RUN_B RUN_C RUN_D --name photo --val ../shared/data/photos/val
+
+A `hyperprior-vr` run ships as one multi-quality bundle (edgeae/zoo/<name>/, every quality sharing its graphs;
+index entries name their `point`); `--bake` (and any `codec-vr`) bakes one plain bundle per quality
+(<name>-q<k>/), as do separately trained plain runs, one per lambda.
 
 The measured figures are what `edgeae models --pretrained` prints and docs/MODELS.md quotes.
 """
@@ -77,14 +81,14 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
     return out
 
 
-def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32") -> dict[str, Any]:
+def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32", quality: int | None = None) -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
     over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
-    decoders are fp32 only: decoding runs where floats are cheap)."""
+    decoders are fp32 only: decoding runs where floats are cheap). `quality`: a multi-quality bundle's point."""
     from edgeae.evaluate.metrics import ms_ssim, psnr
     from edgeae.runtime.codec import Decoder, Encoder
 
-    enc, dec = Encoder(bundle, precision), Decoder(bundle, "fp32")
+    enc, dec = Encoder(bundle, precision, quality=quality), Decoder(bundle, "fp32")
     rows = []
     t_enc = t_dec = 0.0
     for img in images:
@@ -147,9 +151,11 @@ def bd_rates(points: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]
     return out
 
 
-def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint: bool) -> list[dict[str, Any]]:
-    """The plain run of every quality, lowest lambda first: one variable-rate run baked per quality, or
-    finished plain runs of one family taken as they are (ordered by lambda)."""
+def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint: bool,
+           bake: bool = False) -> list[dict[str, Any]]:
+    """The run (and the operating point, `point` > 0, of a multi-quality bundle) of every quality, lowest lambda
+    first: a hyperprior-vr run as it is (one shared bundle) unless `bake`; any other variable-rate run baked per
+    quality; or finished plain runs of one family taken as they are (ordered by lambda)."""
     from edgeae.train.models import build_model, make_config
     from edgeae.train.rundir import CONFIG, METRICS, WEIGHTS, read_json
 
@@ -159,6 +165,15 @@ def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint
         family, values = configs[0]["model"]["family"], configs[0]["model"]["config"]
         vr: Any = build_model(family, make_config(family, **values))
         picked = list(range(len(vr.lmbdas))) if qualities is None else qualities
+        if family == "hyperprior-vr" and not bake:
+            if checkpoint:
+                raise SystemExit("--checkpoint bakes a run in progress: add --bake, or finish the run first "
+                                 "(`edgeae train --resume RUN --max-steps N`)")
+            if not (runs[0] / WEIGHTS).is_file():
+                raise SystemExit(f"{runs[0]} has not finished training (no {WEIGHTS}); finish it with "
+                                 "`edgeae train --resume`")
+            return [{"run": runs[0], "lmbda": vr.lmbdas[q], "vr_index": q, "point": q + 1, "source": runs[0]}
+                    for q in picked]
         return [{"run": bake_run(runs[0], q, work / f"q{k}", checkpoint=checkpoint), "lmbda": vr.lmbdas[q],
                  "vr_index": q, "source": runs[0]} for k, q in enumerate(picked, start=1)]
     if len(families) != 1 or any(f.endswith("-vr") for f in families):
@@ -188,10 +203,11 @@ def _training(run: Path) -> dict[str, Any]:
 def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] | None = None,
           zoo_dir: Path = ZOO_DIR, work: Path | None = None, checkpoint: bool = False, int8: bool = True,
           description: str = "", card: str = "docs/MODELS.md", max_int8_drop_db: float = 0.5,
-          int8_decoder: bool = False) -> dict[str, Any]:
-    """Bake (a variable-rate run) or take (plain runs, one per quality), export (fp32 graphs + the int8
-    encoder; the int8 decoder too with `int8_decoder`), measure on every image of `val` at its own size, and
-    record the model in zoo_dir/index.json (others are kept)."""
+          int8_decoder: bool = False, bake: bool = False) -> dict[str, Any]:
+    """Export a hyperprior-vr run as one multi-quality bundle, or bake (other variable-rate runs, or `bake`) or
+    take (plain runs, one per quality) one bundle per quality; export fp32 graphs + the int8 encoder (the int8
+    decoder too with `int8_decoder`), measure on every image of `val` at its own size, and record the model in
+    zoo_dir/index.json (others are kept)."""
     from edgeae.bundling.build import ExportOptions, export_run
     from edgeae.runtime.bundle import Bundle
     from edgeae.train.data import read_image_folder
@@ -201,26 +217,30 @@ def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] 
     config = read_json(runs[0] / CONFIG)
     family = config["model"]["family"]
     work = work or runs[0].parent / f"{name}-zoo-staging"
-    stages = _stage(runs, qualities, work, checkpoint)
+    stages = _stage(runs, qualities, work, checkpoint, bake)
     gray = config["data"].get("channel_order") == "L"
     images = [a[..., 0] if gray else a for a in read_image_folder(val, "L" if gray else "RGB")]
     entries: dict[str, Any] = {}
+    exported: dict[Path, tuple[str, float]] = {}  # run -> (zoo folder, export seconds): a shared bundle once
     for k, stage in enumerate(stages, start=1):
-        plain_run = stage["run"]
-        folder = f"{name}-q{k}"
-        t0 = time.perf_counter()
-        staged = work / f"bundle-{folder}"
-        roles = None if not int8 or int8_decoder else ("encoder",)  # the zoo ships int8 encoders only
-        export_run(plain_run, ExportOptions(out=staged, int8=int8, int8_roles=roles, measure_speed=False,
-                                            force=True, max_int8_drop_db=max_int8_drop_db))
-        Bundle.open(staged)  # a valid, sha256-checked bundle
-        if (zoo_dir / folder).exists():
-            shutil.rmtree(zoo_dir / folder)
-        zoo_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, zoo_dir / folder)
-        export_s = time.perf_counter() - t0
-        fp32 = measure(zoo_dir / folder, images, "fp32")
-        row: dict[str, Any] = {"bundle": folder, "lmbda": stage["lmbda"], "vr_index": stage["vr_index"],
+        plain_run, point = stage["run"], stage.get("point")
+        folder = name if point else f"{name}-q{k}"
+        if plain_run not in exported:
+            t0 = time.perf_counter()
+            staged = work / f"bundle-{folder}"
+            roles = None if not int8 or int8_decoder else ("encoder",)  # the zoo ships int8 encoders only
+            export_run(plain_run, ExportOptions(out=staged, int8=int8, int8_roles=roles, measure_speed=False,
+                                                force=True, max_int8_drop_db=max_int8_drop_db))
+            Bundle.open(staged)  # a valid, sha256-checked bundle
+            if (zoo_dir / folder).exists():
+                shutil.rmtree(zoo_dir / folder)
+            zoo_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, zoo_dir / folder)
+            exported[plain_run] = folder, time.perf_counter() - t0
+        export_s = exported[plain_run][1]
+        fp32 = measure(zoo_dir / folder, images, "fp32", point)
+        row: dict[str, Any] = {"bundle": folder, **({"point": point} if point else {}),
+                               "lmbda": stage["lmbda"], "vr_index": stage["vr_index"],
                                "bpp": fp32["bpp"], "psnr": fp32["psnr"], "ms_ssim": fp32["ms_ssim"],
                                "bytes": fp32["bytes"], "encode_s_fp32": fp32["encode_s"],
                                "decode_s_fp32": fp32["decode_s"], "export_s": export_s,
@@ -228,7 +248,7 @@ def build(source: Path | list[Path], name: str, val: Path, qualities: list[int] 
         if len(runs) > 1:
             row["training"] = _training(stage["source"])
         if int8:
-            q8 = measure(zoo_dir / folder, images, "int8")
+            q8 = measure(zoo_dir / folder, images, "int8", point)
             row |= {"bpp_int8": q8["bpp"], "psnr_int8": q8["psnr"], "ms_ssim_int8": q8["ms_ssim"],
                     "encode_s_int8": q8["encode_s"], "decode_s_int8": q8["decode_s"]}
         entries[str(k)] = row
@@ -311,14 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", type=Path, default=ZOO_DIR)
     ap.add_argument("--checkpoint", action="store_true", help="use run/checkpoint (a run still in progress)")
     ap.add_argument("--description", default="")
+    ap.add_argument("--bake", action="store_true", help="a hyperprior-vr run: one plain bundle per quality "
+                    "instead of one shared multi-quality bundle")
     ap.add_argument("--clean", action="store_true", help="remove this model's old bundles first")
     ap.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")
     a = ap.parse_args(argv)
     if a.clean:
-        for old in a.zoo.glob(f"{a.name}-q*"):
+        for old in [*a.zoo.glob(f"{a.name}-q*"), *([a.zoo / a.name] if (a.zoo / a.name).is_dir() else [])]:
             shutil.rmtree(old)
     qs = [int(v) for v in a.qualities.split(",")] if a.qualities else None
-    entry = build(a.runs, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description)
+    entry = build(a.runs, a.name, a.val, qs, zoo_dir=a.zoo, checkpoint=a.checkpoint, description=a.description,
+                  bake=a.bake)
     if a.plot:
         plot_rd(entry, a.plot, f"{a.name}: whole {a.val.name} images")
     print(json.dumps({k: v for k, v in entry.items() if k in ("bd_rate",)}, indent=1))

@@ -67,8 +67,11 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
     lines = [f"### `{name}`: {entry.get('description') or entry.get('family')}", ""]
     separate = int(t.get("runs") or 1) > 1  # one plain run per quality rather than one variable-rate run
     qualities = sorted(entry.get("qualities", {}).items(), key=lambda kv: int(kv[0]))
+    shared = any(r.get("point") for _, r in qualities)  # one multi-quality bundle
     how = ("one model per operating point, each trained on its own" if separate else
-           f"one model for {len(qualities)} operating points, baked per quality")
+           f"one model for {len(qualities)} operating points, " + (
+               "shipped as ONE bundle whose graphs every quality shares (per-quality gains and z tables)"
+               if shared else "baked per quality"))
     arch = (f"`{entry.get('family')}` family (trained as `{entry.get('trained_as')}`, {how}): N={cfg.get('channels')}, "
             f"M={cfg.get('latent_channels')} latent channels, total stride {2 ** int(cfg.get('downsamplings', 0))}"
             f" for y")
@@ -118,7 +121,7 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
         delta = (r["psnr_int8"] - r["psnr"]) if isinstance(r.get("psnr_int8"), float) else None
         lines.append(f"| `{name}:{q}` | {r.get('lmbda')} | {_f(r.get('bpp'), '.3f')} | {_f(r.get('psnr'), '.2f')} | "
                      f"{_f(r.get('ms_ssim'), '.4f')} | {_f(r.get('psnr_int8'), '.2f')} ({_f(delta, '+.2f')}) | "
-                     f"{_mb(zoo_dir / str(r.get('bundle'))):.2f} |")
+                     f"{_mb(zoo_dir / str(r.get('bundle'))):.2f}{' (shared)' if r.get('point') else ''} |")
     lines.append("")
     base = entry.get("baselines", {})
     for codec, label in (("jpeg", "JPEG (Pillow, optimize=True)"), ("webp", "WebP (Pillow, method 6)")):
