@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped photo codec (edgeae/zoo/photo-q*), end to end: train (resumable), bake + export + measure on whole
+# The shipped photo codec (edgeae/zoo/photo/, or photo-q* baked), end to end: train (resumable), export + measure on whole
 # photos/val images vs JPEG/WebP, speed/memory, model card. Every figure in docs/MODELS.md comes from here.
 #
 #   bash benchmarks/zoo_photo.sh train     # background-safe: resumes RUN if it exists (1 thread by default)
@@ -11,7 +11,8 @@
 #   bash benchmarks/zoo_photo.sh pack      # photos/train + val as q95 JPEG in gpu-data/ (git-ignored, ~20 MB):
 #                                          # small enough for the device tool's 64 MiB carry
 #
-# Variables: FAMILY (hyperprior-vr | codec-vr), RUN, INIT (a base-family run to warm-start from), STEPS,
+# Variables: FAMILY (hyperprior-vr: ships as ONE multi-quality bundle, edgeae/zoo/photo/ | codec-vr: baked per
+# quality), CHANNELS, LATENT, RUN, INIT (a base-family run to warm-start from), STEPS, BENCH_QUALITY (bench),
 # LAMBDAS, THREADS, DEVICE (cpu | cuda), PRECISION (bf16 | fp32; bf16 trains ~2.8x faster per step on an AMX
 # CPU at equal quality per step, docs/MODELS.md), SHARED (the shared data folder), CROP, BATCH, LR, SET (more options,
 # e.g. "--set means=true --set hyper_signed=true"), MINUTES (stop with a checkpoint after this long).
@@ -28,6 +29,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 read -ra EA <<< "${EA:-.venv/bin/edgeae}"
 FAMILY=${FAMILY:-hyperprior-vr}
+CHANNELS=${CHANNELS:-64}  # N (new runs); Balle et al.'s sizes: CHANNELS=128 LATENT=192 and
+LATENT=${LATENT:-128}     # M; SET="--set qat=false --set hyper_channels=128 --set hyper_latent_channels=128"
 RUN=${RUN:-runs/zoo-photo-${FAMILY%-vr}}
 RUNS=${RUNS:-}
 INIT=${INIT:-}
@@ -53,7 +56,7 @@ case ${1:-} in
     fi
     exec "${STOP[@]}" "${EA[@]}" train --model "$FAMILY" --dataset images --data "$SHARED/photos/train" \
       --val-data "$SHARED/photos/val" --crop "$CROP" --crops-per-image 4 --val-crop 192 --color rgb \
-      --channels 64 --latent 128 --set downsamplings=4 --set "lmbdas=$LAMBDAS" "${SET[@]}" --batch-size "$BATCH" \
+      --channels "$CHANNELS" --latent "$LATENT" --set downsamplings=4 --set "lmbdas=$LAMBDAS" "${SET[@]}" --batch-size "$BATCH" \
       --lr "$LR" --lr-decay cosine --epochs 100000 --max-steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
       --precision "$PRECISION" --checkpoint-minutes 2 ${INIT:+--init "$INIT"} --out "$RUN"
     ;;
@@ -85,7 +88,7 @@ PYEOF
     ;;
   bench)
     mkdir -p bench-out
-    "$PY" benchmarks/bench_zoo.py photo:2 --json bench-out/zoo-photo-speed.json
+    "$PY" benchmarks/bench_zoo.py photo:${BENCH_QUALITY:-2} --json bench-out/zoo-photo-speed.json
     "$PY" -m edgeae.zoo.card docs/MODELS.md --speed photo=bench-out/zoo-photo-speed.json > /dev/null
     "$EA" models --pretrained
     ;;

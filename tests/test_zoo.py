@@ -245,3 +245,12 @@ def test_a_hyperprior_vr_run_ships_as_one_shared_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
     payload = Encoder("hp:2").encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     assert parse_header(payload).quality == 2
+    # --checkpoint: the run's checkpoint as a loadable finished run (what the shared bundle is exported from)
+    import torch
+
+    from edgeae.train.rundir import load_run
+    from edgeae.zoo.build import snapshot_run
+
+    snap = load_run(snapshot_run(run, tmp_path / "snap"))
+    for k, v in load_run(run).model.state_dict().items():
+        assert torch.equal(v, snap.model.state_dict()[k]), k

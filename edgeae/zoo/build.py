@@ -81,6 +81,21 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
     return out
 
 
+def snapshot_run(run: Path, out: Path) -> Path:
+    """A run still in progress as a finished run directory (its checkpoint's weights and record), to export."""
+    from edgeae.train.rundir import CHECKPOINT, CKPT_MODEL, CKPT_STATE, CONFIG, METRICS, WEIGHTS, AtomicDir, read_json, write_json
+
+    if not (run / CHECKPOINT / CKPT_MODEL).is_file():
+        raise SystemExit(f"{run} has no checkpoint to ship (--checkpoint)")
+    state = read_json(run / CHECKPOINT / CKPT_STATE) if (run / CHECKPOINT / CKPT_STATE).is_file() else {}
+    with AtomicDir(out, overwrite=True) as tmp:
+        shutil.copyfile(run / CONFIG, tmp / CONFIG)
+        shutil.copyfile(run / CHECKPOINT / CKPT_MODEL, tmp / WEIGHTS)
+        write_json(tmp / METRICS, {"final": {}, "history": state.get("history", []), "steps": state.get("steps"),
+                                   "devices": state.get("devices", []), "snapshot_of": str(run.resolve())})
+    return out
+
+
 def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32", quality: int | None = None) -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
     over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
@@ -166,13 +181,11 @@ def _stage(runs: list[Path], qualities: list[int] | None, work: Path, checkpoint
         vr: Any = build_model(family, make_config(family, **values))
         picked = list(range(len(vr.lmbdas))) if qualities is None else qualities
         if family == "hyperprior-vr" and not bake:
-            if checkpoint:
-                raise SystemExit("--checkpoint bakes a run in progress: add --bake, or finish the run first "
-                                 "(`edgeae train --resume RUN --max-steps N`)")
-            if not (runs[0] / WEIGHTS).is_file():
-                raise SystemExit(f"{runs[0]} has not finished training (no {WEIGHTS}); finish it with "
-                                 "`edgeae train --resume`")
-            return [{"run": runs[0], "lmbda": vr.lmbdas[q], "vr_index": q, "point": q + 1, "source": runs[0]}
+            run = snapshot_run(runs[0], work / "snapshot") if checkpoint else runs[0]
+            if not (run / WEIGHTS).is_file():
+                raise SystemExit(f"{run} has not finished training (no {WEIGHTS}); finish it with `edgeae train "
+                                 "--resume`, or ship its checkpoint with --checkpoint")
+            return [{"run": run, "lmbda": vr.lmbdas[q], "vr_index": q, "point": q + 1, "source": runs[0]}
                     for q in picked]
         return [{"run": bake_run(runs[0], q, work / f"q{k}", checkpoint=checkpoint), "lmbda": vr.lmbdas[q],
                  "vr_index": q, "source": runs[0]} for k, q in enumerate(picked, start=1)]
