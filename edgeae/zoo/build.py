@@ -83,7 +83,17 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
 
 def snapshot_run(run: Path, out: Path) -> Path:
     """A run still in progress as a finished run directory (its checkpoint's weights and record), to export."""
-    from edgeae.train.rundir import CHECKPOINT, CKPT_MODEL, CKPT_STATE, CONFIG, METRICS, WEIGHTS, AtomicDir, read_json, write_json
+    from edgeae.train.rundir import (
+        CHECKPOINT,
+        CKPT_MODEL,
+        CKPT_STATE,
+        CONFIG,
+        METRICS,
+        WEIGHTS,
+        AtomicDir,
+        read_json,
+        write_json,
+    )
 
     if not (run / CHECKPOINT / CKPT_MODEL).is_file():
         raise SystemExit(f"{run} has no checkpoint to ship (--checkpoint)")
