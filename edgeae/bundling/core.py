@@ -348,7 +348,7 @@ def _keep_fp32(model: Any, given: dict[str, tuple[str, ...]] | None) -> dict[str
     return {**(dict(default) if isinstance(default, dict) else {}), **(given or {})}
 
 
-def _member(model: nn.Module, name: str | None, defaults: tuple[str, str], what: str) -> nn.Module:
+def _member(model: nn.Module, name: str | None, defaults: tuple[str, ...], what: str) -> nn.Module:
     names = (name,) if name else defaults
     for n in names:
         attr = getattr(model, n, None)

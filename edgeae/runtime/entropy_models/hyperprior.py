@@ -67,7 +67,8 @@ class Hyperprior(EntropyModel):
         points = range(1, self.qualities + 1) if self.qualities else (0,)
         # per operating point (one for a bundle of one quality): z's tables, and the gain y is scaled by
         self._z = [ConditionalTables(t.offsets, t.frequencies, e.precision) for t in map(e.z_tables, points)]
-        self._gains = [np.asarray(q.gain, np.float32).reshape(1, -1, 1, 1) for q in e.qualities] or [None]
+        self._gains: list[np.ndarray | None] = [np.asarray(q.gain, np.float32).reshape(1, -1, 1, 1)
+                                                 for q in e.qualities] or [None]
         self.z = self._z[0]
         self.y = ConditionalTables(e.y.offsets, e.y.frequencies, e.precision)
         self.z_stride = e.z.stride
