@@ -86,7 +86,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeae.bundling.hyper import y_tables  # noqa: E402
 from edgeae.evaluate.bdrate import bd_rate  # noqa: E402
-from edgeae.runtime import Decoder, Encoder  # noqa: E402
+from edgeae.runtime import Encoder  # noqa: E402
 from edgeae.runtime.entropy_models.hyperprior import tables_and_base  # noqa: E402
 from edgeae.runtime.inthyper import IntHyperDecoder  # noqa: E402
 
@@ -109,15 +109,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rd_point(bundle: str, images: list[tuple[str, np.ndarray]], precision: str = "fp32") -> dict:
-    enc, dec = Encoder(bundle, precision=precision, threads=1), Decoder(bundle, threads=1)
-    bpps, psnrs = [], []
-    for _, img in images:
-        data = enc.encode(img)
-        rec = np.asarray(dec.decode(data))[0]
-        assert rec.shape == img.shape, (rec.shape, img.shape)
-        bpps.append(8 * len(data) / (img.shape[0] * img.shape[1]))
-        psnrs.append(psnr(rec, img))
-    return {"bundle": bundle, "precision": precision, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)),
+    """Every image in its own payload at its own size, 1 thread (edgeae.zoo.build.measure): mean bpp, PSNR, MS-SSIM."""
+    from edgeae.zoo.build import measure
+
+    m = measure(bundle, [img for _, img in images], precision, threads=1)
+    return {"bundle": bundle, "precision": precision, "bpp": m["bpp"], "psnr": m["psnr"], "ms_ssim": m["ms_ssim"],
             "images": len(images)}
 
 
@@ -244,6 +240,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "photos" / "val"))
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--anchors", action="store_true", help="also the BD-rate of both curves against JPEG "
+                    "(optimize=True) and WebP (method 6) quality sweeps on the same images (edgeae.zoo.build's)")
+    ap.add_argument("--no-rates", action="store_true", help="skip the float vs integer hyper-decoder rates")
     a = ap.parse_args()
     images = load_images(Path(a.data))
     print(f"{len(images)} photographs from {a.data} (RGB, own sizes)")
@@ -261,7 +260,8 @@ def main() -> None:
     r = bd_rate([p["bpp"] for p in curves["codec"]], [p["psnr"] for p in curves["codec"]],
                 [p["bpp"] for p in curves["hyperprior"]], [p["psnr"] for p in curves["hyperprior"]])
     print(f"BD-rate hyperprior vs factorized (PSNR, pchip): {bd_spread(curves['codec'], curves['hyperprior'])}")
-    rates = [hyper_rates(b, images) for b in a.hyper.split(",")]
+    anchors = classical_anchors([img for _, img in images], curves) if a.anchors else {}
+    rates = [] if a.no_rates else [hyper_rates(b, images) for b in a.hyper.split(",")]
     for rr, p in zip(rates, curves_by_bundle(curves["hyperprior"], a.hyper.split(",")), strict=True):
         gi, ri = rr["bpp_total_integer_gaussian"], rr["bpp_total_integer"]
         print(f"  {Path(rr['bundle']).name}: bpp float hyper-decoder {rr['bpp_total_float']:.4f}  integer "
@@ -283,7 +283,25 @@ def main() -> None:
                           f"{v['coding_ms']:.1f} + other {v['other_ms']:.1f} ms (entropy coding {v['coding_share']:.1%} of encode; target <= 25%)")
     if a.json:
         Path(a.json).write_text(json.dumps({"curves": curves, "bd_rate": r.to_dict(), "hyper_rates": rates,
-                                            "speed": speeds}, indent=2))
+                                            "speed": speeds, "anchors": anchors}, indent=2))
+
+
+def classical_anchors(images: list[np.ndarray], curves: dict[str, list[dict]]) -> dict:
+    """Each curve's BD-rate (PSNR and MS-SSIM) against JPEG and WebP sweeps of the same images."""
+    from edgeae.zoo.build import JPEG_QUALITIES, WEBP_QUALITIES, bd_rates, classical_curve
+
+    sweeps = {"jpeg": classical_curve(images, "jpeg", JPEG_QUALITIES),
+              "webp": classical_curve(images, "webp", WEBP_QUALITIES)}
+    out: dict = {"sweeps": sweeps}
+    for fam, pts in curves.items():
+        if any(p["bundle"] == "(given)" for p in pts):
+            continue
+        out[fam] = bd_rates(pts, sweeps)
+        for anchor, v in out[fam].items():
+            ms = "n/a" if v["ms_ssim"] is None else f"{100 * v['ms_ssim']:+.1f}%"
+            ps = "n/a" if v["psnr"] is None else f"{100 * v['psnr']:+.1f}%"
+            print(f"BD-rate {fam} vs {anchor}: PSNR {ps} over {v['psnr_overlap_db']}; MS-SSIM {ms}")
+    return out
 
 
 def bd_spread(ref: list[dict], test: list[dict]) -> str:

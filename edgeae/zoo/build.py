@@ -106,14 +106,16 @@ def snapshot_run(run: Path, out: Path) -> Path:
     return out
 
 
-def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32", quality: int | None = None) -> dict[str, Any]:
+def measure(bundle: Any, images: list[np.ndarray], precision: str = "fp32", quality: int | None = None,
+            threads: int | None = None) -> dict[str, Any]:
     """Every image in its own payload (header included), at its own size: mean bits per pixel, PSNR, MS-SSIM
     over the images, and the per-image values. `precision` is the encoder's; the decoder is fp32 (the zoo's
     decoders are fp32 only: decoding runs where floats are cheap). `quality`: a multi-quality bundle's point."""
     from edgeae.evaluate.metrics import ms_ssim, psnr
     from edgeae.runtime.codec import Decoder, Encoder
 
-    enc, dec = Encoder(bundle, precision, quality=quality), Decoder(bundle, "fp32")
+    enc = Encoder(bundle, precision, threads=threads, quality=quality)
+    dec = Decoder(bundle, "fp32", threads=threads)
     rows = []
     t_enc = t_dec = 0.0
     for img in images:
