@@ -153,7 +153,9 @@ class Encoder(_Codec):
     def _quality(self, quality: int | None) -> int:
         n = self.entropy.qualities
         if quality is None:
-            return self.named_quality or self.manifest.entropy.default_quality
+            if not self.named_quality:
+                return self.manifest.entropy.default_quality
+            quality = self.named_quality  # checked like a given one: the zoo index could name a missing point
         if not n:
             raise InputError(f"bundle {self.bundle.path} has one quality; drop the quality ({quality}) or use a "
                              "multi-quality bundle")
