@@ -28,6 +28,20 @@ def _smooth_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(out + 0.02 * rng.standard_normal(out.shape), 0, 1).astype(np.float32)
 
 
+def train_tiny(model, steps: int = 60):
+    """A few dozen Adam steps on smooth 32x32 images, batch 8; the model back in eval mode."""
+    data = torch.from_numpy(_smooth_images(64, 32, 32, seed=0))
+    opt = model.configure_optimizer(3e-3)
+    model.train()
+    for step in range(steps):
+        x = data[(step * 8) % 64 : (step * 8) % 64 + 8]
+        loss = model.loss(model(x), x).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def _train_and_export(out, means: bool, size_multiple: int | None = None):
     """A tiny hyperprior (y at /4, z at /16) trained for a few dozen steps, exported with int8; the bundle pads
     images to `size_multiple` (default: y's stride 4, z then covers y edge-padded by the runtime)."""
@@ -35,18 +49,9 @@ def _train_and_export(out, means: bool, size_multiple: int | None = None):
     from edgeae.train.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("hyperprior", in_shape=(3, 32, 32), channels=12, latent_channels=8, downsamplings=2,
-                        hyper_channels=8, hyper_latent_channels=4, lmbda=0.02, means=means)
-    data = torch.from_numpy(_smooth_images(64, 32, 32, seed=0))
-    opt = model.configure_optimizer(3e-3)
-    model.train()
-    for step in range(60):
-        x = data[(step * 8) % 64 : (step * 8) % 64 + 8]
-        loss = model.loss(model(x), x).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = train_tiny(build_model("hyperprior", in_shape=(3, 32, 32), channels=12, latent_channels=8,
+                                   downsamplings=2, hyper_channels=8, hyper_latent_channels=4, lmbda=0.02,
+                                   means=means))
     _MODEL[out] = model
     edgeae.export(model=model, out=out, input=edgeae.InputSpec(channels=3, height=32, width=32, dynamic_size=True,
                                                                size_multiple=size_multiple),

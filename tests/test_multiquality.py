@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from test_hyperprior_bundle import _smooth_images, train_tiny  # tests/ is on sys.path (pytest, rootdir)
 
 from edgeae.cli import main
 from edgeae.errors import CorruptStream, InputError
 from edgeae.runtime import Decoder, Encoder
 from edgeae.runtime import payload as wire
-from tests.test_hyperprior_bundle import _smooth_images
 
 LMBDAS = (0.005, 0.02, 0.08)
 _MODEL: dict = {}
@@ -28,18 +28,8 @@ def vr_bundle(tmp_path_factory):
     from edgeae.train.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("hyperprior-vr", in_shape=(3, 32, 32), channels=12, latent_channels=8, downsamplings=2,
-                        hyper_channels=8, hyper_latent_channels=4, lmbdas=LMBDAS)
-    data = torch.from_numpy(_smooth_images(64, 32, 32, seed=0))
-    opt = model.configure_optimizer(3e-3)
-    model.train()
-    for step in range(60):
-        x = data[(step * 8) % 64 : (step * 8) % 64 + 8]
-        loss = model.loss(model(x), x).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = train_tiny(build_model("hyperprior-vr", in_shape=(3, 32, 32), channels=12, latent_channels=8,
+                                   downsamplings=2, hyper_channels=8, hyper_latent_channels=4, lmbdas=LMBDAS))
     out = tmp_path_factory.mktemp("vr") / "bundle"
     edgeae.export(model=model, out=out, input=edgeae.InputSpec(channels=3, height=32, width=32, dynamic_size=True),
                   calibration=_smooth_images(48, 32, 32, seed=1), validation=_smooth_images(8, 32, 32, seed=2),

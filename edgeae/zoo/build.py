@@ -83,26 +83,17 @@ def bake_run(vr_run: Path, q: int, out: Path, checkpoint: bool = False) -> Path:
 
 def snapshot_run(run: Path, out: Path) -> Path:
     """A run still in progress as a finished run directory (its checkpoint's weights and record), to export."""
-    from edgeae.train.rundir import (
-        CHECKPOINT,
-        CKPT_MODEL,
-        CKPT_STATE,
-        CONFIG,
-        METRICS,
-        WEIGHTS,
-        AtomicDir,
-        read_json,
-        write_json,
-    )
+    from edgeae.train import rundir as rd
 
-    if not (run / CHECKPOINT / CKPT_MODEL).is_file():
+    ckpt = run / rd.CHECKPOINT
+    if not (ckpt / rd.CKPT_MODEL).is_file():
         raise SystemExit(f"{run} has no checkpoint to ship (--checkpoint)")
-    state = read_json(run / CHECKPOINT / CKPT_STATE) if (run / CHECKPOINT / CKPT_STATE).is_file() else {}
-    with AtomicDir(out, overwrite=True) as tmp:
-        shutil.copyfile(run / CONFIG, tmp / CONFIG)
-        shutil.copyfile(run / CHECKPOINT / CKPT_MODEL, tmp / WEIGHTS)
-        write_json(tmp / METRICS, {"final": {}, "history": state.get("history", []), "steps": state.get("steps"),
-                                   "devices": state.get("devices", []), "snapshot_of": str(run.resolve())})
+    state = rd.read_json(ckpt / rd.CKPT_STATE) if (ckpt / rd.CKPT_STATE).is_file() else {}
+    with rd.AtomicDir(out, overwrite=True) as tmp:
+        shutil.copyfile(run / rd.CONFIG, tmp / rd.CONFIG)
+        shutil.copyfile(ckpt / rd.CKPT_MODEL, tmp / rd.WEIGHTS)
+        rd.write_json(tmp / rd.METRICS, {"final": {}, "history": state.get("history", []), "steps": state.get("steps"),
+                                         "devices": state.get("devices", []), "snapshot_of": str(run.resolve())})
     return out
 
 
