@@ -24,6 +24,15 @@
 # (scale-only, float h_s in training, the integer hyper-decoder integerised at export: docs/HYPERPRIOR.md has
 # why; mean-scale with 1/8-step means measured worse at 7,000 CPU steps: -0.4% vs -6.9% BD-rate)
 # then, here: RUN=<the fetched run> bash benchmarks/zoo_photo.sh build (resume it later with `train` again).
+# At Balle et al.'s sizes (the zoo's next model: ONE multi-quality bundle of ~23 MB, docs/MODELS.md "Thirteenth
+# session"), warm-started from checkpoints/balle-s12's hyperprior; its run is too big to come back as it is
+# (16 MiB a file), so it travels through benchmarks/runpack.py (slim, float16):
+#   python3 benchmarks/runpack.py unpack checkpoints/balle-s12 /tmp/balle && PY=python3 EA="python3 -m edgeae" \
+#     SHARED=gpu-data DEVICE=cuda THREADS=8 CROP=256 BATCH=16 LR=1e-4 STEPS=40000 MINUTES=8 CHANNELS=128 \
+#     LATENT=192 SET="--set qat=false --set hyper_channels=128 --set hyper_latent_channels=128" \
+#     LAMBDAS="[0.0035,0.007,0.013,0.026,0.05]" INIT=/tmp/balle/h_0.013 RUN=/tmp/bvr \
+#     bash benchmarks/zoo_photo.sh train; python3 benchmarks/runpack.py pack $OUT/pack --half /tmp/bvr
+# then here: python benchmarks/runpack.py unpack FILES_AT/pack runs && RUN=runs/bvr bash benchmarks/zoo_photo.sh build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
