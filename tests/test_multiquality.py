@@ -181,3 +181,30 @@ def test_cli_encode_quality_and_inspect(vr_bundle, tmp_path):
     r = CliRunner().invoke(main, ["decode", str(tmp_path / "p" / "a.eae"), "--bundle", str(vr_bundle),
                                   "--out", str(tmp_path / "d"), "--verify"])
     assert r.exit_code == 0, r.output
+
+
+def test_the_decode_server_decodes_every_quality_of_one_bundle(vr_bundle):
+    """A real HTTP server on the multi-quality bundle: payloads of different qualities in one batch window come
+    back as the library decodes them (the server learns each payload's quality from its header)."""
+    import concurrent.futures as cf
+    import io
+
+    from PIL import Image
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from edgeae.serve.app import ServeConfig, create_app
+    from edgeae.serve.testing import ThreadServer
+
+    dec = Decoder(vr_bundle)
+    x = _images(1)
+    payloads = [Encoder(vr_bundle, quality=q).encode(x) for q in (1, 2, 3, 1, 3)]
+    app = create_app(ServeConfig(bundle=str(vr_bundle), max_batch=8, max_wait_ms=50))
+    with ThreadServer(app) as s, cf.ThreadPoolExecutor(5) as ex:
+        rs = list(ex.map(lambda p: httpx.post(s.base + "/v1/decode", content=p, timeout=30,
+                                              headers={"content-type": "application/octet-stream"}), payloads))
+    assert [r.status_code for r in rs] == [200] * 5
+    for r, p in zip(rs, payloads, strict=True):
+        assert np.array_equal(np.array(Image.open(io.BytesIO(r.content))), dec.decode(p)[0])
+    got = [np.array(Image.open(io.BytesIO(r.content))) for r in rs]
+    assert not np.array_equal(got[0], got[2])  # quality 1 and 3 decode differently
