@@ -296,15 +296,14 @@ def check_means(graph: onnx.ModelProto, params: IntHyperDecoder, z: np.ndarray) 
         raise ExportError("the integer hyper-decoder graph's means differ from the integer reference; report it")
 
 
-def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
-    """`Hyperprior.edgeae_entropy`: quantisation, entropy tables and the two extra graphs."""
+def _graphs_and_facts(model: Any, y: np.ndarray) -> tuple[Any, onnx.ModelProto, list[Any], dict[str, Any]]:
+    """(integer h_s, its graph, the two extra graphs checked on the float latents `y`, the manifest facts)."""
     import torch
 
-    from edgeae.bundling.protocol import EntropySection, ExtraGraph
+    from edgeae.bundling.protocol import ExtraGraph
 
-    model.eval()
     params = integerize(model)
-    y = np.ascontiguousarray(latents[:16], np.float32)
+    y = np.ascontiguousarray(y[:16], np.float32)
     with torch.no_grad():
         z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
     hyper_axes = {"y": {0: "batch", 2: "latent_height", 3: "latent_width"},
@@ -322,6 +321,15 @@ def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
              "scale_min": float(model.config.scale_min), "scale_max": float(model.config.scale_max),
              "hyper_latent_channels": int(model.config.hyper_latent_channels),
              "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)}}
+    return params, graph, graphs, facts
+
+
+def entropy_for(model: Any, latents: np.ndarray, precision: int) -> Any:
+    """`Hyperprior.edgeae_entropy`: quantisation, entropy tables and the two extra graphs."""
+    from edgeae.bundling.protocol import EntropySection
+
+    model.eval()
+    params, graph, graphs, facts = _graphs_and_facts(model, latents)
     entropy = entropy_section(model, precision)
     entropy["y"]["tables"], (entropy["z"]["tables"],) = refit_tables(
         model, graph, entropy["y"]["tables"], [entropy["z"]["tables"]], [latents], phases=params.mean_phases,
@@ -353,27 +361,13 @@ def entropy_for_qualities(model: Any, latents: np.ndarray, precision: int) -> An
     latent quantisation is the default quality's grid (step 1 / gain), which the exporter's quality check uses."""
     import torch
 
-    from edgeae.bundling.protocol import EntropySection, ExtraGraph
+    from edgeae.bundling.protocol import EntropySection
 
     model.eval()
-    params = integerize(model)
-    graph = build_graph(params)
     gains = [torch.exp(g).detach().numpy().astype(np.float32) for g in model.log_gains]
     default = int(model.quality)
     scaled = [np.ascontiguousarray(latents * g.reshape(1, -1, 1, 1), np.float32) for g in gains]
-    y = scaled[default][:16]
-    with torch.no_grad():
-        z = torch.round(model.hyper_encoder(torch.from_numpy(y))).numpy().astype(np.int32)
-    if params.mean_range:
-        check_means(graph, params, z)
-    hyper_axes = {"y": {0: "batch", 2: "latent_height", 3: "latent_width"},
-                  "z": {0: "batch", 2: "hyper_height", 3: "hyper_width"}}
-    graphs = [
-        ExtraGraph("hyper_encoder", "y", "z", example=y, module=model.hyper_encoder, atol=1e-4, rtol=1e-4,
-                   dynamic_axes=hyper_axes),
-        ExtraGraph("hyper_decoder", INPUT, OUTPUT, example=z, onnx_model=graph, reference=params,
-                   extra_outputs=(MEAN,) if params.mean_range else ()),
-    ]
+    params, graph, graphs, facts = _graphs_and_facts(model, scaled[default])
     entropy = entropy_section(_Point(model, default), precision, model)
     z_rows = [z_tables(_Point(model, q), precision) for q in range(len(gains))]
     entropy["y"]["tables"], z_rows = refit_tables(model, graph, entropy["y"]["tables"], z_rows, scaled,
@@ -382,13 +376,9 @@ def entropy_for_qualities(model: Any, latents: np.ndarray, precision: int) -> An
     entropy["qualities"] = [{"lmbda": float(lm), "gain": [float(v) for v in g], "z": {"tables": rows}}
                             for lm, g, rows in zip(model.lmbdas, gains, z_rows, strict=True)]
     entropy["default_quality"] = default + 1
-    facts = {"name": "hyperprior", "qualities": len(gains), "lmbdas": [float(v) for v in model.lmbdas],
-             "default_quality": default + 1, "scale_levels": int(model.config.scale_levels),
-             "scale_min": float(model.config.scale_min), "scale_max": float(model.config.scale_max),
-             "hyper_latent_channels": int(model.config.hyper_latent_channels),
-             "hyper_stride": 4, "integer_hyper_decoder": params.layout() | {"layers": len(params.layers)},
-             "y_tables": f"refit to {len(latents)} calibration latents at every quality",
-             "z_tables": f"per quality, refit to {len(latents)} calibration latents"}
+    facts.update(qualities=len(gains), lmbdas=[float(v) for v in model.lmbdas], default_quality=default + 1,
+                 y_tables=f"refit to {len(latents)} calibration latents at every quality",
+                 z_tables=f"per quality, refit to {len(latents)} calibration latents")
     g = gains[default].astype(np.float64)
     quant = {"bits": 8, "levels": 256, "offset": [float(Z_MIN / v) for v in g], "step": [float(1.0 / v) for v in g]}
     return EntropySection(quantization=quant, entropy=entropy, graphs=graphs, model=facts)
