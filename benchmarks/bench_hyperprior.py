@@ -1,6 +1,8 @@
 """Hyperprior vs factorized codec on whole photographs, through real payloads; float vs integer hyper-decoder; speed.
 
-The latest figure is session 11's five-point comparison (-8.7% over 25.27-26.89 dB; three points of it alone
+The latest figure is session 13's five-point comparison at Balle et al.'s sizes (N=128, M=192): -21.4% over
+25.45-27.00 dB, each pair left out in turn -19.6% to -25.3% (commands: docs/HYPERPRIOR.md, "Session 13"; with
+`--anchors`, +10.2% vs JPEG and +73.6% vs WebP). Before it, session 11's five-point comparison at 64/128 (-8.7% over 25.27-26.89 dB; three points of it alone
 give -14.1%, which one run 0.1 dB above its partner decides): its commands are in docs/HYPERPRIOR.md,
 "Session 11" (this script or benchmarks/bench_encoder_search.py --mu "" --z-passes 0 measure it the same way).
 A fresh gpu_pairs.sh comparison now trains those five lambdas. Session 12 asked one pair at Balle et al.'s
