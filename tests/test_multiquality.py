@@ -208,3 +208,22 @@ def test_the_decode_server_decodes_every_quality_of_one_bundle(vr_bundle):
         assert np.array_equal(np.array(Image.open(io.BytesIO(r.content))), dec.decode(p)[0])
     got = [np.array(Image.open(io.BytesIO(r.content))) for r in rs]
     assert not np.array_equal(got[0], got[2])  # quality 1 and 3 decode differently
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e["z"].update(tables=e["qualities"][0]["z"]["tables"]), "keeps z's tables in each quality"),
+    (lambda e: e.update(default_quality=4), "entropy.default_quality"),
+    (lambda e: e["qualities"][1].update(gain=[1.0] * 7), r"entropy.qualities\[1\].gain"),
+    (lambda e: e["qualities"][2]["gain"].__setitem__(0, 0.0), r"entropy.qualities\[2\].gain\[0\]"),
+    (lambda e: e["qualities"][0]["z"]["tables"].pop(), "as many z tables"),
+    (lambda e: e.update(qualities=e["qualities"][:1]), "2 to 64 operating points"),
+    (lambda e: e["qualities"][0].pop("lmbda"), "lmbda"),
+])
+def test_a_bad_qualities_section_is_one_typed_line(vr_bundle, edit, message):
+    from edgeae.errors import BundleError
+    from edgeae.runtime.manifest import Manifest
+
+    m = json.loads((vr_bundle / "manifest.json").read_text())
+    edit(m["entropy"])
+    with pytest.raises(BundleError, match=message):
+        Manifest.from_dict(m)

@@ -238,11 +238,11 @@ class Hyperprior(EntropyModel):
         assert e.z is not None and e.y is not None
         zs = [e.z_tables(q) for q in (range(1, self.qualities + 1) if self.qualities else (0,))]
         out = {"model": self.name, "precision": e.precision,
-                "z": {"tables": len(self.z) * len(zs), "entries": sum(sum(map(len, t.frequencies)) for t in zs),
-                      "stride": self.z_stride},
-                "y": {"tables": len(self.y), "entries": sum(map(len, e.y.frequencies)), "means": self.means,
-                      "mean_phases": self.phases,
-                      "scales": [min(e.y.scales), max(e.y.scales)] if e.y.scales else None}}
+               "z": {"tables": len(self.z) * len(zs), "entries": sum(sum(map(len, t.frequencies)) for t in zs),
+                     "stride": self.z_stride},
+               "y": {"tables": len(self.y), "entries": sum(map(len, e.y.frequencies)), "means": self.means,
+                     "mean_phases": self.phases,
+                     "scales": [min(e.y.scales), max(e.y.scales)] if e.y.scales else None}}
         if self.qualities:
             out["qualities"] = [{"quality": k, "lmbda": q.lmbda, "gain_mean": round(float(np.mean(q.gain)), 4)}
                                 for k, q in enumerate(e.qualities, 1)]
