@@ -77,24 +77,42 @@ class CropSampler:
     images: list[np.ndarray]
     size: int
     per_image: int = 1
+    _on: tuple[Any, list[Any]] | None = field(default=None, repr=False, compare=False)  # (device, images there)
 
     def __len__(self) -> int:
         return len(self.images) * self.per_image
 
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """One epoch of crops, float32 (N, C, size, size) in [0, 1], image-major order."""
-        s, c = self.size, self.images[0].shape[2]
-        out = np.empty((len(self), c, s, s), np.float32)
+    def positions(self, rng: np.random.Generator) -> np.ndarray:
+        """One epoch's crops as int64 (N, 4) rows (image, top, left, flip), image-major order: a function of
+        the generator state only, so an epoch is redrawn exactly from the state saved at its start."""
+        s = self.size
+        out = np.empty((len(self), 4), np.int64)
         i = 0
-        for img in self.images:
+        for k, img in enumerate(self.images):
             h, w = img.shape[:2]
             for _ in range(self.per_image):
-                y, x, flip = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1)), bool(rng.integers(2))
-                tile = img[y : y + s, x : x + s]
-                out[i] = (tile[:, ::-1] if flip else tile).transpose(2, 0, 1)
+                out[i] = k, int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1)), int(rng.integers(2))
                 i += 1
-        out *= 1.0 / 255.0
         return out
+
+    def gather(self, rows: np.ndarray, device: Any = "cpu") -> Any:
+        """The crops `rows` name, float32 (N, C, size, size) in [0, 1] on `device`. The whole images are copied
+        there once (a GPU then cuts every batch itself: the host only draws four integers per crop)."""
+        import torch
+
+        dev = torch.device(device)
+        if self._on is None or self._on[0] != dev:
+            self._on = (dev, [torch.from_numpy(np.array(im)).to(dev) for im in self.images])
+        images, s = self._on[1], self.size
+        tiles = []
+        for k, y, x, flip in rows.tolist():
+            tile = images[k][y : y + s, x : x + s]
+            tiles.append(tile.flip(1) if flip else tile)
+        return (torch.stack(tiles).permute(0, 3, 1, 2).float() * (1.0 / 255.0)).contiguous()
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One epoch of crops, float32 (N, C, size, size) in [0, 1], image-major order."""
+        return self.gather(self.positions(rng)).numpy()
 
 
 # A loader returns (images, labels, channel order, split): split False = shuffled by seed, True = ordered

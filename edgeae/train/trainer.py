@@ -58,6 +58,7 @@ from edgeae.train.rundir import (
 CHECKPOINT_FORMAT = 1
 MAX_THREADS_DEFAULT = 4
 DEVICES = ("cpu", "cuda", "auto")
+SYNC_EVERY = 20  # on a GPU, steps between reads of the running loss (each read waits for the GPU)
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -501,6 +502,8 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
     one there. `stop_at_step` checkpoints and raises TrainingInterrupted after that many steps (what a
     SIGTERM does; tests use it to interrupt a run at a known point)."""
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes: let cuDNN pick each convolution's algorithm
     gen = seed_everything(cfg.seed)
     autocast = _autocast(cfg, device)
     model.to(device)
@@ -535,8 +538,16 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
     last_ckpt_time, last_ckpt_step = seg_t0, state.steps
     val_batch = max(1, min(512, cfg.batch_size * 4))
 
+    pending = torch.zeros((), device=device)  # summed batch losses not yet in state.running (a GPU's, between syncs)
+
+    def flush() -> None:
+        nonlocal pending
+        state.running += float(pending)
+        pending = torch.zeros((), device=device)
+
     def checkpoint() -> None:
         nonlocal last_ckpt_time, last_ckpt_step
+        flush()
         segment["seconds"] = time.perf_counter() - seg_t0
         segment["last_step"] = state.steps
         if run is not None:
@@ -569,20 +580,21 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 now_state = gen.get_state()
                 gen.set_state(epoch_gen_state)
             if fixed_train is not None:
-                train = fixed_train
-            else:
+                train, rows = fixed_train, None
+            else:  # crop mode: the epoch's crops as (image, top, left, flip) rows, each batch cut on the device
                 assert data.crops is not None
-                train = torch.from_numpy(data.crops.draw(crop_rng))
-            batches = torch.randperm(len(train), generator=gen).split(cfg.batch_size)
+                rows = data.crops.positions(crop_rng)
+            batches = torch.randperm(n_train, generator=gen).split(cfg.batch_size)
             if state.batch:
                 gen.set_state(now_state)
             model.train()
             t0 = time.perf_counter() - state.epoch_seconds
             for idx in batches[state.batch :]:
-                target = train[idx]
+                target = train[idx] if rows is None else data.crops.gather(rows[idx.numpy()], device)
                 x = target
                 if cfg.denoise_std > 0:
-                    x = (target + cfg.denoise_std * torch.randn(target.shape, generator=gen)).clamp(0, 1)
+                    noise = torch.randn(target.shape, generator=gen).to(target.device)
+                    x = (target + cfg.denoise_std * noise).clamp(0, 1)
                 x, target = (_channels_last(t.to(device, non_blocking=True)) for t in (x, target))
                 with autocast:
                     out = _float32(model(x))
@@ -592,12 +604,14 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 opt.step()
                 if schedule is not None:
                     schedule.step()
-                state.running += float(loss.detach()) * len(idx)
+                pending = pending + loss.detach() * len(idx)  # on the device: no wait for the GPU each step
                 state.seen += len(idx)
                 state.steps += 1
                 state.batch += 1
                 state.epoch_seconds = time.perf_counter() - t0
-                progress.update(state.steps, state.running / state.seen, epoch, cfg.epochs)
+                if device.type == "cpu" or state.steps % SYNC_EVERY == 0:
+                    flush()
+                    progress.update(state.steps, state.running / state.seen, epoch, cfg.epochs)
                 if capped():
                     break
                 due = (cfg.checkpoint_every and state.steps - last_ckpt_step >= cfg.checkpoint_every) or (
@@ -610,6 +624,7 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                         f"`edgeae train --resume {run}`")
                 if due and run is not None:
                     checkpoint()
+            flush()
             if epoch % cfg.val_every and epoch < cfg.epochs and not capped():  # train loss only
                 state.history.append({"epoch": epoch, "steps": state.steps, "seconds": time.perf_counter() - t0,
                                       "train_loss": state.running / max(state.seen, 1)})

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Issue 15's photo codec on a lent GPU in ONE device call: two Balle-sized `hyperprior-vr` runs at once (the GPU is
+# host-bound with one), both warm from checkpoints/balle-s12's h_0.013, each sized to end with its cosine schedule
+# just inside the call. The schedule needs the step count, the step count needs the speed: each run starts with a
+# guess, is stopped (SIGTERM: a checkpoint) after PROBE seconds, and is resumed with --max-steps set from the
+# speed it measured, so no step is wasted and the learning rate reaches its floor. Then both come back through
+# benchmarks/runpack.py (full precision, Adam moments left out).
+#
+# Here first: bash benchmarks/zoo_photo.sh pack   (gpu-data/, git-ignored). Then one device call, carry ["gpu-data"],
+# timeout_s 600:
+#   bash benchmarks/gpu_zoo.sh
+# and here: python benchmarks/runpack.py unpack FILES_AT/pack runs/gpu ; RUN=runs/gpu/bvrA bash benchmarks/zoo_photo.sh build
+#
+# Checked end to end on this CPU host with:
+#   EA=.venv/bin/edgeae PY=.venv/bin/python DEVICE=cpu BATCH_A=2 BATCH_B=2 CROP=64 CROPS=1 BUDGET=150 PROBE=45 \
+#     OUT=/tmp/gz bash benchmarks/gpu_zoo.sh
+#
+# Variables: BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
+# LAMBDAS_A/B, BATCH_A/B, LR_A/B, CROP, CROPS (crops per image per epoch), THREADS (per run), OUT, EA, PY.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+PY=${PY:-python3}
+read -ra EA <<< "${EA:-python3 -m edgeae}"
+OUT=${OUT:?set OUT (the device tool sets it)}
+BUDGET=${BUDGET:-490}
+PROBE=${PROBE:-75}
+DEVICE=${DEVICE:-cuda}
+CROP=${CROP:-256}
+CROPS=${CROPS:-16}
+THREADS=${THREADS:-4}
+LAMBDAS_A=${LAMBDAS_A:-"[0.0035,0.0075,0.016,0.034,0.075,0.18]"}
+LAMBDAS_B=${LAMBDAS_B:-$LAMBDAS_A}
+BATCH_A=${BATCH_A:-16}
+BATCH_B=${BATCH_B:-32}
+LR_A=${LR_A:-2e-4}
+LR_B=${LR_B:-4e-4}
+WORK=${WORK:-/tmp/gz-work}
+rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+[[ $DEVICE == cuda ]] && nvidia-smi -L
+"$PY" benchmarks/runpack.py unpack checkpoints/balle-s12 "$WORK/balle" || exit 1
+
+elapsed() { echo $(( $(date +%s) - T0 )); }
+common=(train --model hyperprior-vr --dataset images --data gpu-data/photos/train --val-data gpu-data/photos/val
+        --crop "$CROP" --crops-per-image "$CROPS" --val-crop 256 --color rgb --channels 128 --latent 192
+        --set downsamplings=4 --set qat=false --set hyper_channels=128 --set hyper_latent_channels=128
+        --lr-decay cosine --epochs 100000 --device "$DEVICE" --threads "$THREADS" --precision bf16
+        --checkpoint-minutes 0.5 --val-every 4 --seed 1 --init "$WORK/balle/h_0.013")
+declare -A PID
+start() {  # name lambdas batch lr
+  "${EA[@]}" "${common[@]}" --set "lmbdas=$2" --batch-size "$3" --lr "$4" --max-steps 100000 \
+    --out "$WORK/$1" > "$WORK/$1.log" 2>&1 &
+  PID[$1]=$!
+}
+start bvrA "$LAMBDAS_A" "$BATCH_A" "$LR_A"
+start bvrB "$LAMBDAS_B" "$BATCH_B" "$LR_B"
+sleep "$PROBE"
+for r in bvrA bvrB; do kill -TERM "${PID[$r]}" 2>/dev/null; done
+wait
+echo "probe ended at $(elapsed) s"
+for r in bvrA bvrB; do tail -n 4 "$WORK/$r.log"; done
+
+# steps to ask for: where each stopped + its measured speed x the seconds left (less ~25 s to reload and finish)
+left=$(( BUDGET - $(elapsed) - 25 ))
+for r in bvrA bvrB; do
+  target=$("$PY" - "$WORK/$r/checkpoint/state.json" "$left" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+seg = s["devices"][-1]
+done = seg["last_step"] - seg["first_step"] + 1
+rate = done / max(seg["seconds"], 1e-9)
+print(int(s["steps"] + 0.95 * rate * max(0, int(sys.argv[2]))))
+print(f"{sys.argv[1]}: {done} steps in {seg['seconds']:.1f} s = {rate:.2f} steps/s", file=sys.stderr)
+PYEOF
+  ) || { echo "no checkpoint for $r" >&2; continue; }
+  echo "$r: resume to step $target"
+  timeout -s TERM $(( BUDGET - $(elapsed) + 20 )) "${EA[@]}" train --resume "$WORK/$r" --max-steps "$target" \
+    --device "$DEVICE" --threads "$THREADS" > "$WORK/$r.resume.log" 2>&1 &
+done
+wait
+echo "training ended at $(elapsed) s"
+for r in bvrA bvrB; do grep -E "epoch|steps|val" "$WORK/$r.resume.log" | tail -n 6; done
+runs=(); for r in bvrA bvrB; do [[ -f $WORK/$r/config.json ]] && runs+=("$WORK/$r"); done
+"$PY" benchmarks/runpack.py pack "$OUT/pack" "${runs[@]}" || "$PY" benchmarks/runpack.py pack "$OUT/pack" --half "${runs[@]}"
+cat "$WORK"/*.log > "$OUT/logs.txt"
+echo "packed at $(elapsed) s"; ls -la "$OUT/pack"
