@@ -19,7 +19,7 @@
 # LAMBDAS_A/B, BATCH_A/B, LR_A/B, CROP, CROPS (crops per image per epoch), THREADS (per run), OUT, EA, PY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # runpack.py imports edgeae from the tree
 T0=$(date +%s)
 PY=${PY:-python3}
 read -ra EA <<< "${EA:-python3 -m edgeae}"
@@ -34,8 +34,8 @@ LAMBDAS_A=${LAMBDAS_A:-"[0.0035,0.0075,0.016,0.034,0.075,0.18]"}
 LAMBDAS_B=${LAMBDAS_B:-$LAMBDAS_A}
 BATCH_A=${BATCH_A:-16}
 BATCH_B=${BATCH_B:-32}
-LR_A=${LR_A:-2e-4}
-LR_B=${LR_B:-4e-4}
+LR_A=${LR_A:-1e-4}
+LR_B=${LR_B:-1e-4}
 WORK=${WORK:-/tmp/gz-work}
 rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
 [[ $DEVICE == cuda ]] && nvidia-smi -L
@@ -68,8 +68,8 @@ for r in bvrA bvrB; do
 import json, sys
 s = json.load(open(sys.argv[1]))
 seg = s["devices"][-1]
-done = seg["last_step"] - seg["first_step"] + 1
-rate = done / max(seg["seconds"], 1e-9)
+done = seg["last_step"] - seg["first_step"]  # steps after the first, over the seconds after it
+rate = done / max(seg["seconds"] - seg.get("warm_seconds", 0.0), 1e-9)
 print(int(s["steps"] + 0.95 * rate * max(0, int(sys.argv[2]))))
 print(f"{sys.argv[1]}: {done} steps in {seg['seconds']:.1f} s = {rate:.2f} steps/s", file=sys.stderr)
 PYEOF

@@ -61,8 +61,8 @@ class Dataset:
     labels_val: np.ndarray | None = None
     channel_order: str = "L"
     info: dict[str, Any] = field(default_factory=dict)
-    # Crop mode: draws a fresh set of training crops per epoch; `train` holds the seed's first draw
-    # (shape, export calibration).
+    # Crop mode: draws a fresh set of training crops per epoch; `train` holds one seeded crop of each image
+    # (shape, export calibration), not a whole epoch's (16 crops of 280 photos at 256 would be 3.5 GB).
     crops: CropSampler | None = None
 
     @property
@@ -215,7 +215,8 @@ def _crop_dataset(spec: DataSpec) -> Dataset:
         raise DataError(f"validation crop size must be in [8, {MAX_PATCH}], got {side}")
     val = np.stack([_centre_crop(_at_least(v, side), side) for v in val_images]).astype(np.float32) / 255.0
     sampler = CropSampler(images, spec.crop, spec.crops_per_image)
-    return Dataset(spec=spec, train=sampler.draw(np.random.default_rng(spec.seed)), val=val, channel_order=mode,
+    first = CropSampler(images, spec.crop).draw(np.random.default_rng(spec.seed))  # one crop an image: light
+    return Dataset(spec=spec, train=first, val=val, channel_order=mode,
                    crops=sampler, info={"n_train_images": len(images), "n_val": len(val), "val_crop": side})
 
 

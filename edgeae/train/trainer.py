@@ -607,6 +607,8 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 pending = pending + loss.detach() * len(idx)  # on the device: no wait for the GPU each step
                 state.seen += len(idx)
                 state.steps += 1
+                if "warm_seconds" not in segment:  # the first step here (CUDA start, cuDNN's search): not the pace
+                    segment["warm_seconds"] = time.perf_counter() - seg_t0
                 state.batch += 1
                 state.epoch_seconds = time.perf_counter() - t0
                 if device.type == "cpu" or state.steps % SYNC_EVERY == 0:
