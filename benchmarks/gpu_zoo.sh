@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15's photo codec on a lent GPU in ONE device call: two Balle-sized `hyperprior-vr` runs at once (the GPU is
-# host-bound with one), both warm from checkpoints/balle-s12's h_0.013, each sized to end with its cosine schedule
+# host-bound with one), both warm from INIT_PACK's run INIT_RUN, each sized to end with its cosine schedule
 # just inside the call. The schedule needs the step count, the step count needs the speed: each run starts with a
 # guess, is stopped (SIGTERM: a checkpoint) after PROBE seconds, and is resumed with --max-steps set from the
 # speed it measured, so no step is wasted and the learning rate reaches its floor. Then both come back through
@@ -15,7 +15,10 @@
 #   EA=.venv/bin/edgeae PY=.venv/bin/python DEVICE=cpu BATCH_A=2 BATCH_B=2 CROP=64 CROPS=1 BUDGET=150 PROBE=45 \
 #     OUT=/tmp/gz bash benchmarks/gpu_zoo.sh
 #
-# Variables: BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
+# Session 14 ran it with INIT_PACK=checkpoints/balle-s12 INIT_RUN=h_0.013 (that pack is in git history now:
+# checkpoints/README.md): 56 / 52 steps/s for batch 16 / 32 side by side, 23,014 / 21,245 steps (bvr-s14's README).
+# Variables: INIT_PACK (a runpack.py pack, default checkpoints/bvr-s14), INIT_RUN (its run to start from: a plain
+# hyperprior or a hyperprior-vr with as many lambdas), BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
 # LAMBDAS_A/B, BATCH_A/B, LR_A/B, CROP, CROPS (crops per image per epoch), THREADS (per run), OUT, EA, PY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,14 +42,14 @@ LR_B=${LR_B:-1e-4}
 WORK=${WORK:-/tmp/gz-work}
 rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
 [[ $DEVICE == cuda ]] && nvidia-smi -L
-"$PY" benchmarks/runpack.py unpack checkpoints/balle-s12 "$WORK/balle" || exit 1
+"$PY" benchmarks/runpack.py unpack "${INIT_PACK:-checkpoints/bvr-s14}" "$WORK/init" || exit 1
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 common=(train --model hyperprior-vr --dataset images --data gpu-data/photos/train --val-data gpu-data/photos/val
         --crop "$CROP" --crops-per-image "$CROPS" --val-crop 256 --color rgb --channels 128 --latent 192
         --set downsamplings=4 --set qat=false --set hyper_channels=128 --set hyper_latent_channels=128
         --lr-decay cosine --epochs 100000 --device "$DEVICE" --threads "$THREADS" --precision bf16
-        --checkpoint-minutes 0.5 --val-every 4 --seed 1 --init "$WORK/balle/h_0.013")
+        --checkpoint-minutes 0.5 --val-every 4 --seed 1 --init "$WORK/init/${INIT_RUN:-bvrA}")
 declare -A PID
 start() {  # name lambdas batch lr
   "${EA[@]}" "${common[@]}" --set "lmbdas=$2" --batch-size "$3" --lr "$4" --max-steps 100000 \

@@ -25,7 +25,8 @@
 # why; mean-scale with 1/8-step means measured worse at 7,000 CPU steps: -0.4% vs -6.9% BD-rate)
 # then, here: RUN=<the fetched run> bash benchmarks/zoo_photo.sh build (resume it later with `train` again).
 # At Balle et al.'s sizes (the zoo's next model: ONE multi-quality bundle of ~23 MB, docs/MODELS.md "Thirteenth
-# session"), warm-started from checkpoints/balle-s12's hyperprior; its run is too big to come back as it is
+# session"), warm-started from checkpoints/balle-s12's hyperprior (in git history since session 14, whose GPU run
+# benchmarks/gpu_zoo.sh made and checkpoints/bvr-s14 holds); its run is too big to come back as it is
 # (16 MiB a file), so it travels through benchmarks/runpack.py (slim, float16):
 #   python3 benchmarks/runpack.py unpack checkpoints/balle-s12 /tmp/balle && PY=python3 EA="python3 -m edgeae" \
 #     SHARED=gpu-data DEVICE=cuda THREADS=8 CROP=256 BATCH=16 LR=1e-4 STEPS=40000 MINUTES=8 CHANNELS=128 \
