@@ -8,7 +8,7 @@
 #                                          # or ship finished plain runs, one per quality
 #   bash benchmarks/zoo_photo.sh bench     # 768x512 speed vs WebP/JPEG, 1920x1080 peak RSS, then the card
 #
-#   bash benchmarks/zoo_photo.sh pack      # photos/train + val as q95 JPEG in gpu-data/ (git-ignored, ~20 MB):
+#   bash benchmarks/zoo_photo.sh pack      # photos/train + val as q92 JPEG (4:4:4) in gpu-data/ (git-ignored, 24.4 MiB):
 #                                          # small enough for the device tool's 64 MiB carry
 #
 # Variables: FAMILY (hyperprior-vr: ships as ONE multi-quality bundle, edgeae/zoo/photo/ | codec-vr: baked per
@@ -81,7 +81,7 @@ for split in ("train", "val"):
     out.mkdir(parents=True, exist_ok=True)
     for p in sorted((src / split).iterdir()):
         if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-            Image.open(p).convert("RGB").save(out / (p.stem + ".jpg"), quality=95, subsampling=0)
+            Image.open(p).convert("RGB").save(out / (p.stem + ".jpg"), quality=92, subsampling=0)
 print(sum(f.stat().st_size for f in dst.rglob("*.jpg")) // 2**20, "MiB in", dst)
 PYEOF
     ;;
