@@ -197,8 +197,10 @@ class Hyperprior(Codec):
     # `export --int8` leaves g_a's last conv in fp32 (`--int8-keep-fp32 encoder:none` quantises it too): y goes
     # straight to the rounding and its narrow tables, where int8 error costs bits, not dB. Measured on
     # pairs-s9's lambda-0.007 run, 19 photos/val images: +9.2% bytes -> +0.1% vs fp32 (docs/HYPERPRIOR.md).
-    # Its first conv too (~2% of g_a's multiply-adds): session 14's GPU-trained Balle-sized hyperprior-vr lost
-    # 1.9-2.8 dB with it in int8 and 0.002-0.008 dB without, 19 val crops at every quality (docs/MODELS.md).
+    # Its first conv too: on an x86 CPU without VNNI (AVX2: u8 x s8 pairs summed in int16, which saturates
+    # where 0..255 pixels meet full-range int8 weights) session 14's GPU-trained Balle-sized hyperprior-vr lost
+    # 1.9-2.8 dB with it in int8, 0.01-0.03 dB with 7-bit weights (reduce_range), 0.002-0.008 dB with it in
+    # fp32, 19 val crops at every quality (docs/MODELS.md). One int8 bundle must decode right on every host.
     int8_keep_fp32: ClassVar[dict[str, tuple[str, ...]]] = {"encoder": ("first", "last")}
 
     def __init__(self, config: HyperpriorConfig) -> None:
