@@ -106,7 +106,10 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
                 helper.make_node("Cast", [f"{out}_q"], [out], to=to)]
     for i, layer in enumerate(params.layers):
         last = i == len(params.layers) - 1
-        w = const(f"w{i}", layer.weight.astype(np.int8))
+        # The weights travel as uint8 w + 128 with zero point 128: the same integers, but onnxruntime's x86 GEMM
+        # for uint8 x int8 sums pairs of products in int16 where there is no VNNI (AVX2), and saturates there
+        # (249 of 576 indices wrong on an AMD EPYC, 2026-12-04); its uint8 x uint8 kernel widens first: exact.
+        w = const(f"w{i}", (layer.weight.astype(np.int16) + W_ZERO_POINT).astype(np.uint8))
         xzp = const(f"x_zero_point{i}", np.array(layer.zero_point, np.uint8))
         nodes += _conv_integer(i, x, w, xzp, layer.weight.shape, const)
         nodes.append(helper.make_node("Cast", [f"acc{i}"], [f"acc64_{i}"], to=TensorProto.INT64))
@@ -156,8 +159,11 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
     return model
 
 
+W_ZERO_POINT = 128  # the integer hyper-decoder's weights: uint8 = int8 weight + 128 (see integer_graph)
+
+
 def _conv_integer(i: int, x: str, w: str, zp: str, shape: tuple[int, ...], const: Any) -> list[onnx.NodeProto]:
-    """A stride-1 'same' k x k ConvInteger(x, w, zp) -> acc{i} (int32 N, O, H, W), written as im2col + one
+    """A stride-1 'same' k x k ConvInteger(x, w - 128, zp) -> acc{i} (int32 N, O, H, W), written as im2col + one
     MatMulInteger: Pad with the zero point (= real 0), the k*k shifted windows concatenated on the channels
     (order ky, kx, c), NHWC, times w as a (k*k*C, O) matrix. The same integers as ConvInteger (an exact int32
     sum of the same products), but onnxruntime's ConvInteger kernel is a plain loop while MatMulInteger runs
@@ -182,7 +188,9 @@ def _conv_integer(i: int, x: str, w: str, zp: str, shape: tuple[int, ...], const
         helper.make_node("Transpose", [w], [f"w_kkco{i}"], perm=[2, 3, 1, 0]),  # constant-folded by onnxruntime
         helper.make_node("Reshape", [f"w_kkco{i}", const(f"w_shape{i}", np.array([k * k * c, o], np.int64))],
                          [f"w_mat{i}"]),
-        helper.make_node("MatMulInteger", [f"cols_nhwc{i}", f"w_mat{i}", zp], [f"acc_nhwc{i}"], name=f"conv{i}"),
+        helper.make_node("MatMulInteger", [f"cols_nhwc{i}", f"w_mat{i}", zp,
+                                           const(f"w_zero_point{i}", np.array(W_ZERO_POINT, np.uint8))],
+                         [f"acc_nhwc{i}"], name=f"conv{i}"),
         helper.make_node("Transpose", [f"acc_nhwc{i}"], [f"acc{i}"], perm=[0, 3, 1, 2]),
     ]
     return nodes

@@ -104,7 +104,8 @@ class IntHyperDecoder:
 
     @classmethod
     def from_parts(cls, layout: Any, arrays: dict[str, np.ndarray], where: str = "hyper-decoder") -> IntHyperDecoder:
-        """Validate and build from the layout and the arrays w{i} (int8), m{i}, b{i} (int64, any shape with C
+        """Validate and build from the layout and the arrays w{i} (int8; or uint8 with w_zero_point{i} = 128),
+        m{i}, b{i} (int64, any shape with C
         elements); any inconsistency is a BundleError naming `where`."""
 
         def bad(what: str) -> BundleError:
@@ -133,6 +134,11 @@ class IntHyperDecoder:
                 w, m, b = arrays[f"w{i}"], arrays[f"m{i}"].reshape(-1), arrays[f"b{i}"].reshape(-1)
             except KeyError as exc:
                 raise bad(f"missing array {exc}") from None
+            if w.dtype == np.uint8:  # since 2026-12-04: uint8 w + 128 with zero point 128 (bundling.hyper)
+                wzp = arrays.get(f"w_zero_point{i}")
+                if wzp is None or wzp.dtype != np.uint8 or wzp.size != 1 or int(wzp.reshape(-1)[0]) != 128:
+                    raise bad(f"layer {i} uint8 weights need the zero point 128")
+                w = (w.astype(np.int16) - 128).astype(np.int8)
             if w.dtype != np.int8 or m.dtype != np.int64 or b.dtype != np.int64:
                 raise bad(f"layer {i} arrays have the wrong types")
             last = i == len(metas) - 1
