@@ -533,6 +533,7 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
     schedule = _schedule(opt, cfg, cfg.epochs * steps_per_epoch)
     crop_rng = np.random.default_rng((cfg.seed, 1))
     fixed_train = torch.from_numpy(data.train) if data.crops is None else None
+    sampler = data.crops  # crop mode: whole images, each batch cut from its rows
     if resume:
         if run is None:
             raise ValueError("resume needs the run directory")
@@ -592,18 +593,18 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 crop_rng.bit_generator.state = state.epoch_crop_state
                 now_state = gen.get_state()
                 gen.set_state(epoch_gen_state)
-            if fixed_train is not None:
+            if sampler is None:
+                assert fixed_train is not None
                 train, rows = fixed_train, None
             else:  # crop mode: the epoch's crops as (image, top, left, flip) rows, each batch cut on the device
-                assert data.crops is not None
-                rows = data.crops.positions(crop_rng)
+                rows = sampler.positions(crop_rng)
             batches = torch.randperm(n_train, generator=gen).split(cfg.batch_size)
             if state.batch:
                 gen.set_state(now_state)
             model.train()
             t0 = time.perf_counter() - state.epoch_seconds
             for idx in batches[state.batch :]:
-                target = train[idx] if rows is None else data.crops.gather(rows[idx.numpy()], device)
+                target = train[idx] if sampler is None or rows is None else sampler.gather(rows[idx.numpy()], device)
                 x = target
                 if cfg.denoise_std > 0:
                     noise = torch.randn(target.shape, generator=gen).to(target.device)
