@@ -94,7 +94,7 @@ PYEOF
     fi
     ckpt=(); [[ -f $RUN/weights.safetensors ]] || ckpt=(--checkpoint)
     "$PY" -m edgeae.zoo.build "$RUN" --name photo --val "$SHARED/photos/val" --clean "${ckpt[@]}" \
-      --description "photo codec, 4 qualities (${FAMILY%-vr})" --plot docs/zoo-photo-rd.png
+      --description "photo codec, variable rate (${FAMILY%-vr})" --plot docs/zoo-photo-rd.png
     ;;
   bench)
     mkdir -p bench-out

@@ -43,9 +43,12 @@ def _mb(folder: Path) -> float:
 
 def _where(t: dict[str, Any]) -> str:
     """Which steps ran where, from a run's device segments."""
-    return "; ".join(f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
-                     f"{s.get('threads')} thread(s), {s.get('precision', 'fp32')}, {s.get('seconds', 0) / 60:.1f} min)"
-                     for s in t.get("devices", []) if s.get("last_step", 0) >= s.get("first_step", 1)) or "n/a"
+    def one(s: dict[str, Any]) -> str:
+        threads = f"{s['threads']} thread(s), " if s.get("threads") else ""  # a GPU's segment has none
+        return (f"steps {s.get('first_step')}-{s.get('last_step')} on {s.get('device')} ({s.get('name')}, "
+                f"{threads}{s.get('precision', 'fp32')}, {s.get('seconds', 0) / 60:.1f} min)")
+
+    return "; ".join(one(s) for s in t.get("devices", []) if s.get("last_step", 0) >= s.get("first_step", 1)) or "n/a"
 
 
 def _init(t: dict[str, Any]) -> str:
