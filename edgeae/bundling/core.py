@@ -772,7 +772,7 @@ def _quality(job: Job, tmp: Path, specs: dict[str, GraphSpec], val: np.ndarray, 
 
 def _preset(device: str | None) -> tuple[Int8Settings, str]:
     if device is None:
-        return Int8Settings(), "default (x86-64, U8S8 per-channel)"
+        return Int8Settings(), "default (x86-64, U8S8 per-channel, 7-bit weights)"
     from edgeae.runtime.devices import load_profile
 
     try:
