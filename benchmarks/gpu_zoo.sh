@@ -18,7 +18,9 @@
 # Session 14 ran it with INIT_PACK=checkpoints/balle-s12 INIT_RUN=h_0.013 (that pack is in git history now:
 # checkpoints/README.md): 56 / 52 steps/s for batch 16 / 32 side by side, 23,014 / 21,245 steps (bvr-s14's README).
 # Variables: INIT_PACK (a runpack.py pack, default checkpoints/bvr-s14), INIT_RUN (its run to start from: a plain
-# hyperprior or a hyperprior-vr with as many lambdas), BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
+# hyperprior or a hyperprior-vr with as many lambdas), INIT_A / INIT_B (a run folder each; empty: from scratch),
+# SET_A / SET_B (more options per run: a stronger synthesis, "--set extra_layers=1", must start from scratch or
+# from a run of its shape; docs/MODELS.md "Fourteenth session" says why that is the next experiment), BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
 # LAMBDAS_A/B, BATCH_A/B, LR_A/B, CROP, CROPS (crops per image per epoch), THREADS (per run), OUT, EA, PY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,15 +51,20 @@ common=(train --model hyperprior-vr --dataset images --data gpu-data/photos/trai
         --crop "$CROP" --crops-per-image "$CROPS" --val-crop 256 --color rgb --channels 128 --latent 192
         --set downsamplings=4 --set qat=false --set hyper_channels=128 --set hyper_latent_channels=128
         --lr-decay cosine --epochs 100000 --device "$DEVICE" --threads "$THREADS" --precision bf16
-        --checkpoint-minutes 0.5 --val-every 4 --seed 1 --init "$WORK/init/${INIT_RUN:-bvrA}")
+        --checkpoint-minutes 0.5 --val-every 4 --seed 1)
+INIT_A=${INIT_A-$WORK/init/${INIT_RUN:-bvrA}}
+INIT_B=${INIT_B-$INIT_A}  # INIT_B= (empty): run B from scratch, e.g. with SET_B="--set extra_layers=1"
+read -ra SET_A <<< "${SET_A:-}"
+read -ra SET_B <<< "${SET_B:-}"
 declare -A PID
-start() {  # name lambdas batch lr
-  "${EA[@]}" "${common[@]}" --set "lmbdas=$2" --batch-size "$3" --lr "$4" --max-steps 100000 \
-    --out "$WORK/$1" > "$WORK/$1.log" 2>&1 &
-  PID[$1]=$!
+start() {  # name lambdas batch lr init [more options]
+  local name=$1 lambdas=$2 batch=$3 lr=$4 init=$5; shift 5
+  "${EA[@]}" "${common[@]}" --set "lmbdas=$lambdas" --batch-size "$batch" --lr "$lr" --max-steps 100000 \
+    ${init:+--init "$init"} "$@" --out "$WORK/$name" > "$WORK/$name.log" 2>&1 &
+  PID[$name]=$!
 }
-start bvrA "$LAMBDAS_A" "$BATCH_A" "$LR_A"
-start bvrB "$LAMBDAS_B" "$BATCH_B" "$LR_B"
+start bvrA "$LAMBDAS_A" "$BATCH_A" "$LR_A" "$INIT_A" "${SET_A[@]}"
+start bvrB "$LAMBDAS_B" "$BATCH_B" "$LR_B" "$INIT_B" "${SET_B[@]}"
 sleep "$PROBE"
 for r in bvrA bvrB; do kill -TERM "${PID[$r]}" 2>/dev/null; done
 wait
