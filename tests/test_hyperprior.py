@@ -146,6 +146,26 @@ def test_reference_reads_its_parameters_from_the_graph_itself(params, graph_byte
         IntHyperDecoder.from_onnx(graph_bytes[: len(graph_bytes) // 2])
 
 
+def test_weights_travel_as_uint8_plus_128_and_int8_weight_graphs_still_read(params, graph_bytes):
+    """uint8 x uint8 MatMulInteger (exact on x86 without VNNI, where u8 x s8 pair sums saturate in int16):
+    the stored weights are w + 128 with zero point 128; graphs exported with int8 weights read the same."""
+    import json
+
+    arrays, meta = read_onnx_params(graph_bytes)
+    for i, layer in enumerate(params.layers):
+        assert arrays[f"w{i}"].dtype == np.uint8 and int(arrays[f"w_zero_point{i}"]) == 128
+        assert np.array_equal(arrays[f"w{i}"].astype(np.int16) - 128, layer.weight)
+    layout = json.loads(meta[hyper.META_KEY])
+    old = {k: v for k, v in arrays.items() if not k.startswith("w_zero_point")}
+    old.update({f"w{i}": layer.weight.astype(np.int8) for i, layer in enumerate(params.layers)})
+    z = _z_tensors(3, params.in_channels, seed=11)
+    for t in z:
+        assert np.array_equal(IntHyperDecoder.from_parts(layout, old)(t), params(t))
+    no_zp = {k: v for k, v in arrays.items() if k != "w_zero_point0"}
+    with pytest.raises(BundleError, match="zero point 128"):
+        IntHyperDecoder.from_parts(layout, no_zp)
+
+
 CONV_OPS = {"Pad", "Slice", "Concat", "Transpose", "Reshape", "MatMulInteger"}  # bundling.hyper._conv_integer
 
 

@@ -182,6 +182,22 @@ def _crop_spec(folders, **kw):
                     color="rgb", **kw)
 
 
+def test_crop_rows_name_exactly_the_crops_cut_from_them(folders):
+    """The trainer draws an epoch as (image, top, left, flip) rows and cuts each batch from them (on the
+    training device): the crops are the windows the rows name, scaled as the whole-epoch draw scales them."""
+    d = load_dataset(_crop_spec(folders))
+    assert d.crops is not None
+    rows = d.crops.positions(np.random.default_rng(3))
+    assert rows.shape == (len(d.crops), 4) and rows.dtype == np.int64
+    s = d.crops.size
+    got = d.crops.gather(rows[:7]).numpy()
+    for (k, y, x, flip), crop in zip(rows[:7].tolist(), got, strict=True):
+        tile = d.crops.images[k][y : y + s, x : x + s]
+        tile = tile[:, ::-1] if flip else tile
+        assert np.array_equal(crop, tile.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
+    assert np.array_equal(d.crops.draw(np.random.default_rng(3))[:7], got)  # one way to cut a crop
+
+
 def test_crops_are_redrawn_every_epoch_and_validation_is_the_other_folder(folders):
     d = load_dataset(_crop_spec(folders))
     assert d.crops is not None and len(d.crops) == 36 and d.train.shape == (len(d.crops.images), 3, 16, 16)  # one seeded crop an image
