@@ -159,7 +159,7 @@ def build_graph(params: IntHyperDecoder, opset: int = 17, metadata: dict[str, st
     return model
 
 
-W_ZERO_POINT = 128  # the integer hyper-decoder's weights: uint8 = int8 weight + 128 (see integer_graph)
+W_ZERO_POINT = 128  # the integer hyper-decoder's weights: uint8 = int8 weight + 128 (see build_graph)
 
 
 def _conv_integer(i: int, x: str, w: str, zp: str, shape: tuple[int, ...], const: Any) -> list[onnx.NodeProto]:

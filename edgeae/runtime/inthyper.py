@@ -104,9 +104,9 @@ class IntHyperDecoder:
 
     @classmethod
     def from_parts(cls, layout: Any, arrays: dict[str, np.ndarray], where: str = "hyper-decoder") -> IntHyperDecoder:
-        """Validate and build from the layout and the arrays w{i} (int8; or uint8 with w_zero_point{i} = 128),
-        m{i}, b{i} (int64, any shape with C
-        elements); any inconsistency is a BundleError naming `where`."""
+        """Validate and build from the layout and the arrays w{i} (int8, or uint8 w + 128 with w_zero_point{i}
+        = 128 as bundling.hyper writes since 2026-12-04), m{i}, b{i} (int64, any shape with C elements); any
+        inconsistency is a BundleError naming `where`."""
 
         def bad(what: str) -> BundleError:
             return BundleError(f"{where}: {what}; re-export the bundle")
