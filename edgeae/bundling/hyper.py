@@ -3,7 +3,7 @@
 * `integerize(model)`: the trained, quantisation-aware h_s of a `hyperprior` model -> IntHyperDecoder (int8
   weights, int64 fixed-point multipliers and offsets; see edgeae/runtime/inthyper.py for the arithmetic).
 * `build_graph(params)`: -> `hyper_decoder.onnx`, integer ops only: Clip/Add/Cast on int32 z, then per layer
-  a convolution (uint8 x int8 -> int32, zero padding = the input zero point) as im2col + MatMulInteger
+  a convolution (uint8 x uint8 w + 128 -> int32, zero padding = the input zero point) as im2col + MatMulInteger
   (`_conv_integer`), Cast int64, Mul, Add, Clip, a right shift by `shift` (BitShift on uint64), Cast uint8
   (or int32 for the index), DepthToSpace on uint8. No float tensor exists in it.
 * `z_tables(model)` / `y_tables(scales)`: per-table integer frequencies (>= 1, summing to 2^precision) with
