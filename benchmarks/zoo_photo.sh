@@ -48,7 +48,13 @@ STEPS=${STEPS:-900}
 LAMBDAS=${LAMBDAS:-"[0.003,0.007,0.016,0.036]"}
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
-PRECISION=${PRECISION:-bf16}
+# bf16 where it is native (a GPU, or a CPU with AMX / AVX512-BF16: ~2.8x faster steps); elsewhere fp32, since
+# an emulated bf16 step took 13x as long as fp32 on an AMD EPYC (AVX2) host (docs/MODELS.md, session 14)
+if [[ ${DEVICE:-cpu} != cpu ]] || grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then
+  PRECISION=${PRECISION:-bf16}
+else
+  PRECISION=${PRECISION:-fp32}
+fi
 SHARED=${SHARED:-../shared/data}
 CROP=${CROP:-128}
 BATCH=${BATCH:-8}
