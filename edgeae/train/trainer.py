@@ -552,6 +552,14 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
     last_ckpt_time, last_ckpt_step = seg_t0, state.steps
     val_batch = max(1, min(512, cfg.batch_size * 4))
 
+    def cut(idx: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
+        """One batch: rows of the fixed training set, or (crop mode) crops cut from the epoch's rows."""
+        if rows is None:
+            assert fixed_train is not None
+            return fixed_train[idx]
+        assert sampler is not None
+        return sampler.gather(rows[idx.numpy()], device)
+
     pending = torch.zeros((), device=device)  # summed batch losses not yet in state.running (a GPU's, between syncs)
 
     def flush() -> None:
@@ -593,18 +601,15 @@ def fit(model: AutoEncoder, data: Dataset, cfg: TrainConfig, run: Path | None = 
                 crop_rng.bit_generator.state = state.epoch_crop_state
                 now_state = gen.get_state()
                 gen.set_state(epoch_gen_state)
-            if sampler is None:
-                assert fixed_train is not None
-                train, rows = fixed_train, None
-            else:  # crop mode: the epoch's crops as (image, top, left, flip) rows, each batch cut on the device
-                rows = sampler.positions(crop_rng)
+            # crop mode: the epoch's crops as (image, top, left, flip) rows, each batch cut on the device
+            rows = None if sampler is None else sampler.positions(crop_rng)
             batches = torch.randperm(n_train, generator=gen).split(cfg.batch_size)
             if state.batch:
                 gen.set_state(now_state)
             model.train()
             t0 = time.perf_counter() - state.epoch_seconds
             for idx in batches[state.batch :]:
-                target = train[idx] if sampler is None or rows is None else sampler.gather(rows[idx.numpy()], device)
+                target = cut(idx, rows)
                 x = target
                 if cfg.denoise_std > 0:
                     noise = torch.randn(target.shape, generator=gen).to(target.device)
