@@ -17,6 +17,7 @@ import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from edgeae import __version__
 from edgeae.bundling import calibrate, graphs
+from edgeae.bundling.halo import graph_halo
 from edgeae.bundling.inputs import InputSpec
 from edgeae.bundling.int8 import median_latency_us, quantize_graph
 from edgeae.bundling.protocol import EntropySection, ExtraGraph, find_entropy_model
@@ -879,6 +881,12 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
                "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
     for role, digest in int8_digests.items():  # the int8 twins are part of the fingerprint too
         graph_section[role]["int8_digest"] = digest
+    if job.stride and job.input.dynamic_size:  # an any-size image bundle: tiles where the graphs are local
+        for role, scale in (("encoder", Fraction(job.stride)), ("decoder", Fraction(1, job.stride))):
+            names = [specs[role].file] + ([specs[role].int8_file] if graph_section[role]["int8_file"] else [])
+            halos = [graph_halo(onnx.load(str(tmp / f)), scale) for f in names]
+            if None not in halos:
+                graph_section[role]["halo"] = max(h for h in halos if h is not None)
     for g in sorted(extras, key=lambda g: g.role):
         proto = onnx.load(str(tmp / g.file))
         opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=job.opset)

@@ -24,6 +24,7 @@ ROLES = ("encoder", "decoder")  # required graphs; a bundle may add others (an e
 CHANNELS = {"L": 1, "RGB": 3}
 KINDS = ("image", "tensor")
 MAX_EXTRA_GRAPHS = 8
+MAX_HALO = 4096  # a graph's tiling halo, in its input cells (edgeae.bundling.halo writes no larger one)
 _KNOWN = ("schema", "version", "name", "model", "input", "graphs", "latent", "entropy", "fingerprint", "files",
           "quality", "int8", "source", "tools")
 
@@ -96,6 +97,9 @@ class GraphEntry:
     int8_file: str | None = None
     digest: str | None = None  # sha256 of the fp32 graph without its metadata (the fingerprint's part)
     int8_digest: str | None = None  # the same of the int8 graph (part of the fingerprint when recorded)
+    # input cells each side an output cell may depend on, both precisions: the graph may run on overlapping
+    # tiles (edgeae.runtime.tiles); None: not proven local, it runs whole
+    halo: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"file": self.file, "input": self.input, "output": self.output, "opset": self.opset,
@@ -104,6 +108,8 @@ class GraphEntry:
             d["digest"] = self.digest
         if self.int8_digest is not None:
             d["int8_digest"] = self.int8_digest
+        if self.halo is not None:
+            d["halo"] = self.halo
         return d
 
 
@@ -437,6 +443,7 @@ class _Validator:
                 digest=None if g.get("digest") is None else self.hexdigest(g["digest"], f"{p}.digest"),
                 int8_digest=None if g.get("int8_digest") is None
                 else self.hexdigest(g["int8_digest"], f"{p}.int8_digest"),
+                halo=None if g.get("halo") is None else self.integer(g["halo"], f"{p}.halo", 0, MAX_HALO),
             )
             if entry.int8_digest is not None and entry.int8_file is None:
                 raise self.fail(f"{p}.int8_digest", "is set but the graph has no int8_file")
