@@ -145,7 +145,8 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
         load = speed.get("load_average")
         lines += ["**Speed** (768x512 RGB, 1 thread, medians, `benchmarks/bench_zoo.py`; int8 = int8 encoder, "
                   "the decoder is fp32 in every row" + (f"; measured with a load average of {load:.1f} on this "
-                  "2-core host, so absolute times are inflated and noisy" if load else "") + "):", "",
+                  "2-core host" + (", so absolute times are inflated and noisy" if load > 1.5 else "")
+                  if load else "") + "):", "",
                   "| codec | bytes | encode ms | x WebP | decode ms | x WebP |", "|---|---|---|---|---|---|"]
         for k, v in rows.items():
             lines.append(f"| {k} | {v['bytes']:.0f} | {v['encode_ms']:.1f} | "
