@@ -232,3 +232,22 @@ def test_the_halo_is_enough_and_no_halo_is_not(kind):
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
     short = run_tiled(run, x, plan(24, 30, 1, 0, 120), Fraction(4))
     assert np.abs(short - whole).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gdn", ["synthesis", "both"])
+def test_a_gdn_codec_exports_local_graphs_that_tile_exactly(make_run, tmp_path, gdn):
+    """GDN / IGDN (Mul, a 1x1 Conv, Sqrt, Div) are local: the halo survives them, fp32 and int8."""
+    build = pytest.importorskip("edgeae.bundling.build")
+    run = make_run("codec", epochs=1, lmbda=0.05, channels=16, latent_channels=8, downsamplings=2, gdn=gdn)
+    out = tmp_path / "bundle"
+    build.export_run(run, build.ExportOptions(out=out, int8=True, calibration_samples=32, measure_speed=False))
+    graphs = json.loads((out / "manifest.json").read_text())["graphs"]
+    assert graphs["encoder"]["halo"] > 0 and graphs["decoder"]["halo"] > 0
+    img = np.random.default_rng(1).integers(0, 256, (70, 110), dtype=np.uint8)
+    whole, tiled = Encoder(out, tile_pixels=0), Encoder(out, tile_pixels=600)
+    x = whole.pad(whole.preprocess(img))
+    np.testing.assert_allclose(tiled.latents(x), whole.latents(x), rtol=0, atol=1e-4)
+    data = whole.encode(img)
+    a, b = (Decoder(out, tile_pixels=t).decode(data, as_float=True) for t in (0, 600))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

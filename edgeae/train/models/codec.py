@@ -8,10 +8,12 @@
   stride-1 3x3 Conv+ReLU layers after each inner stage (mirrored in g_s) for depth at the same resolution.
 * g_s: the mirror, upsampling by depth-to-space: Conv 3x3 to 4x channels, then PixelShuffle(2) (ONNX
   DepthToSpace), so every convolution of the decoder runs at the *low* resolution and no ConvTranspose is used.
-* Non-linearity: ReLU instead of GDN. GDN (x / sqrt(beta + gamma * x^2)) is worth ~0.2-0.5 dB at equal rate
+* Non-linearity: ReLU by default. GDN (x / sqrt(beta + gamma * x^2)) is worth ~0.2-0.5 dB at equal rate
   in float, but its Pow/Sqrt/Div chain is not quantised by onnxruntime (it runs in float between
   Dequantize/Quantize pairs) and its dynamic range is hard to calibrate; Conv+ReLU fuses into one QLinearConv
   with per-channel int8 weights, which is what the int8 >= 2x-faster-than-fp32 target of the encoder needs.
+  `gdn="synthesis"` puts IGDN in the (server-side, fp32) synthesis only, `gdn="both"` GDN in g_a too: trained
+  from scratch with MSE alone, the ReLU transforms learn far slower (session 15, docs/MODELS.md).
 * Quantisation proxy in training: additive uniform noise U(-1/2, 1/2) for the rate term; the decoder sees the
   straight-through rounded latent (Minnen & Singh 2020 "mixed" quantisation), so what it learns to decode
   is what the runtime sends. In eval mode both use hard `torch.round`.
@@ -56,6 +58,10 @@ class CodecConfig(ModelConfig):
     tail_mass: float = 1e-9  # probability left outside the exported integer support, per side
     prior_lr_scale: float = 10.0  # the entropy model's learning rate = this x the trainer's lr
     extra_layers: int = 0  # stride-1 Conv3x3+ReLU layers after each inner stage, in g_a and mirrored in g_s
+    # GDN (Balle et al. 2016) instead of ReLU: "synthesis" puts its inverse (IGDN) in g_s only -- the server's
+    # fp32 decoder; the device's int8 encoder keeps Conv+ReLU -- "both" puts GDN in g_a too. MSE-only from
+    # scratch, 1000 CPU steps: ReLU 20.8 dB, Balle's GDN/IGDN 25.0 dB (docs/MODELS.md, session 15)
+    gdn: str = "none"
     freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
     # training: the rate term sees round(y) straight through (the symbols the coder will code) instead of
     # y + U(-1/2, 1/2), so the entropy model fits the discrete distribution (docs/HYPERPRIOR.md, session 11)
@@ -76,10 +82,41 @@ class _Analysis(nn.Sequential):
     pass
 
 
-class _Synthesis(nn.Module):
-    """Conv3x3 -> PixelShuffle(2) -> ReLU per stage; the last stage outputs the image, clamped to [0, 1]."""
+GDN_MODES = ("none", "synthesis", "both")
 
-    def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0) -> None:
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation, y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2), or its inverse
+    (x_i * sqrt(...), IGDN) for the synthesis. beta and gamma are kept non-negative by a square
+    reparameterisation with lower bounds (as in Balle's and CompressAI's code); it exports as Mul, a 1x1 Conv,
+    Sqrt and Div/Mul: local, so it tiles (edgeae.bundling.halo)."""
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.pedestal = 2.0**-36
+        self.beta_bound = (beta_min + self.pedestal) ** 0.5
+        self.gamma_bound = self.pedestal**0.5
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.clamp_min(self.beta_bound) ** 2 - self.pedestal
+        gamma = self.gamma.clamp_min(self.gamma_bound) ** 2 - self.pedestal
+        c = gamma.shape[0]
+        norm = torch.sqrt(F.conv2d(x * x, gamma.reshape(c, c, 1, 1), beta))
+        return x * norm if self.inverse else x / norm
+
+
+def _activation(n: int, gdn: bool, inverse: bool) -> nn.Module:
+    return GDN(n, inverse=inverse) if gdn else nn.ReLU()
+
+
+class _Synthesis(nn.Module):
+    """Conv3x3 -> PixelShuffle(2) -> ReLU (or IGDN) per stage; the last stage outputs the image, clamped to
+    [0, 1]."""
+
+    def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0, igdn: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = m
@@ -87,7 +124,7 @@ class _Synthesis(nn.Module):
             out = c_out if i == steps - 1 else n
             layers += [nn.Conv2d(prev, out * 4, 3, padding=1), nn.PixelShuffle(2)]
             if i < steps - 1:
-                layers.append(nn.ReLU())
+                layers.append(_activation(n, igdn, inverse=True))
                 layers += _extra(n, extra)
             prev = out
         self.body = nn.Sequential(*layers)
@@ -171,6 +208,8 @@ class Codec(AutoEncoder):
             raise ValueError(f"codec extra_layers must be >= 0, got {config.extra_layers}")
         if config.kernel % 2 != 1:
             raise ValueError(f"codec kernel must be odd, got {config.kernel}")
+        if config.gdn not in GDN_MODES:
+            raise ValueError(f"codec gdn must be one of {', '.join(GDN_MODES)}, got {config.gdn!r}")
         self.config = config
         self.stride = 2**config.downsamplings
         self._check_size(h, w)
@@ -181,10 +220,11 @@ class Codec(AutoEncoder):
             last = i == config.downsamplings - 1
             enc.append(nn.Conv2d(prev, m if last else n, k, stride=2, padding=k // 2))
             if not last:
-                enc += [nn.ReLU(), *_extra(n, config.extra_layers)]
+                enc += [_activation(n, config.gdn == "both", inverse=False), *_extra(n, config.extra_layers)]
             prev = n
         self.encoder = _Analysis(*enc)
-        self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers)
+        self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers,
+                                  igdn=config.gdn != "none")
         self.prior = FactorizedPrior(m, tuple(config.filters))
         if config.freeze_transforms:
             self.encoder.requires_grad_(False)
