@@ -62,6 +62,9 @@ class CodecConfig(ModelConfig):
     # fp32 decoder; the device's int8 encoder keeps Conv+ReLU -- "both" puts GDN in g_a too. MSE-only from
     # scratch, 1000 CPU steps: ReLU 20.8 dB, Balle's GDN/IGDN 25.0 dB (docs/MODELS.md, session 15)
     gdn: str = "none"
+    # g_s halves its width after each upsampling (N, N/2, N/4 channels): the high-resolution stages, which
+    # held 85% of the photo zoo decoder's multiply-adds, cost a quarter (docs/MODELS.md, session 15)
+    taper: bool = False
     freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
     # training: the rate term sees round(y) straight through (the symbols the coder will code) instead of
     # y + U(-1/2, 1/2), so the entropy model fits the discrete distribution (docs/HYPERPRIOR.md, session 11)
@@ -116,16 +119,18 @@ class _Synthesis(nn.Module):
     """Conv3x3 -> PixelShuffle(2) -> ReLU (or IGDN) per stage; the last stage outputs the image, clamped to
     [0, 1]."""
 
-    def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0, igdn: bool = False) -> None:
+    def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0, igdn: bool = False,
+                 taper: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = m
         for i in range(steps):
-            out = c_out if i == steps - 1 else n
+            width = max(8, n >> i) if taper else n  # taper: N, N/2, N/4, ... after each upsampling
+            out = c_out if i == steps - 1 else width
             layers += [nn.Conv2d(prev, out * 4, 3, padding=1), nn.PixelShuffle(2)]
             if i < steps - 1:
-                layers.append(_activation(n, igdn, inverse=True))
-                layers += _extra(n, extra)
+                layers.append(_activation(width, igdn, inverse=True))
+                layers += _extra(width, extra)
             prev = out
         self.body = nn.Sequential(*layers)
 
@@ -224,7 +229,7 @@ class Codec(AutoEncoder):
             prev = n
         self.encoder = _Analysis(*enc)
         self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers,
-                                  igdn=config.gdn != "none")
+                                  igdn=config.gdn != "none", taper=config.taper)
         self.prior = FactorizedPrior(m, tuple(config.filters))
         if config.freeze_transforms:
             self.encoder.requires_grad_(False)
