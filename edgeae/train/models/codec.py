@@ -60,11 +60,15 @@ class CodecConfig(ModelConfig):
     extra_layers: int = 0  # stride-1 Conv3x3+ReLU layers after each inner stage, in g_a and mirrored in g_s
     # GDN (Balle et al. 2016) instead of ReLU: "synthesis" puts its inverse (IGDN) in g_s only -- the server's
     # fp32 decoder; the device's int8 encoder keeps Conv+ReLU -- "both" puts GDN in g_a too. MSE-only from
-    # scratch, 1000 CPU steps: ReLU 20.8 dB, Balle's GDN/IGDN 25.0 dB (docs/MODELS.md, session 15)
+    # scratch on CPU, 500 steps: these transforms with ReLU 18.6 dB, IGDN in g_s 20.7, Balle's GDN/IGDN with
+    # transposed convolutions 23.9 (docs/MODELS.md, session 15)
     gdn: str = "none"
     # g_s halves its width after each upsampling (N, N/2, N/4 channels): the high-resolution stages, which
     # held 85% of the photo zoo decoder's multiply-adds, cost a quarter (docs/MODELS.md, session 15)
     taper: bool = False
+    # g_s's upsampling: Conv3x3 + depth-to-space (all its convolutions at the low resolution), or Balle's 5x5
+    # stride-2 transposed convolutions (with ReLU: 21.8 dB against 20.8 at 1000 MSE-only steps, session 15)
+    upsample: str = "depth_to_space"
     freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
     # training: the rate term sees round(y) straight through (the symbols the coder will code) instead of
     # y + U(-1/2, 1/2), so the entropy model fits the discrete distribution (docs/HYPERPRIOR.md, session 11)
@@ -115,19 +119,25 @@ def _activation(n: int, gdn: bool, inverse: bool) -> nn.Module:
     return GDN(n, inverse=inverse) if gdn else nn.ReLU()
 
 
+UPSAMPLERS = ("depth_to_space", "transposed")
+
+
 class _Synthesis(nn.Module):
-    """Conv3x3 -> PixelShuffle(2) -> ReLU (or IGDN) per stage; the last stage outputs the image, clamped to
-    [0, 1]."""
+    """Conv3x3 -> PixelShuffle(2) (or a 5x5 stride-2 ConvTranspose, `transposed`) -> ReLU (or IGDN) per stage;
+    the last stage outputs the image, clamped to [0, 1] (straight through in training)."""
 
     def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0, igdn: bool = False,
-                 taper: bool = False) -> None:
+                 taper: bool = False, upsample: str = "depth_to_space") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = m
         for i in range(steps):
             width = max(8, n >> i) if taper else n  # taper: N, N/2, N/4, ... after each upsampling
             out = c_out if i == steps - 1 else width
-            layers += [nn.Conv2d(prev, out * 4, 3, padding=1), nn.PixelShuffle(2)]
+            if upsample == "transposed":
+                layers.append(nn.ConvTranspose2d(prev, out, 5, stride=2, padding=2, output_padding=1))
+            else:
+                layers += [nn.Conv2d(prev, out * 4, 3, padding=1), nn.PixelShuffle(2)]
             if i < steps - 1:
                 layers.append(_activation(width, igdn, inverse=True))
                 layers += _extra(width, extra)
@@ -135,7 +145,11 @@ class _Synthesis(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.body(y).clamp(0.0, 1.0)
+        x = self.body(y)
+        if self.training:  # clamped forward, straight-through backward: a pixel outside [0, 1] keeps its
+            # gradient (a hard clamp gave it none, and a synthesis whose output left the range stopped learning)
+            return x + (x.clamp(0.0, 1.0) - x).detach()
+        return x.clamp(0.0, 1.0)
 
 
 def _extra(n: int, count: int) -> list[nn.Module]:
@@ -215,6 +229,8 @@ class Codec(AutoEncoder):
             raise ValueError(f"codec kernel must be odd, got {config.kernel}")
         if config.gdn not in GDN_MODES:
             raise ValueError(f"codec gdn must be one of {', '.join(GDN_MODES)}, got {config.gdn!r}")
+        if config.upsample not in UPSAMPLERS:
+            raise ValueError(f"codec upsample must be one of {', '.join(UPSAMPLERS)}, got {config.upsample!r}")
         self.config = config
         self.stride = 2**config.downsamplings
         self._check_size(h, w)
@@ -229,7 +245,7 @@ class Codec(AutoEncoder):
             prev = n
         self.encoder = _Analysis(*enc)
         self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers,
-                                  igdn=config.gdn != "none", taper=config.taper)
+                                  igdn=config.gdn != "none", taper=config.taper, upsample=config.upsample)
         self.prior = FactorizedPrior(m, tuple(config.filters))
         if config.freeze_transforms:
             self.encoder.requires_grad_(False)
