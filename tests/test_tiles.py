@@ -150,6 +150,13 @@ def test_a_bundle_without_a_halo_runs_whole(tmp_path):
     assert calls == [(1, 3, 304, 464)]
 
 
+def test_a_tile_budget_below_one_latent_cell_still_tiles_and_decodes_right():
+    data = Encoder("photo:3", threads=1).encode(_photo(40, 60))
+    whole = Decoder("photo:3", threads=1, tile_pixels=0).decode(data, as_float=True)
+    tiny = Decoder("photo:3", threads=1, tile_pixels=100)  # < 16 x 16: one latent cell per tile core
+    np.testing.assert_allclose(tiny.decode(data, as_float=True), whole, rtol=0, atol=1e-4)
+
+
 def test_tile_pixels_must_be_a_count():
     for bad in (-1, 1.5, True, "big"):
         with pytest.raises(InputError, match="tile_pixels must be"):

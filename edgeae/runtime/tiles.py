@@ -54,6 +54,8 @@ def plan(height: int, width: int, unit: int, halo: int, max_cells: int) -> list[
     when the whole input fits."""
     if height * width <= max_cells:
         return [Tile((0, height, 0, width), (0, height, 0, width))]
+    if height % unit or width % unit:  # the runtime pads to the stride first; anything else is a caller's bug
+        raise ValueError(f"a {height}x{width} input does not tile on a grid of {unit}")
     halo = -(-halo // unit) * unit  # a read window starts on the unit grid too
     best: tuple[tuple[bool, int], list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]],
                 list[tuple[int, int]]] | None = None
