@@ -385,8 +385,10 @@ class Decoder(_Codec):
         parts = []
         for a, b in _chunks(len(y), int(np.prod(expect[1:])), self.tile_pixels or GRAPH_PIXELS):
             ys = np.ascontiguousarray(y[a:b], np.float32)
-            cells = -(-self.tile_pixels // self.stride ** 2)  # latent cells: at least one while tiling is on
-            x = self.graph.local(ys, 1, Fraction(self.stride), cells) if self.any_size else self.graph.main(ys)
+            if self.any_size:  # the budget in latent cells: at least one while tiling is on
+                x = self.graph.local(ys, 1, Fraction(self.stride), -(-self.tile_pixels // self.stride ** 2))
+            else:
+                x = self.graph.main(ys)
             if x.shape[1:] != expect:
                 raise BundleError(f"{self.bundle.path}: the decoder graph gives shape {x.shape[1:]} but the "
                                   f"manifest says {expect}; re-export the bundle")
