@@ -875,16 +875,18 @@ def _manifest(job: Job, specs: dict[str, GraphSpec], latent: dict[str, Any], ent
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.glob("*.onnx"))}
     # "digest": the metadata-free sha256 that enters the fingerprint, so one side of a bundle can be verified
     # alone (the runtime keeps it once its GraphEntry knows the field).
+    fp32 = {role: onnx.load(str(tmp / s.file)) for role, s in specs.items()}  # as written, metadata included
     graph_section: dict[str, Any] = {
         role: {"file": s.file, "input": s.input_name, "output": s.output_name, "opset": s.opset,
                "int8_file": s.int8_file if role in job.int8_roles else None,
-               "digest": graphs.graph_digest(onnx.load(str(tmp / s.file)))} for role, s in specs.items()}
+               "digest": graphs.graph_digest(fp32[role])} for role, s in specs.items()}
     for role, digest in int8_digests.items():  # the int8 twins are part of the fingerprint too
         graph_section[role]["int8_digest"] = digest
     if job.stride and job.input.dynamic_size:  # an any-size image bundle: tiles where the graphs are local
         for role, scale in (("encoder", Fraction(job.stride)), ("decoder", Fraction(1, job.stride))):
-            names = [specs[role].file] + ([specs[role].int8_file] if graph_section[role]["int8_file"] else [])
-            halos = [graph_halo(onnx.load(str(tmp / f)), scale) for f in names]
+            int8_file = graph_section[role]["int8_file"]
+            models = [fp32[role]] + ([onnx.load(str(tmp / int8_file))] if int8_file else [])
+            halos = [graph_halo(m, scale) for m in models]
             if None not in halos:
                 graph_section[role]["halo"] = max(h for h in halos if h is not None)
     for g in sorted(extras, key=lambda g: g.role):
