@@ -32,14 +32,16 @@ def main() -> None:
     y = np.random.default_rng(0).normal(size=(1, 192, 32, 48)).astype(np.float32)
     graphs = {"zoo decoder (photo, ReLU)": (locate("photo:3")[0] / "decoder.onnx").read_bytes()}
     params = {}
-    variants = [(igdn, taper, "depth_to_space") for igdn in (False, True) for taper in (False, True)]
-    variants += [(True, False, "transposed"), (True, True, "transposed")]  # Balle's g_s (IGDN, 5x5 stride 2)
-    for igdn, taper, upsample in variants:
-        m = _Synthesis(192, 128, 3, 4, igdn=igdn, taper=taper, upsample=upsample).eval()
+    tapers = [(), (128, 64, 64), (128, 64, 32)]
+    variants = [(igdn, widths, "depth_to_space") for igdn in (False, True) for widths in tapers]
+    variants += [(True, (), "transposed"), (True, (128, 64, 32), "transposed")]  # Balle's g_s (IGDN, 5x5 stride 2)
+    for igdn, widths, upsample in variants:
+        m = _Synthesis(192, 128, 3, 4, igdn=igdn, widths=widths, upsample=upsample).eval()
         f = io.BytesIO()
         torch.onnx.export(m, (torch.zeros(1, 192, 32, 48),), f, input_names=["latent"], output_names=["image"],
                           opset_version=17, dynamo=False)
-        name = f"g_s {'IGDN' if igdn else 'ReLU'}{', taper' if taper else ''}{', transposed' if upsample != 'depth_to_space' else ''}"
+        taper = f", {'/'.join(map(str, widths))}" if widths else ""
+        name = f"g_s {'IGDN' if igdn else 'ReLU'}{taper}{', transposed' if upsample != 'depth_to_space' else ''}"
         graphs[name], params[name] = f.getvalue(), sum(p.numel() for p in m.parameters())
     sessions = {k: ort.InferenceSession(v, so) for k, v in graphs.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}

@@ -242,15 +242,15 @@ def test_the_halo_is_enough_and_no_halo_is_not(kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("gdn", "taper", "upsample"), [("synthesis", False, "depth_to_space"),
-                                                      ("both", True, "depth_to_space"),
-                                                      ("both", False, "transposed")])
-def test_a_gdn_codec_exports_local_graphs_that_tile_exactly(make_run, tmp_path, gdn, taper, upsample):
+@pytest.mark.parametrize(("gdn", "widths", "upsample"), [("synthesis", (), "depth_to_space"),
+                                                       ("both", (16, 8), "depth_to_space"),
+                                                       ("both", (), "transposed")])
+def test_a_gdn_codec_exports_local_graphs_that_tile_exactly(make_run, tmp_path, gdn, widths, upsample):
     """GDN / IGDN (Mul, a 1x1 Conv, Sqrt, Div) are local: the halo survives them, fp32 and int8; a tapered
     synthesis (N, N/2 channels) and Balle's transposed convolutions too."""
     build = pytest.importorskip("edgeae.bundling.build")
     run = make_run("codec", epochs=1, lmbda=0.05, channels=16, latent_channels=8, downsamplings=3, gdn=gdn,
-                   taper=taper, upsample=upsample)
+                   synthesis_widths=widths, upsample=upsample)
     out = tmp_path / "bundle"
     build.export_run(run, build.ExportOptions(out=out, int8=True, calibration_samples=32, measure_speed=False))
     graphs = json.loads((out / "manifest.json").read_text())["graphs"]
@@ -260,7 +260,7 @@ def test_a_gdn_codec_exports_local_graphs_that_tile_exactly(make_run, tmp_path, 
     assert {"Sqrt", "Conv", up} <= ops  # IGDN and the upsampler really are in the exported synthesis
     weights = {tuple(t.dims) for t in onnx.load(str(out / "decoder.onnx")).graph.initializer}
     if upsample == "depth_to_space":
-        assert ((8 * 4, 16, 3, 3) in weights) == taper  # the second stage at N/2 = 8 channels (x4: DepthToSpace)
+        assert ((8 * 4, 16, 3, 3) in weights) == bool(widths)  # the second stage at 8 channels (x4: DepthToSpace)
     img = np.random.default_rng(1).integers(0, 256, (70, 110), dtype=np.uint8)
     whole, tiled = Encoder(out, tile_pixels=0), Encoder(out, tile_pixels=600)
     x = whole.pad(whole.preprocess(img))

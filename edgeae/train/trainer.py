@@ -712,17 +712,30 @@ def train(
         "latent_shape": list(model.latent_shape),
     }
     if init is not None:
-        config["init"] = init_weights(model, Path(init))
+        config["init"] = init_weights(model, Path(init), sample=init_sample(dataset))
     run = Path(out)
     _start_run_dir(run, overwrite)
     write_json(run / CONFIG, config)
     return _run(run, model, dataset, cfg, resume=False, stop_at_step=stop_at_step)
 
 
-def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
+INIT_SAMPLE_PIXELS = 1 << 20  # what `fit_init_state` may see of the training data (16 crops of 256^2)
+
+
+def init_sample(dataset: Dataset) -> torch.Tensor:
+    """Training images for an init that fits weights to data (`fit_init_state`): evenly spaced over the
+    training set, at most INIT_SAMPLE_PIXELS pixels (one image at least)."""
+    n, _, h, w = dataset.train.shape
+    count = max(1, min(n, INIT_SAMPLE_PIXELS // (h * w)))
+    return torch.from_numpy(np.ascontiguousarray(dataset.train[np.linspace(0, n - 1, count).astype(int)]))
+
+
+def init_weights(model: AutoEncoder, source: Path, sample: torch.Tensor | None = None) -> dict[str, Any]:
     """Load another run's weights (its weights.safetensors, else its checkpoint's) into `model`: same keys, or
-    whatever the family's `load_base_state` maps (a variable-rate model from its base family's run). Returns
-    what config.json records about it: the source run, its family and how many steps it had trained."""
+    whatever the family's `load_base_state` maps (a variable-rate model from its base family's run); a family
+    with `fit_init_state` may first fit them to `sample` (training images), e.g. a codec cutting a wider
+    synthesis down to its own widths. Returns what config.json records about it: the source run, its family
+    and how many steps it had trained."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -742,12 +755,15 @@ def init_weights(model: AutoEncoder, source: Path) -> dict[str, Any]:
     info["total_steps"] = (steps or 0) + lineage_steps(source_config.get("init"))  # every step behind the weights
     try:
         state = load_file(str(weights))
+        fit = getattr(model, "fit_init_state", None)
+        if fit is not None and sample is not None:
+            state = fit(state, sample)
         hook = getattr(model, "load_base_state", None)
         if hook is not None:
             hook(state)
         else:
             model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
+    except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise RunDirError(f"--init {source}: its weights do not fit this model ({first})") from None
     return info

@@ -31,6 +31,8 @@ export rebuilds it at another size and loads the same weights); other sizes are 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -63,13 +65,18 @@ class CodecConfig(ModelConfig):
     # scratch on CPU, 500 steps: these transforms with ReLU 18.6 dB, IGDN in g_s 20.7, Balle's GDN/IGDN with
     # transposed convolutions 23.9 (docs/MODELS.md, session 15)
     gdn: str = "none"
-    # g_s halves its width after each upsampling (N, N/2, N/4 channels): the high-resolution stages, which
-    # held 85% of the photo zoo decoder's multiply-adds, cost a quarter (docs/MODELS.md, session 15)
-    taper: bool = False
+    # g_s's width after each upsampling but the last (d - 1 values; empty: N everywhere). The high-resolution
+    # stages hold most of the decoder's multiply-adds: N=128's photo g_s at (128, 64, 32) costs 0.27x, at
+    # (128, 64, 64) ~0.4x (docs/MODELS.md, sessions 15-16)
+    synthesis_widths: tuple[int, ...] = ()
     # g_s's upsampling: Conv3x3 + depth-to-space (all its convolutions at the low resolution), or Balle's 5x5
     # stride-2 transposed convolutions (with ReLU: 21.8 dB against 20.8 at 1000 MSE-only steps, session 15)
     upsample: str = "depth_to_space"
     freeze_transforms: bool = False  # train the entropy model only; g_a and g_s keep their (--init) weights
+    # train g_s only: g_a, the entropy model (and a variable-rate model's gains) keep their --init weights, so
+    # the payloads stay byte for byte what the --init run's bundle sends. With --init from a wider synthesis
+    # (narrower synthesis_widths) g_s starts from that one cut down and refitted (`narrow_synthesis`)
+    synthesis_only: bool = False
     # training: the rate term sees round(y) straight through (the symbols the coder will code) instead of
     # y + U(-1/2, 1/2), so the entropy model fits the discrete distribution (docs/HYPERPRIOR.md, session 11)
     rate_ste: bool = False
@@ -127,13 +134,14 @@ class _Synthesis(nn.Module):
     the last stage outputs the image, clamped to [0, 1]."""
 
     def __init__(self, m: int, n: int, c_out: int, steps: int, extra: int = 0, igdn: bool = False,
-                 taper: bool = False, upsample: str = "depth_to_space") -> None:
+                 widths: tuple[int, ...] = (), upsample: str = "depth_to_space") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = m
         for i in range(steps):
-            width = max(8, n >> i) if taper else n  # taper: N, N/2, N/4, ... after each upsampling
-            out = c_out if i == steps - 1 else width
+            last = i == steps - 1
+            width = n if last or not widths else widths[i]
+            out = c_out if last else width
             if upsample == "transposed":
                 layers.append(nn.ConvTranspose2d(prev, out, 5, stride=2, padding=2, output_padding=1))
             else:
@@ -148,6 +156,96 @@ class _Synthesis(nn.Module):
         # A hard clamp in training too: measured against a straight-through one (session 15) it trained the
         # demo's digits codecs 0.2-0.7 dB better and an IGDN photo codec no worse (docs/MODELS.md)
         return self.body(y).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def narrow_synthesis(body: nn.Sequential, source: dict[str, torch.Tensor], y: torch.Tensor,
+                     ridge: float = 1e-3) -> dict[str, torch.Tensor]:
+    """A wider trained depth-to-space synthesis (`source`: the state of a `body` with the same layer layout and
+    more channels, e.g. an untapered g_s for a `taper=true` one) cut down to `body`'s widths, fitted on the
+    latents `y` (N, M, h, w). Layer by layer, the wide net (teacher) and the narrow one (student) run side by
+    side on y: at a narrower layer, keep the output channels the teacher uses most (mean square activation
+    times the squared norm of the next layer's weights that read it; a depth-to-space channel is its group of
+    4 conv outputs); a layer whose inputs were narrowed gets its weights refitted by ridge least squares from
+    the student's activations to the teacher's pre-activations of the kept channels (channel pruning with
+    reconstruction, He et al. 2017). IGDN parameters follow the kept channels. A start that `synthesis_only`
+    training then fits: on the photo zoo's g_s, far closer than fresh weights or pruning alone."""
+    layers = list(body)
+    own = body.state_dict()
+    out = dict(source)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    if any(isinstance(m, nn.ConvTranspose2d) for m in layers):
+        raise ValueError("narrowing a synthesis needs depth-to-space upsampling (upsample=depth_to_space)")
+    xt = xs = y.float()
+    keep: torch.Tensor | None = None  # the teacher's channels the student's current activation holds
+    for i, layer in enumerate(layers):
+        if isinstance(layer, GDN):
+            t_state = {k: out[f"{i}.{k}"] for k in ("beta", "gamma")}
+            s_state = dict(t_state) if keep is None else {"beta": t_state["beta"][keep],
+                                                          "gamma": t_state["gamma"][keep][:, keep]}
+            xt = _gdn_apply(layer, t_state, xt)
+            xs = _gdn_apply(layer, s_state, xs)
+            out[f"{i}.beta"], out[f"{i}.gamma"] = (s_state[k].contiguous() for k in ("beta", "gamma"))
+            continue
+        if not isinstance(layer, nn.Conv2d):
+            xt, xs = layer(xt), layer(xs)
+            continue
+        w, b = out[f"{i}.weight"].float(), out[f"{i}.bias"].float()
+        pad = layer.padding
+        zt = F.conv2d(xt, w, b, padding=pad)
+        have, want = w.shape[0], own[f"{i}.weight"].shape[0]
+        group = 4 if i + 1 < len(layers) and isinstance(layers[i + 1], nn.PixelShuffle) else 1
+        units = torch.arange(have)
+        chosen: torch.Tensor | None = None
+        if want < have:
+            nxt = next(j for j in convs if j > i)
+            energy = F.relu(zt).pow(2).mean(dim=(0, 2, 3)).reshape(have // group, group).sum(1)
+            read = out[f"{nxt}.weight"].transpose(0, 1).flatten(1).pow(2).sum(1)
+            chosen = torch.sort(torch.topk(energy * read, want // group).indices).values
+            units = (chosen.view(-1, 1) * group + torch.arange(group)).reshape(-1)
+        if keep is None:  # the student sees the teacher's very inputs: its kept rows are exact
+            ws, bs = w[units], b[units]
+        else:
+            ws, bs = _ridge_conv(xs, zt[:, units], w.shape[-2:], pad, ridge)
+        out[f"{i}.weight"], out[f"{i}.bias"] = ws.contiguous(), bs.contiguous()
+        xt = zt
+        xs = F.conv2d(xs, ws, bs, padding=pad)
+        keep = chosen
+    return out
+
+
+def _gdn_apply(layer: GDN, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    beta = state["beta"].clamp_min(layer.beta_bound) ** 2 - layer.pedestal
+    gamma = state["gamma"].clamp_min(layer.gamma_bound) ** 2 - layer.pedestal
+    c = gamma.shape[0]
+    norm = torch.sqrt(F.conv2d(x * x, gamma.reshape(c, c, 1, 1), beta))
+    return x * norm if layer.inverse else x / norm
+
+
+def _synthesis_body(model: Any) -> nn.Sequential:
+    """g_s's layer sequence (inside a variable-rate model's gain wrapper too)."""
+    decoder = model.decoder.inner if hasattr(model.decoder, "inner") else model.decoder
+    return decoder.body
+
+
+def _ridge_conv(x: torch.Tensor, target: torch.Tensor, kernel: Any, padding: Any,
+                ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of the conv from x (N, C, H, W) that best gives target (N, O, H, W): ridge least squares
+    on the unfolded patches, the normal equations summed in float64 one image at a time (the ridge is relative
+    to the mean patch energy)."""
+    kh, kw = int(kernel[0]), int(kernel[1])
+    dim = x.shape[1] * kh * kw + 1
+    gram = torch.zeros(dim, dim, dtype=torch.float64)
+    rhs = torch.zeros(dim, target.shape[1], dtype=torch.float64)
+    for xi, ti in zip(x.split(1), target.split(1), strict=True):
+        cols = F.unfold(xi, (kh, kw), padding=padding)[0].T.double()
+        cols = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1)
+        gram += cols.T @ cols
+        rhs += cols.T @ ti[0].reshape(ti.shape[1], -1).T.double()
+    gram += ridge * gram.diagonal().mean() * torch.eye(dim, dtype=gram.dtype)
+    sol = torch.linalg.solve(gram, rhs)  # (C*kh*kw + 1, O)
+    weight = sol[:-1].T.reshape(target.shape[1], x.shape[1], kh, kw)
+    return weight.float(), sol[-1].float()
 
 
 def _extra(n: int, count: int) -> list[nn.Module]:
@@ -229,6 +327,12 @@ class Codec(AutoEncoder):
             raise ValueError(f"codec gdn must be one of {', '.join(GDN_MODES)}, got {config.gdn!r}")
         if config.upsample not in UPSAMPLERS:
             raise ValueError(f"codec upsample must be one of {', '.join(UPSAMPLERS)}, got {config.upsample!r}")
+        widths = tuple(int(v) for v in config.synthesis_widths)
+        if widths and (len(widths) != config.downsamplings - 1 or min(widths) < 1):
+            raise ValueError(f"codec synthesis_widths must be {config.downsamplings - 1} widths >= 1 (one per "
+                             f"upsampling but the last), got {list(config.synthesis_widths)}")
+        if config.synthesis_only and config.freeze_transforms:
+            raise ValueError("codec synthesis_only trains g_s alone and freeze_transforms freezes it: choose one")
         self.config = config
         self.stride = 2**config.downsamplings
         self._check_size(h, w)
@@ -243,7 +347,7 @@ class Codec(AutoEncoder):
             prev = n
         self.encoder = _Analysis(*enc)
         self.decoder = _Synthesis(m, n, c_in, config.downsamplings, config.extra_layers,
-                                  igdn=config.gdn != "none", taper=config.taper, upsample=config.upsample)
+                                  igdn=config.gdn != "none", widths=widths, upsample=config.upsample)
         self.prior = FactorizedPrior(m, tuple(config.filters))
         if config.freeze_transforms:
             self.encoder.requires_grad_(False)
@@ -279,12 +383,64 @@ class Codec(AutoEncoder):
         return [(list(self.prior.parameters()), self.config.prior_lr_scale)]
 
     def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """One Adam: everything else at lr (frozen parameters, freeze_transforms, left out), then `lr_groups`."""
+        """One Adam: everything else at lr (frozen parameters, freeze_transforms, left out), then `lr_groups`
+        (same group layout with synthesis_only, whose frozen groups are empty)."""
+        self._freeze()
         own = self.lr_groups()
         taken = {id(p) for params, _ in own for p in params}
         rest = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
         return torch.optim.Adam([{"params": rest, "lr": lr},
-                                 *({"params": params, "lr": lr * scale} for params, scale in own)])
+                                 *({"params": [p for p in params if p.requires_grad], "lr": lr * scale}
+                                   for params, scale in own)])
+
+    def _freeze(self) -> None:
+        """synthesis_only: everything but g_s stops learning (no gradient, and no backward through g_a)."""
+        if self.config.synthesis_only:
+            trained = {id(p) for p in self.decoder.parameters()}
+            for p in self.parameters():
+                p.requires_grad_(id(p) in trained)
+
+    def train(self, mode: bool = True) -> Codec:
+        """synthesis_only: the frozen parts stay in eval mode (statistics that train, e.g. the hyperprior's
+        activation ranges, hold still), while the codec itself trains (straight-through rounding to g_s)."""
+        super().train(mode)
+        if self.config.synthesis_only:
+            self._freeze()
+            for name, child in self.named_children():
+                if name != "decoder":
+                    child.eval()
+        return self
+
+    @torch.no_grad()
+    def fit_init_state(self, state: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`--init` from a run whose g_s is wider than this model's (synthesis_widths): its g_s cut down to
+        these widths and refitted on the latents that run's own transforms give `images` (`narrow_synthesis`;
+        a variable-rate model's latents at every quality in turn). Any other state is returned as it is."""
+        body = _synthesis_body(self)
+        own_prefix = next(name for name, mod in self.named_modules() if mod is body) + "."
+        own = body.state_dict()
+        prefix = next((p for p in (own_prefix, "decoder.body.") if f"{p}0.weight" in state), None)
+        if prefix is None:
+            return state
+        source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(source) != set(own) or all(source[k].shape == own[k].shape for k in own):
+            return state  # not a wider synthesis of the same layout: loading reports what does not fit
+        probe: Any = copy.deepcopy(self).eval()
+        rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        loader = getattr(probe, "load_base_state", None)
+        if loader is not None:  # maps a plain run into a variable-rate model; needs g_s keys of this shape
+            loader({**rest, **{prefix + k: v for k, v in own.items()}})
+        else:
+            probe.load_state_dict({**rest, **{own_prefix + k: v for k, v in own.items()}}, strict=True)
+        seen: list[torch.Tensor] = []
+        handle = _synthesis_body(probe).register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        points = probe.operating_points() if hasattr(probe, "operating_points") else 1
+        for q, chunk in enumerate(torch.chunk(images, points)):
+            with probe.at_quality(q) if points > 1 else contextlib.nullcontext():
+                probe(chunk)
+        handle.remove()
+        fitted = narrow_synthesis(body, source, torch.cat(seen))
+        return {**rest, **{prefix + k: v for k, v in fitted.items()}}
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "lmbda": self.config.lmbda, "total_stride": self.stride}
