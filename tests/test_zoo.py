@@ -217,6 +217,23 @@ def test_card_names_a_mean_scale_hyperprior():
     assert "mean-scale" not in render("photo", {**entry, "training": {"model": {"config": {**cfg, "means": False}}}})
 
 
+def test_card_says_when_only_a_narrowed_synthesis_was_trained():
+    from edgeae.zoo.card import render
+
+    cfg = {"channels": 128, "latent_channels": 192, "downsamplings": 4, "synthesis_only": True,
+           "synthesis_widths": [128, 64, 64]}
+    init = {"run": "/x/bvrA", "family": "hyperprior-vr", "total_steps": 43014}
+    entry = {"family": "hyperprior", "trained_as": "hyperprior-vr", "qualities": {"1": {"lmbda": 0.0035}},
+             "training": {"model": {"config": cfg}, "steps": 20000, "init": init, "train": {"batch_size": 8}}}
+    card = render("photo", entry)
+    assert "g_s 128/64/64 channels after its upsamplings (N=128 before them)" in card
+    assert "**Training.** g_s alone (`synthesis_only`): 20000 steps" in card
+    assert "g_a, the entropy model and the gains are that run's, unchanged" in card
+    assert "have seen" not in card  # the transforms did not all train for init + own steps
+    plain = render("photo", {**entry, "training": {**entry["training"], "model": {"config": {"channels": 128}}}})
+    assert "g_s alone" not in plain and "have seen 63014 steps" in plain
+
+
 @pytest.mark.slow
 def test_a_hyperprior_vr_run_ships_as_one_shared_bundle(tmp_path, monkeypatch):
     """`build` of a hyperprior-vr run: one bundle folder, index qualities naming their point in it, each point

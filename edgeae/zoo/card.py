@@ -56,9 +56,15 @@ def _init(t: dict[str, Any]) -> str:
     if not init:
         return ""
     behind = int(init.get("total_steps") or init.get("steps") or 0)  # the source's steps and its own init's
-    return (f" Initialised from `{Path(str(init.get('run'))).name}` ({init.get('family')}, {behind} "
-            f"steps at lambda {init.get('lmbda', '?')} counting its own warm starts, same transforms), so the "
-            f"transforms have seen {own + behind} steps.")
+    source = f"`{Path(str(init.get('run'))).name}` ({init.get('family')}, {behind} steps"
+    cfg = t.get("model", {}).get("config", {})
+    if cfg.get("synthesis_only"):
+        cut = (f"; its g_s was cut down to these widths and refitted by least squares on training latents "
+               f"before these steps" if cfg.get("synthesis_widths") else "")
+        return (f" Started from {source} counting its own warm starts): g_a, the entropy model and the gains "
+                f"are that run's, unchanged, so it codes the same bytes{cut}.")
+    return (f" Initialised from {source} at lambda {init.get('lmbda', '?')} counting its own warm starts, same "
+            f"transforms), so the transforms have seen {own + behind} steps.")
 
 
 def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dict[str, Any] | None = None) -> str:
@@ -85,11 +91,16 @@ def render(name: str, entry: dict[str, Any], zoo_dir: Path = ZOO_DIR, speed: dic
         if cfg.get("means"):
             arch += (f", mean-scale (means in 1/{cfg.get('mean_phases')} steps within +-{cfg.get('mean_range')}, "
                      f"h_a on {'y' if cfg.get('hyper_signed') else '|y|'})")
+    if cfg.get("synthesis_widths"):
+        arch += (f", g_s {'/'.join(str(w) for w in cfg['synthesis_widths'])} channels after its upsamplings "
+                 f"(N={cfg.get('channels')} before them)")
     arch += f"; lambdas {cfg.get('lmbdas') or [r.get('lmbda') for _, r in qualities]}."
     photos = str(data.get("data", "")).rstrip("/").endswith("photos/train")
     note = DATA_NOTE if photos else f"**Training data.** `{data.get('data') or data.get('name')}`."
     lines += [f"**Architecture.** {arch}", "", note, ""]
     steps = ("**Training** (each quality the same way, lambda apart). " if separate else "**Training.** ")
+    if cfg.get("synthesis_only"):
+        steps += "g_s alone (`synthesis_only`): "
     steps += (f"{own} steps of batch {train_cfg.get('batch_size')} x " if not separate else
               f"Batches of {train_cfg.get('batch_size')} x ")
     steps += (f"{data.get('crop')}x{data.get('crop')} random crops ({data.get('crops_per_image')} per image per "
