@@ -59,8 +59,8 @@ def _init(t: dict[str, Any]) -> str:
     source = f"`{Path(str(init.get('run'))).name}` ({init.get('family')}, {behind} steps"
     cfg = t.get("model", {}).get("config", {})
     if cfg.get("synthesis_only"):
-        cut = (f"; its g_s was cut down to these widths and refitted by least squares on training latents "
-               f"before these steps" if cfg.get("synthesis_widths") else "")
+        cut = ("; its g_s was cut down to these widths and refitted by least squares on training latents "
+               "before these steps" if cfg.get("synthesis_widths") else "")
         return (f" Started from {source} counting its own warm starts): g_a, the entropy model and the gains "
                 f"are that run's, unchanged, so it codes the same bytes{cut}.")
     return (f" Initialised from {source} at lambda {init.get('lmbda', '?')} counting its own warm starts, same "
