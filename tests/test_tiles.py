@@ -163,6 +163,29 @@ def test_tile_pixels_must_be_a_count():
             Encoder("photo:3", tile_pixels=bad)
 
 
+def test_the_cli_takes_a_tile_budget_and_gives_the_same_bytes_and_images(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgeae.cli import main
+
+    Image.fromarray(_photo(150, 230)).save(tmp_path / "a.png")
+    outs = {}
+    for t in ("0", "5000"):
+        enc = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "--bundle", "photo:1", "--threads", "1",
+                                        "--tile-pixels", t, "--out", str(tmp_path / f"p{t}")])
+        assert enc.exit_code == 0, enc.output
+        dec = CliRunner().invoke(main, ["decode", str(tmp_path / f"p{t}"), "--bundle", "photo:1", "--threads", "1",
+                                        "--tile-pixels", t, "--out", str(tmp_path / f"d{t}")])
+        assert dec.exit_code == 0, dec.output
+        outs[t] = ((tmp_path / f"p{t}" / "a.eae").read_bytes(), np.asarray(Image.open(tmp_path / f"d{t}" / "a.png")))
+    assert outs["0"][0] == outs["5000"][0]
+    np.testing.assert_array_equal(outs["0"][1], outs["5000"][1])
+    bad = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "--bundle", "photo:1", "--tile-pixels", "-5",
+                                    "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "tile-pixels" in bad.output
+
+
 @pytest.mark.parametrize("halo", [-1, 5000, "3", 2.5])
 def test_the_manifest_refuses_a_bad_halo(tmp_path, halo):
     from edgeae.runtime.manifest import Manifest

@@ -26,6 +26,9 @@ class Failures:
 
 
 def _codec_options(f):
+    f = click.option("--tile-pixels", type=click.IntRange(0), help="At most this many image pixels per graph run, "
+                     "on overlapping tiles where the bundle's graphs are local (manifest halo; the output is the "
+                     "same); 0: always whole [default: 524288].")(f)
     f = click.option("--threads", type=click.IntRange(1, 1024), help="onnxruntime threads [default: the "
                      "device profile's, else all cores].")(f)
     f = click.option("--device", help="Device profile (name or TOML path) for the onnxruntime session.")(f)
@@ -47,7 +50,7 @@ def _codec_options(f):
 @click.option("--quality", type=click.IntRange(1, 255), help="Operating point of a multi-quality bundle [default: "
               "the zoo name's (photo:3), else the bundle's default]; `edgeae inspect BUNDLE` lists them.")
 def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None, threads: int | None,
-           batch: bool, spool: str | None, send: str | None, convert: bool, quality: int | None) -> None:
+           tile_pixels: int | None, batch: bool, spool: str | None, send: str | None, convert: bool, quality: int | None) -> None:
     """Encode images (files, or folders of them, walked recursively) into .eae payloads: one per image, or
     one with --batch."""
     from edgeae.runtime.codec import Encoder
@@ -63,7 +66,7 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
             ingest_url(send)  # refuse a bad URL before encoding anything
         spooled = Spool(spool)
     enc = Encoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, convert=convert,
-                  quality=quality)
+                  quality=quality, tile_pixels=tile_pixels)
     failures = Failures()
     sink = spooled.put if spooled is not None else None  # not `if spooled`: an empty Spool is falsy (len 0)
     r = encode_files(enc, inputs, out, batch=batch, sink=sink, skip=failures.report,
@@ -95,12 +98,13 @@ def encode(inputs: tuple[str, ...], bundle: str, out: str, int8: bool, device: s
               "hyper-decoder's table indices) against its numpy int64 reference on every payload; stop with an "
               "error if they differ on this machine.")
 def decode(payloads: tuple[str, ...], bundle: str, out: str, int8: bool, device: str | None,
-           threads: int | None, verify: bool) -> None:
+           threads: int | None, tile_pixels: int | None, verify: bool) -> None:
     """Decode .eae payloads (files, or folders of them, walked recursively) into PNG images."""
     from edgeae.runtime.codec import Decoder
     from edgeae.runtime.files import decode_files
 
-    dec = Decoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, verify=verify)
+    dec = Decoder(bundle, "int8" if int8 else "fp32", device=device, threads=threads, verify=verify,
+                  tile_pixels=tile_pixels)
     failures = Failures()
     r = decode_files(dec, payloads, out, skip=failures.report, on_write=lambda w: click.echo(
         f"{w.source} -> {w.target}" + (f" .. {w.last.name}" if w.last else "")))
