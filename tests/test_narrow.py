@@ -71,6 +71,20 @@ def test_a_narrower_cut_is_refitted_not_just_sliced():
     assert err["refit"] < 0.6 * energy
 
 
+def test_an_igdn_synthesis_narrows_too():
+    """IGDN mixes channels: its parameters follow the kept ones, and the cut net still beats slicing."""
+    torch.manual_seed(0)
+    wide = _Synthesis(8, 16, 3, 3, igdn=True).eval()
+    narrow = _Synthesis(8, 16, 3, 3, igdn=True, widths=(8, 8)).eval()
+    y = _latents(n=16)
+    state = narrow_synthesis(narrow.body, wide.body.state_dict(), y)
+    narrow.body.load_state_dict(state)
+    assert state["2.gamma"].shape == (8, 8)
+    with torch.no_grad():
+        ref = wide.body(y)
+        assert float((narrow.body(y) - ref).pow(2).mean()) < 0.6 * float((ref - ref.mean()).pow(2).mean())
+
+
 def test_synthesis_widths_are_checked():
     with pytest.raises(ValueError, match="synthesis_widths must be 2 widths"):
         build_model("codec", make_config("codec", in_shape=(1, 16, 16), channels=16, latent_channels=8,

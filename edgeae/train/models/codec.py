@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from edgeae.train.models.base import AEOutput, AutoEncoder, LossOutput, ModelConfig, full_precision
 from edgeae.train.models.registry import register
@@ -162,7 +163,7 @@ class _Synthesis(nn.Module):
 def narrow_synthesis(body: nn.Sequential, source: dict[str, torch.Tensor], y: torch.Tensor,
                      ridge: float = 1e-3) -> dict[str, torch.Tensor]:
     """A wider trained depth-to-space synthesis (`source`: the state of a `body` with the same layer layout and
-    more channels, e.g. an untapered g_s for a `taper=true` one) cut down to `body`'s widths, fitted on the
+    more channels, e.g. N everywhere for one with `synthesis_widths`) cut down to `body`'s widths, fitted on the
     latents `y` (N, M, h, w). Layer by layer, the wide net (teacher) and the narrow one (student) run side by
     side on y: at a narrower layer, keep the output channels the teacher uses most (mean square activation
     times the squared norm of the next layer's weights that read it; a depth-to-space channel is its group of
@@ -182,10 +183,10 @@ def narrow_synthesis(body: nn.Sequential, source: dict[str, torch.Tensor], y: to
         if isinstance(layer, GDN):
             t_state = {k: out[f"{i}.{k}"] for k in ("beta", "gamma")}
             s_state = dict(t_state) if keep is None else {"beta": t_state["beta"][keep],
-                                                          "gamma": t_state["gamma"][keep][:, keep]}
-            xt = _gdn_apply(layer, t_state, xt)
-            xs = _gdn_apply(layer, s_state, xs)
-            out[f"{i}.beta"], out[f"{i}.gamma"] = (s_state[k].contiguous() for k in ("beta", "gamma"))
+                                                          "gamma": t_state["gamma"][keep][:, keep].contiguous()}
+            xt = functional_call(layer, t_state, (xt,))
+            xs = functional_call(layer, s_state, (xs,))
+            out[f"{i}.beta"], out[f"{i}.gamma"] = s_state["beta"], s_state["gamma"]
             continue
         if not isinstance(layer, nn.Conv2d):
             xt, xs = layer(xt), layer(xs)
@@ -199,7 +200,8 @@ def narrow_synthesis(body: nn.Sequential, source: dict[str, torch.Tensor], y: to
         chosen: torch.Tensor | None = None
         if want < have:
             nxt = next(j for j in convs if j > i)
-            energy = F.relu(zt).pow(2).mean(dim=(0, 2, 3)).reshape(have // group, group).sum(1)
+            relu = any(isinstance(layers[j], nn.ReLU) for j in (i + 1, i + 2) if j < len(layers))
+            energy = (F.relu(zt) if relu else zt).pow(2).mean(dim=(0, 2, 3)).reshape(have // group, group).sum(1)
             read = out[f"{nxt}.weight"].transpose(0, 1).flatten(1).pow(2).sum(1)
             chosen = torch.sort(torch.topk(energy * read, want // group).indices).values
             units = (chosen.view(-1, 1) * group + torch.arange(group)).reshape(-1)
@@ -212,14 +214,6 @@ def narrow_synthesis(body: nn.Sequential, source: dict[str, torch.Tensor], y: to
         xs = F.conv2d(xs, ws, bs, padding=pad)
         keep = chosen
     return out
-
-
-def _gdn_apply(layer: GDN, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    beta = state["beta"].clamp_min(layer.beta_bound) ** 2 - layer.pedestal
-    gamma = state["gamma"].clamp_min(layer.gamma_bound) ** 2 - layer.pedestal
-    c = gamma.shape[0]
-    norm = torch.sqrt(F.conv2d(x * x, gamma.reshape(c, c, 1, 1), beta))
-    return x * norm if layer.inverse else x / norm
 
 
 def _synthesis_body(model: Any) -> nn.Sequential:
