@@ -17,8 +17,10 @@
 #
 # Session 14 ran it with INIT_PACK=checkpoints/balle-s12 INIT_RUN=h_0.013 (that pack is in git history now:
 # checkpoints/README.md): 56 / 52 steps/s for batch 16 / 32 side by side, 23,014 / 21,245 steps (bvr-s14's README).
-# Variables: INIT_PACK (a runpack.py pack, default checkpoints/bvr-s14), INIT_RUN (its run to start from: a plain
-# hyperprior or a hyperprior-vr with as many lambdas), INIT_A / INIT_B (a run folder each; empty: from scratch),
+# Variables: INIT_PACK (a runpack.py pack, default checkpoints/dist-s16: the shipped model, whose g_s is
+# 128/64/64 wide, so SET_A / SET_B default to that width; bvrA's full-width pack is checkpoints/bvr-s14 in git
+# history: checkpoints/README.md), INIT_RUN (its run to start from, default w64a: a plain hyperprior or a
+# hyperprior-vr with as many lambdas), INIT_A / INIT_B (a run folder each; empty: from scratch),
 # SET_A / SET_B (more options per run: a stronger synthesis, "--set extra_layers=1", must start from scratch or
 # from a run of its shape; docs/MODELS.md "Fourteenth session" says why that is the next experiment), BUDGET (seconds from the start to the end of training, default 490 of the call's 600), PROBE, DEVICE,
 # LAMBDAS_A/B, BATCH_A/B, LR_A/B, CROP, CROPS (crops per image per epoch), THREADS (per run), OUT, EA, PY.
@@ -44,7 +46,7 @@ LR_B=${LR_B:-1e-4}
 WORK=${WORK:-/tmp/gz-work}
 rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
 [[ $DEVICE == cuda ]] && nvidia-smi -L
-"$PY" benchmarks/runpack.py unpack "${INIT_PACK:-checkpoints/bvr-s14}" "$WORK/init" || exit 1
+"$PY" benchmarks/runpack.py unpack "${INIT_PACK:-checkpoints/dist-s16}" "$WORK/init" || exit 1
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 common=(train --model hyperprior-vr --dataset images --data gpu-data/photos/train --val-data gpu-data/photos/val
@@ -52,10 +54,12 @@ common=(train --model hyperprior-vr --dataset images --data gpu-data/photos/trai
         --set downsamplings=4 --set qat=false --set hyper_channels=128 --set hyper_latent_channels=128
         --lr-decay cosine --epochs 100000 --device "$DEVICE" --threads "$THREADS" --precision bf16
         --checkpoint-minutes 0.5 --val-every 4 --seed 1)
-INIT_A=${INIT_A-$WORK/init/${INIT_RUN:-bvrA}}
+INIT_A=${INIT_A-$WORK/init/${INIT_RUN:-w64a}}
 INIT_B=${INIT_B-$INIT_A}  # INIT_B= (empty): run B from scratch, e.g. with SET_B="--set extra_layers=1"
-read -ra SET_A <<< "${SET_A:-}"
-read -ra SET_B <<< "${SET_B:-}"
+WIDTHS="--set synthesis_widths=[128,64,64]"  # the shipped g_s (session 16); SET_A= / SET_B= for N everywhere
+SET_A=${SET_A-$WIDTHS}
+read -ra SET_A <<< "$SET_A"
+read -ra SET_B <<< "${SET_B-${SET_A[*]}}"
 declare -A PID
 start() {  # name lambdas batch lr init [more options]
   local name=$1 lambdas=$2 batch=$3 lr=$4 init=$5; shift 5

@@ -62,7 +62,7 @@ def _init(t: dict[str, Any]) -> str:
         cut = ("; its g_s was cut down to these widths and refitted by least squares on training latents "
                "before these steps" if cfg.get("synthesis_widths") else "")
         return (f" Started from {source} counting its own warm starts): g_a, the entropy model and the gains "
-                f"are that run's, unchanged, so it codes the same bytes{cut}.")
+                f"are that run's, unchanged, so it codes the same symbols{cut}.")
     return (f" Initialised from {source} at lambda {init.get('lmbda', '?')} counting its own warm starts, same "
             f"transforms), so the transforms have seen {own + behind} steps.")
 
