@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -712,7 +713,7 @@ def train(
         "latent_shape": list(model.latent_shape),
     }
     if init is not None:
-        config["init"] = init_weights(model, Path(init), sample=init_sample(dataset))
+        config["init"] = init_weights(model, Path(init), sample=lambda: init_sample(dataset))
     run = Path(out)
     _start_run_dir(run, overwrite)
     write_json(run / CONFIG, config)
@@ -730,11 +731,12 @@ def init_sample(dataset: Dataset) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(dataset.train[np.linspace(0, n - 1, count).astype(int)]))
 
 
-def init_weights(model: AutoEncoder, source: Path, sample: torch.Tensor | None = None) -> dict[str, Any]:
+def init_weights(model: AutoEncoder, source: Path,
+                 sample: Callable[[], torch.Tensor] | None = None) -> dict[str, Any]:
     """Load another run's weights (its weights.safetensors, else its checkpoint's) into `model`: same keys, or
     whatever the family's `load_base_state` maps (a variable-rate model from its base family's run); a family
-    with `fit_init_state` may first fit them to `sample` (training images), e.g. a codec cutting a wider
-    synthesis down to its own widths. Returns what config.json records about it: the source run, its family
+    with `fit_init_state` may first fit them to training images (`sample()`, drawn only if it needs them), e.g.
+    a codec cutting a wider synthesis down to its own widths. Returns what config.json records about it: the source run, its family
     and how many steps it had trained."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -406,9 +407,10 @@ class Codec(AutoEncoder):
         return self
 
     @torch.no_grad()
-    def fit_init_state(self, state: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def fit_init_state(self, state: dict[str, torch.Tensor],
+                       images: Callable[[], torch.Tensor]) -> dict[str, torch.Tensor]:
         """`--init` from a run whose g_s is wider than this model's (synthesis_widths): its g_s cut down to
-        these widths and refitted on the latents that run's own transforms give `images` (`narrow_synthesis`;
+        these widths and refitted on the latents that run's own transforms give `images()` (`narrow_synthesis`;
         a variable-rate model's latents at every quality in turn). Any other state is returned as it is."""
         body = _synthesis_body(self)
         own_prefix = next(name for name, mod in self.named_modules() if mod is body) + "."
@@ -429,7 +431,7 @@ class Codec(AutoEncoder):
         seen: list[torch.Tensor] = []
         handle = _synthesis_body(probe).register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
         points = probe.operating_points() if hasattr(probe, "operating_points") else 1
-        for q, chunk in enumerate(torch.chunk(images, points)):
+        for q, chunk in enumerate(torch.chunk(images(), points)):
             with probe.at_quality(q) if points > 1 else contextlib.nullcontext():
                 probe(chunk)
         handle.remove()
